@@ -1,0 +1,141 @@
+"""The ``GroupNormalization`` Keras layer: weights, validation, config.
+
+The math lives in :func:`gn_keras.functional.group_norm`; this module owns
+what makes it a layer: the per-channel γ and β (stored in float32 under a
+mixed-precision policy), argument checks at construction and build time,
+mask propagation, and a ``get_config`` that round-trips every argument.
+"""
+
+import keras
+
+from gn_keras import _checks
+from gn_keras.functional import group_norm
+
+
+@keras.saving.register_keras_serializable(package="gn_keras")
+class GroupNormalization(keras.layers.Layer):
+    """Group Normalization (Wu & He, ECCV 2018), §3.
+
+    Channels are split into groups; each group of each sample is normalized
+    with its own mean and variance, taken over the group's channels and all
+    spatial (or temporal) axes; then a per-channel γ, β is applied. The
+    result does not depend on the batch size.
+
+    Args:
+      groups: number of groups G (the paper's default is 32). ``groups=1``
+        is Layer Norm over (C, H, W); ``groups=-1`` is Instance Norm.
+      group_size: channels per group (the paper's Table 3, bottom half;
+        Detectron's DIM_PER_GP). When given it decides the group count,
+        which may then differ from layer to layer; an explicitly given
+        ``groups`` must agree with it.
+      axis: the channel axis: ``-1`` for channels_last, ``1`` for
+        channels_first. Every other non-batch axis is normalized over, so
+        video ``(N, T, H, W, C)`` gets statistics over (T, H, W) as in the
+        paper's Kinetics experiments (§4.3).
+      epsilon: added to the variance. The default 1e-5 is the paper's;
+        ``keras.layers.GroupNormalization`` defaults to 1e-3.
+      center, scale: whether to learn β and γ.
+      beta_initializer, gamma_initializer, beta_regularizer,
+      gamma_regularizer, beta_constraint, gamma_constraint: as in Keras.
+
+    Under ``mixed_float16``/``mixed_bfloat16`` the statistics are computed in
+    float32 and γ/β stay float32; the output has the compute dtype.  A Keras
+    mask on a sequence leaves padded steps out of the statistics.
+
+    Example:
+      >>> y = GroupNormalization(groups=32)(keras.Input((56, 56, 256)))
+    """
+
+    def __init__(
+        self,
+        groups=_checks.DEFAULT_GROUPS,
+        group_size=None,
+        axis=-1,
+        epsilon=1e-5,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        where = f"GroupNormalization(name={self.name!r})"
+        _checks.check_groups_arguments(groups, group_size, where)
+        _checks.check_epsilon(epsilon, where)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(f"{where}: argument `axis` must be an integer, got axis={axis!r}.")
+        self.groups = groups
+        self.group_size = group_size
+        self.axis = axis
+        self.epsilon = epsilon
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = keras.initializers.get(beta_initializer)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.beta_constraint = keras.constraints.get(beta_constraint)
+        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        self.supports_masking = True
+        self._where = where
+
+    @property
+    def resolved_groups(self):
+        """The group count actually used, known once the layer is built."""
+        return getattr(self, "_resolved_groups", None)
+
+    def build(self, input_shape):
+        axis = _checks.normalize_axis(self.axis, tuple(input_shape), self._where)
+        channels = _checks.channel_count(tuple(input_shape), axis, self._where)
+        self._resolved_groups = _checks.resolve_groups(
+            channels, self.groups, self.group_size, self._where
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={axis: channels})
+        # autocast=False keeps γ/β in float32 under a mixed policy: they
+        # enter the float32 statistics, not the 16-bit tensor.
+        self.gamma = self._add_affine("gamma", channels, self.scale, self.gamma_initializer,
+                                      self.gamma_regularizer, self.gamma_constraint)
+        self.beta = self._add_affine("beta", channels, self.center, self.beta_initializer,
+                                     self.beta_regularizer, self.beta_constraint)
+        super().build(input_shape)
+
+    def _add_affine(self, name, channels, enabled, initializer, regularizer, constraint):
+        if not enabled:
+            return None
+        return self.add_weight(
+            shape=(channels,), name=name, initializer=initializer,
+            regularizer=regularizer, constraint=constraint, autocast=False,
+        )
+
+    def call(self, inputs, mask=None):
+        return group_norm(
+            inputs, gamma=self.gamma, beta=self.beta, groups=self._resolved_groups,
+            axis=self.axis, epsilon=self.epsilon, mask=mask,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "groups": None if self.groups is None else int(self.groups),
+            "group_size": self.group_size,
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+            "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+        })
+        if self.group_size is not None and _checks.groups_is_default(self.groups):
+            config["groups"] = None  # group_size decided; don't freeze a fake 32
+        return config

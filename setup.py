@@ -1,0 +1,31 @@
+"""Packaging for gn-keras: the library, the model zoo and the training scripts."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gn-keras",
+    version="0.1.0",
+    description="Group Normalization (Wu & He, 2018) for Keras 3 and TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["gn_keras*", "models*", "train*"]),
+    install_requires=[
+        "tensorflow~=2.20.0",
+        "keras>=3.10,<4",
+        "tf-models-official~=2.20.0",
+        "tensorflow-datasets",
+        "absl-py",
+        "scikit-learn",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            # Other Keras backends, so the layer is checked on them too.
+            "jax[cpu]",
+            "torch==2.13.0",
+        ],
+    },
+)

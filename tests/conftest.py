@@ -1,0 +1,26 @@
+"""Shared pytest set-up: quiet TensorFlow, and fresh random inputs per run.
+
+Each run draws a new session seed (printed in the header); set
+GN_TEST_SEED to replay a failing run exactly.
+"""
+
+import os
+import secrets
+import zlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+SESSION_SEED = int(os.environ.get("GN_TEST_SEED", secrets.randbits(32)))
+
+
+def pytest_report_header(config):
+    return f"gn-keras random inputs: GN_TEST_SEED={SESSION_SEED}"
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded by the session seed and the test's id."""
+    return np.random.default_rng([SESSION_SEED, zlib.crc32(request.node.nodeid.encode())])
