@@ -19,6 +19,14 @@ setup(
         "scikit-learn",
         "matplotlib",
     ],
+    entry_points={
+        "console_scripts": [
+            "gn-train=train.classify:run",
+            "gn-export=train.export:run",
+            "gn-finetune=train.finetune:run",
+            "gn-study=train.study:run",
+        ],
+    },
     extras_require={
         "test": [
             "pytest>=8",
