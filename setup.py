@@ -34,6 +34,13 @@ setup(
             # Other Keras backends, so the layer is checked on them too.
             "jax[cpu]",
             "torch==2.13.0",
+            # Runtimes this project did not write, to check exported models:
+            # tf2onnx >= 1.17 is the first without an old protobuf pin that
+            # clashes with TensorFlow 2.20.
+            "tf2onnx>=1.17",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "ai-edge-litert>=1.2",
         ],
     },
 )
