@@ -91,11 +91,13 @@ def normalize_axis(axis, shape, where):
     return positive
 
 
-def channel_count(shape, axis, where):
+def channel_count(shape, axis, where, given_axis=None):
+    """The channel count at ``axis``; ``given_axis`` is the user's spelling."""
     channels = shape[axis]
     if channels is None:
+        shown = axis if given_axis is None else given_axis
         raise ValueError(
-            f"{where}: the channel dimension (axis={axis}) of input shape "
+            f"{where}: the channel dimension (axis={shown}) of input shape "
             f"{tuple(shape)} is undefined; it must be known to build gamma/beta "
             "and the groups."
         )

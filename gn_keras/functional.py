@@ -103,8 +103,9 @@ def group_norm(
     where = "group_norm"
     x = ops.convert_to_tensor(x)
     _checks.check_epsilon(epsilon, where)
+    given_axis = axis
     axis = _checks.normalize_axis(axis, tuple(x.shape), where)
-    channels = _checks.channel_count(tuple(x.shape), axis, where)
+    channels = _checks.channel_count(tuple(x.shape), axis, where, given_axis)
     num_groups = _checks.resolve_groups(channels, groups, group_size, where)
 
     input_dtype = x.dtype

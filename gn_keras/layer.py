@@ -90,7 +90,7 @@ class GroupNormalization(keras.layers.Layer):
 
     def build(self, input_shape):
         axis = _checks.normalize_axis(self.axis, tuple(input_shape), self._where)
-        channels = _checks.channel_count(tuple(input_shape), axis, self._where)
+        channels = _checks.channel_count(tuple(input_shape), axis, self._where, self.axis)
         self._resolved_groups = _checks.resolve_groups(
             channels, self.groups, self.group_size, self._where
         )
