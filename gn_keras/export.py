@@ -1,0 +1,252 @@
+"""Exporting a trained classifier for other runtimes, and checking each export.
+
+Writes, from a Keras classifier and its preprocessing (the training run's
+``preprocessing.json``):
+
+* a SavedModel (:func:`export_saved_model`) with three signatures, all with a
+  dynamic batch and the preprocessing ``(pixels − mean) / std`` inside:
+
+  - ``serving_default``: float32 ``images`` (N, H, W, C) on the 0–255 scale
+    → ``logits`` and ``probabilities``;
+  - ``serving_uint8``: the same for uint8 ``images`` (decoded image bytes);
+  - ``features``: float32 ``images`` → ``pooled`` backbone features plus
+    the stage endpoints ``C1``…``C5`` the model names (§4.2's transfer).
+
+  ``assets.extra`` carries ``preprocessing.json`` and the Keras config, so
+  :func:`gn_keras.load.load_model` can rebuild a trainable Keras model from
+  the SavedModel alone.  Graphs hold standard TensorFlow ops only.
+* an ONNX file through tf2onnx (:func:`export_onnx`) and a ``.tflite`` file
+  through TensorFlow's LiteRT converter (:func:`export_tflite`), both taking
+  float32 ``images`` and returning ``logits`` and ``probabilities``.
+
+Each artefact is verified right after it is written (``verify_*``): it is run
+by its own runtime (TensorFlow's SavedModel loader, ONNX Runtime, the LiteRT
+interpreter) on a fixed batch, and compared with the Keras model applied to
+the same batch normalised in NumPy; a difference beyond float tolerance
+raises :class:`ExportMismatchError`.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gn_keras import load, transfer
+
+SERVING_SIGNATURE = "serving_default"
+UINT8_SIGNATURE = "serving_uint8"
+FEATURES_SIGNATURE = "features"
+INPUT_NAME = "images"
+# Allowed |exported − Keras|, relative to max(1, max |Keras|): float32
+# kernels fused or reordered by another runtime differ by ~1e-6 here.
+DEFAULT_TOLERANCE = 1e-4
+CHECK_BATCH_SEED = 20180322  # the paper's arXiv date: any fixed seed will do
+ONNX_OPSET = 17
+
+
+class ExportMismatchError(RuntimeError):
+    """An exported artefact does not reproduce the Keras model."""
+
+
+def check_model_matches(model, preprocessing):
+    """Fail early if the model's input/output disagree with preprocessing."""
+    expected = (*preprocessing["image_size"], preprocessing["channels"])
+    if len(model.inputs) != 1 or tuple(model.inputs[0].shape[1:]) != expected:
+        shapes = [tuple(tensor.shape) for tensor in model.inputs]
+        raise ValueError(
+            f"model {model.name!r} takes inputs {shapes} but preprocessing "
+            f"gives images of shape (None, {', '.join(map(str, expected))}).")
+    classes = model.outputs[0].shape[-1]
+    wanted = preprocessing.get("num_classes")
+    if len(model.outputs[0].shape) != 2 or (wanted is not None and classes != wanted):
+        raise ValueError(
+            f"model {model.name!r} outputs shape {tuple(model.outputs[0].shape)} "
+            f"but preprocessing says num_classes={wanted}.")
+
+
+def image_spec(preprocessing, dtype=tf.float32):
+    """The ``images`` input of every signature, with a dynamic batch."""
+    height, width = preprocessing["image_size"]
+    return tf.TensorSpec((None, height, width, preprocessing["channels"]), dtype, name=INPUT_NAME)
+
+
+class _Endpoints:
+    """The Python functions behind the signatures (traced by TensorFlow)."""
+
+    def __init__(self, model, preprocessing):
+        self.model = model
+        self.feature_model = transfer.feature_model(model)
+        self.ends_in_softmax = transfer.find_head(model)[2]
+        self.mean = np.asarray(preprocessing["mean"], np.float32)
+        self.std = np.asarray(preprocessing["std"], np.float32)
+
+    def normalize(self, images):
+        return (tf.cast(images, tf.float32) - self.mean) / self.std
+
+    def classify(self, images):
+        outputs = tf.cast(self.model(self.normalize(images), training=False), tf.float32)
+        if self.ends_in_softmax:
+            # log p is a valid logit vector: softmax(log p) = p.
+            return {"logits": tf.math.log(tf.maximum(outputs, 1e-30)), "probabilities": outputs}
+        return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
+
+    def features(self, images):
+        outputs = self.feature_model(self.normalize(images), training=False)
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+
+
+def export_saved_model(model, export_dir, preprocessing, verify=True,
+                       tolerance=DEFAULT_TOLERANCE):
+    """Write ``model`` as a SavedModel for serving and transfer.
+
+    Args:
+      model: a built functional Keras classifier (logits or softmax output).
+      export_dir: the SavedModel directory to write (created if needed).
+      preprocessing: the ``preprocessing.json`` dict of the training run.
+      verify: load the SavedModel back and compare it with ``model``.
+      tolerance: relative tolerance of that comparison.
+
+    Returns:
+      The verification report (``{}`` when ``verify=False``).
+    """
+    preprocessing = load.check_preprocessing(preprocessing, where="export_saved_model")
+    check_model_matches(model, preprocessing)
+    endpoints = _Endpoints(model, preprocessing)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_SIGNATURE, endpoints.classify, [image_spec(preprocessing)])
+    archive.add_endpoint(UINT8_SIGNATURE, endpoints.classify,
+                         [image_spec(preprocessing, tf.uint8)])
+    archive.add_endpoint(FEATURES_SIGNATURE, endpoints.features, [image_spec(preprocessing)])
+    # The ordered weights let gn_keras.load rebuild a trainable Keras model.
+    archive.add_variable_collection(load.VARIABLES_COLLECTION, model.weights)
+    archive.write_out(os.fspath(export_dir), verbose=False)
+    _write_extras(export_dir, model, preprocessing)
+    if not verify:
+        return {}
+    return verify_saved_model(export_dir, model, preprocessing, tolerance=tolerance)
+
+
+def _write_extras(export_dir, model, preprocessing):
+    extra = os.path.join(export_dir, load.EXTRA_DIR)
+    os.makedirs(extra, exist_ok=True)
+    with open(os.path.join(extra, load.PREPROCESSING_FILE), "w", encoding="utf-8") as handle:
+        json.dump(preprocessing, handle, indent=2)
+    with open(os.path.join(extra, load.CONFIG_FILE), "w", encoding="utf-8") as handle:
+        handle.write(model.to_json())
+
+
+def export_onnx(model, path, preprocessing, opset=ONNX_OPSET):
+    """Write the classifier as ONNX (float32 images → logits, probabilities)."""
+    import tf2onnx
+
+    preprocessing = load.check_preprocessing(preprocessing, where="export_onnx")
+    check_model_matches(model, preprocessing)
+    spec = [image_spec(preprocessing)]
+    function = tf.function(_Endpoints(model, preprocessing).classify, input_signature=spec)
+    tf2onnx.convert.from_function(function, input_signature=spec, opset=opset,
+                                  output_path=os.fspath(path))
+    return path
+
+
+def export_tflite(saved_model_dir, path):
+    """Convert the SavedModel's ``serving_default`` to a LiteRT flatbuffer.
+
+    Only TFLite builtin ops are allowed, so the file runs on the plain
+    interpreter without the Flex (TensorFlow) delegate.
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        os.fspath(saved_model_dir), signature_keys=[SERVING_SIGNATURE])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with open(path, "wb") as handle:
+        handle.write(converter.convert())
+    return path
+
+
+def check_batch(preprocessing, batch_size=3, seed=CHECK_BATCH_SEED):
+    """A fixed uint8 image batch on which every export is verified."""
+    height, width = preprocessing["image_size"]
+    shape = (batch_size, height, width, preprocessing["channels"])
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def keras_reference(model, preprocessing, images):
+    """What every artefact must reproduce, computed with Keras and NumPy."""
+    mean = np.asarray(preprocessing["mean"], np.float32)
+    std = np.asarray(preprocessing["std"], np.float32)
+    inputs = (images.astype(np.float32) - mean) / std
+    outputs = np.asarray(model(inputs, training=False), np.float64)
+    if transfer.find_head(model)[2]:
+        probabilities = outputs
+        logits = np.log(np.maximum(outputs, 1e-30))
+    else:
+        logits = outputs
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+    features = transfer.feature_model(model)(inputs, training=False)
+    features = {name: np.asarray(value, np.float64) for name, value in features.items()}
+    return {"logits": logits, "probabilities": probabilities}, features
+
+
+def compare(artefact, got, want, tolerance=DEFAULT_TOLERANCE):
+    """Max |got − want| per output; raise ExportMismatchError beyond tolerance."""
+    report = {}
+    for name, expected in want.items():
+        if name not in got:
+            raise ExportMismatchError(f"{artefact}: output {name!r} is missing (has {sorted(got)}).")
+        actual = np.asarray(got[name], np.float64)
+        if actual.shape != expected.shape:
+            raise ExportMismatchError(
+                f"{artefact}: output {name!r} has shape {actual.shape}, Keras gives {expected.shape}.")
+        error = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+        allowed = tolerance * max(1.0, float(np.max(np.abs(expected))))
+        if not error <= allowed:
+            raise ExportMismatchError(
+                f"{artefact}: output {name!r} differs from Keras by {error:.3g} "
+                f"(allowed {allowed:.3g}).")
+        report[name] = error
+    return report
+
+
+def verify_saved_model(export_dir, model, preprocessing, images=None,
+                       tolerance=DEFAULT_TOLERANCE):
+    """Run every signature of the SavedModel on a fixed batch vs. Keras."""
+    images = check_batch(preprocessing) if images is None else images
+    classes, features = keras_reference(model, preprocessing, images)
+    loaded = tf.saved_model.load(os.fspath(export_dir))
+    as_float = tf.constant(images, tf.float32)
+    runs = {
+        SERVING_SIGNATURE: (as_float, classes),
+        UINT8_SIGNATURE: (tf.constant(images, tf.uint8), classes),
+        FEATURES_SIGNATURE: (as_float, features),
+    }
+    report = {}
+    for signature, (batch, want) in runs.items():
+        got = {k: v.numpy() for k, v in loaded.signatures[signature](images=batch).items()}
+        report[signature] = compare(f"{export_dir} [{signature}]", got, want, tolerance)
+    return report
+
+
+def verify_onnx(path, model, preprocessing, images=None, tolerance=DEFAULT_TOLERANCE):
+    """Run the ONNX file with ONNX Runtime on a fixed batch vs. Keras."""
+    import onnxruntime
+
+    images = check_batch(preprocessing) if images is None else images
+    classes, _ = keras_reference(model, preprocessing, images)
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    values = session.run(names, {INPUT_NAME: images.astype(np.float32)})
+    return compare(os.fspath(path), dict(zip(names, values)), classes, tolerance)
+
+
+def verify_tflite(path, model, preprocessing, images=None, tolerance=DEFAULT_TOLERANCE):
+    """Run the .tflite file with the LiteRT interpreter on a fixed batch vs. Keras."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = check_batch(preprocessing) if images is None else images
+    classes, _ = keras_reference(model, preprocessing, images)
+    runner = Interpreter(model_path=os.fspath(path)).get_signature_runner(SERVING_SIGNATURE)
+    got = runner(**{INPUT_NAME: images.astype(np.float32)})
+    return compare(os.fspath(path), got, classes, tolerance)

@@ -1,0 +1,199 @@
+"""Finding and opening trained models and their preprocessing on disk.
+
+One entry point, :func:`load_model`, accepts the three things a user has
+after training or export: a ``.keras`` file, a SavedModel directory written
+by :mod:`gn_keras.export`, or a directory holding either (a training
+``--model_dir`` or an export ``--output_dir``).  :func:`load_preprocessing`
+finds the matching ``preprocessing.json``.
+
+Every problem with a file (missing, truncated, of the wrong kind) raises
+:class:`ModelFileError`, a ``ValueError`` whose one-line message starts with
+the path, so command-line tools can print it without a traceback.
+
+A SavedModel is opened as a real Keras model, not as an opaque function: the
+exporter stores the model's config in ``assets.extra/keras_model.json`` and
+its weights as the ordered ``model_variables`` collection; here the model is
+rebuilt from the config and every weight is copied from the SavedModel,
+after checking that names and shapes agree.  The rebuilt model can be
+fine-tuned, have its head replaced, its stages frozen or its norms swapped.
+"""
+
+import json
+import os
+import zipfile
+
+import keras
+
+# Inside a SavedModel: the folder TensorFlow reserves for extra files.
+EXTRA_DIR = "assets.extra"
+CONFIG_FILE = "keras_model.json"
+PREPROCESSING_FILE = "preprocessing.json"
+VARIABLES_COLLECTION = "model_variables"
+# What a training --model_dir or an export --output_dir may hold, in the
+# order a directory is searched for a model.
+MODEL_CANDIDATES = ("best.keras", "last.keras", "model.keras", "saved_model")
+_PREPROCESSING_KEYS = ("image_size", "channels", "mean", "std")
+
+
+class ModelFileError(ValueError):
+    """A model, SavedModel or preprocessing file is missing or unreadable."""
+
+    def __init__(self, path, problem):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
+def is_saved_model_dir(path):
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def resolve_model_path(source):
+    """The ``.keras`` file or SavedModel directory that ``source`` names."""
+    source = os.fspath(source)
+    if not os.path.exists(source):
+        raise ModelFileError(source, "no such file or directory.")
+    if os.path.isfile(source):
+        if not source.endswith(".keras"):
+            raise ModelFileError(
+                source, "not a .keras file; give a .keras file, a SavedModel "
+                "directory, or a training/export directory that holds one.")
+        return source
+    if is_saved_model_dir(source):
+        return source
+    for name in MODEL_CANDIDATES:
+        candidate = os.path.join(source, name)
+        if os.path.isfile(candidate) or is_saved_model_dir(candidate):
+            return candidate
+    raise ModelFileError(
+        source, "directory holds no model: looked for saved_model.pb and "
+        f"for {', '.join(MODEL_CANDIDATES)}.")
+
+
+def load_model(source):
+    """Load a Keras model from a ``.keras`` file, SavedModel or model dir."""
+    path = resolve_model_path(source)
+    if path.endswith(".keras"):
+        return _load_keras_file(path)
+    return load_exported_model(path)
+
+
+def _load_keras_file(path):
+    if os.path.getsize(path) == 0:
+        raise ModelFileError(path, "the file is empty.")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
+        raise ModelFileError(
+            path, f"cannot read the Keras model (truncated or not a .keras "
+            f"archive?): {_first_line(error)}") from None
+
+
+def load_exported_model(export_dir):
+    """Rebuild the Keras model of a SavedModel written by gn_keras.export."""
+    import tensorflow as tf
+
+    config_path = os.path.join(export_dir, EXTRA_DIR, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise ModelFileError(
+            export_dir, f"SavedModel has no {EXTRA_DIR}/{CONFIG_FILE}, so it "
+            "was not written by gn_keras.export and its Keras layers cannot "
+            "be rebuilt; wrap it in keras.layers.TFSMLayer to fine-tune its "
+            "variables (docs/transfer.md).")
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            model = keras.models.model_from_json(handle.read())
+        restored = tf.saved_model.load(export_dir)
+    except Exception as error:  # protobuf, checkpoint and JSON errors alike
+        raise ModelFileError(
+            export_dir, "cannot read the SavedModel (truncated or "
+            f"incomplete?): {_first_line(error)}") from None
+    saved = getattr(restored, VARIABLES_COLLECTION, None)
+    if saved is None:
+        raise ModelFileError(
+            export_dir, f"SavedModel has no '{VARIABLES_COLLECTION}' "
+            "collection to restore the Keras weights from.")
+    _copy_weights(list(saved), model.weights, export_dir)
+    return model
+
+
+def _copy_weights(saved, weights, export_dir):
+    if len(saved) != len(weights):
+        raise ModelFileError(
+            export_dir, f"holds {len(saved)} model variables but the rebuilt "
+            f"model has {len(weights)} weights.")
+    for source, target in zip(saved, weights):
+        saved_name = source.name.split(":")[0]
+        if saved_name != target.path or tuple(source.shape) != tuple(target.shape):
+            raise ModelFileError(
+                export_dir, f"variable {saved_name} {tuple(source.shape)} "
+                f"does not match weight {target.path} {tuple(target.shape)}.")
+        target.assign(source.numpy())
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def preprocessing_path(source):
+    """Where the ``preprocessing.json`` that belongs to ``source`` lives."""
+    source = os.fspath(source)
+    model_path = resolve_model_path(source)
+    folders = [os.path.dirname(model_path) or "."]
+    if is_saved_model_dir(model_path):
+        folders = [os.path.join(model_path, EXTRA_DIR), os.path.dirname(model_path) or "."]
+    for folder in folders:
+        candidate = os.path.join(folder, PREPROCESSING_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+    raise ModelFileError(
+        source, f"no {PREPROCESSING_FILE} found in {' or '.join(folders)}; "
+        "pass one explicitly.")
+
+
+def load_preprocessing(source):
+    """The validated preprocessing dict for a model source or a JSON path."""
+    source = os.fspath(source)
+    path = source if source.endswith(".json") else preprocessing_path(source)
+    if not os.path.isfile(path):
+        raise ModelFileError(path, "no such file.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            spec = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ModelFileError(path, f"not valid JSON: {_first_line(error)}") from None
+    return check_preprocessing(spec, where=path)
+
+
+def check_preprocessing(spec, where="preprocessing"):
+    """Validate the training run's preprocessing contract; return a copy.
+
+    The contract: ``image_size`` [H, W], ``channels`` C, per-channel
+    ``mean`` and ``std`` on the 0-255 pixel scale, ``data_format``
+    channels_last, and optionally ``num_classes`` and ``class_names``.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: preprocessing must be a JSON object, got {spec!r}.")
+    missing = [key for key in _PREPROCESSING_KEYS if key not in spec]
+    if missing:
+        raise ValueError(f"{where}: preprocessing lacks the keys {missing}.")
+    size, channels = spec["image_size"], spec["channels"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(s, int) and s > 0 for s in size)):
+        raise ValueError(f"{where}: `image_size` must be [H, W] positive integers, got {size!r}.")
+    if not isinstance(channels, int) or channels <= 0:
+        raise ValueError(f"{where}: `channels` must be a positive integer, got {channels!r}.")
+    for key in ("mean", "std"):
+        values = spec[key]
+        if not (isinstance(values, (list, tuple)) and len(values) == channels):
+            raise ValueError(
+                f"{where}: `{key}` must list {channels} numbers (one per "
+                f"channel), got {key}={values!r}.")
+    if any(not value > 0 for value in spec["std"]):
+        raise ValueError(f"{where}: `std` must be positive, got std={spec['std']!r}.")
+    data_format = spec.get("data_format", "channels_last")
+    if data_format != "channels_last":
+        raise ValueError(
+            f"{where}: only data_format='channels_last' is exported, got "
+            f"data_format={data_format!r}.")
+    return dict(spec, image_size=list(size), data_format=data_format)

@@ -1,0 +1,152 @@
+"""What a trained classifier offers for transfer, found from its graph.
+
+A functional classifier is read as ``backbone → pooled features → head``:
+
+* :func:`find_head` walks back from the output through softmax/activation/
+  dropout layers to the last ``Dense`` on a rank-2 tensor; that Dense is the
+  classifier head and its input is the pooled backbone feature vector.
+* :func:`stage_endpoints` names the outputs of the stem and of each residual
+  stage (C1…C5, Detectron's res1…res5), either from the layer names the
+  project's zoo gives them or from ``keras.applications`` ResNet names.
+* :func:`feature_model` gives both at once, for the exported ``features``
+  signature.
+* :func:`replace_head` and :func:`freeze_stages` are the two edits a
+  fine-tuning job makes (§4.2 of the paper fine-tunes a pre-trained
+  backbone under a new head; Detectron's FREEZE_AT freezes the stem and the
+  first stages).
+
+Only public Keras API is used, so this works on models the project did not
+build, e.g. ``keras.applications.ResNet50``.
+"""
+
+import re
+
+import keras
+
+_PASSTHROUGH = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
+
+# Layer names that end each stage, tried in order: the project's zoo names
+# its endpoints "C1".."C5" (possibly prefixed); the keras.applications
+# ResNets end stage k with "conv{k}_block{n}_out" and the stem with
+# "pool1_pool".
+_STAGE_PATTERNS = (
+    re.compile(r"^(?:.*[_/])?C([1-5])$"),
+    re.compile(r"^conv([2-5])_block\d+_out$"),
+)
+_STEM_NAMES = ("pool1_pool",)
+
+
+class HeadNotFoundError(ValueError):
+    """The model does not end in a Dense classifier on pooled features."""
+
+
+def _producers(model):
+    """Map each layer output tensor (by id) to the layer that made it."""
+    made_by = {}
+    for layer in model.layers:
+        try:
+            made_by[id(layer.output)] = layer
+        except (AttributeError, ValueError):  # unused or shared layer
+            continue
+    return made_by
+
+
+def _is_softmax(layer):
+    activation = getattr(layer, "activation", None)
+    return isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
+
+
+def find_head(model):
+    """Return ``(head, pooled, ends_in_softmax)`` for a functional classifier.
+
+    ``head`` is the classifier Dense layer, ``pooled`` the KerasTensor it
+    reads (the pooled backbone features), ``ends_in_softmax`` whether the
+    model's output is already a probability vector.
+    """
+    if len(model.outputs) != 1:
+        raise HeadNotFoundError(
+            f"model {model.name!r} has {len(model.outputs)} outputs; a "
+            "classifier with a single (batch, classes) output is needed.")
+    made_by = _producers(model)
+    layer = made_by.get(id(model.outputs[0]))
+    ends_in_softmax = False
+    while isinstance(layer, _PASSTHROUGH):
+        ends_in_softmax = ends_in_softmax or _is_softmax(layer)
+        layer = made_by.get(id(layer.input))
+    if not isinstance(layer, keras.layers.Dense) or len(layer.input.shape) != 2:
+        raise HeadNotFoundError(
+            f"model {model.name!r} does not end in a Dense classifier on "
+            f"pooled features (found {type(layer).__name__}); build it with a "
+            "classification head (include_top=True).")
+    return layer, layer.input, ends_in_softmax or _is_softmax(layer)
+
+
+def stage_endpoints(model):
+    """Ordered ``{"C1": tensor, …, "C5": tensor}`` of the stage outputs found.
+
+    When a pattern matches several layers of one stage (one per block), the
+    last one in the graph is the stage's output.  Models with no recognised
+    names give an empty dict.
+    """
+    found = {}
+    for pattern in _STAGE_PATTERNS:
+        for layer in model.layers:
+            match = pattern.match(layer.name)
+            if match:
+                found[f"C{match.group(1)}"] = layer.output
+        if found:
+            break
+    for layer in model.layers:
+        if layer.name in _STEM_NAMES:
+            found.setdefault("C1", layer.output)
+    return dict(sorted(found.items()))
+
+
+def feature_model(model):
+    """A model sharing ``model``'s layers that returns what transfer wants:
+    ``{"pooled": (N, D), "C1": …, …, "C5": …}`` (the endpoints it names)."""
+    _, pooled, _ = find_head(model)
+    outputs = {"pooled": pooled}
+    outputs.update(stage_endpoints(model))
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")
+
+
+def replace_head(model, num_classes, name="finetune_logits"):
+    """A new model: the same backbone with a fresh ``num_classes`` Dense head.
+
+    The new head outputs logits (no softmax), as the project's models do.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"replace_head: argument `num_classes` must be an integer >= 2, "
+            f"got num_classes={num_classes!r}.")
+    _, pooled, _ = find_head(model)
+    logits = keras.layers.Dense(num_classes, name=name)(pooled)
+    return keras.Model(model.input, logits, name=model.name)
+
+
+def freeze_stages(model, freeze_at):
+    """Freeze the stem and the first stages, as Detectron's FREEZE_AT.
+
+    ``freeze_at=0`` freezes nothing, 1 the stem (C1), 2 the stem and res2
+    (C2), … 5 the whole backbone.  Returns the names of the frozen layers.
+    """
+    if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= 5:
+        raise ValueError(
+            f"freeze_stages: argument `freeze_at` must be an integer in 0..5, "
+            f"got freeze_at={freeze_at!r}.")
+    if freeze_at == 0:
+        return []
+    endpoints = stage_endpoints(model)
+    key = f"C{freeze_at}"
+    if key not in endpoints:
+        raise ValueError(
+            f"freeze_stages: freeze_at={freeze_at} needs the stage endpoint "
+            f"{key}, but model {model.name!r} only names {sorted(endpoints) or 'none'}.")
+    upstream = keras.Model(model.input, endpoints[key])
+    frozen = []
+    for layer in upstream.layers:
+        if layer.weights and layer.trainable:
+            layer.trainable = False
+            frozen.append(layer.name)
+    return frozen
