@@ -1,0 +1,88 @@
+"""``python -m train.export`` end to end, in a subprocess as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import onnxruntime
+import pytest
+
+from gn_keras import GroupNormalization
+
+SIZE, CLASSES = 10, 3
+PREPROCESSING = {
+    "image_size": [SIZE, SIZE], "channels": 1, "mean": [40.0], "std": [30.0],
+    "data_format": "channels_last", "num_classes": CLASSES, "class_names": ["a", "b", "c"],
+}
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_export(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "train.export", *args], capture_output=True, text=True,
+        timeout=300, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def _training_dir(tmp_path, rng):
+    """A directory laid out as a training run leaves it."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = GroupNormalization(groups=2)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    model.save(run_dir / "best.keras")
+    (run_dir / "preprocessing.json").write_text(json.dumps(PREPROCESSING))
+    return model, run_dir
+
+
+def test_export_command_writes_verified_artefacts(tmp_path, rng):
+    model, run_dir = _training_dir(tmp_path, rng)
+    out = tmp_path / "exported"
+    done = _run_export(f"--model={run_dir}", f"--output_dir={out}", "--format=onnx")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "onnx: verified" in done.stdout
+    for name in ("saved_model/saved_model.pb", "model.keras", "preprocessing.json",
+                 "model.onnx", "check_images.npy", "export_report.json"):
+        assert (out / name).exists(), name
+    assert not (out / "model.tflite").exists()
+    images = np.load(out / "check_images.npy")
+    normalized = (images.astype(np.float64) - 40.0) / 30.0
+    logits = model(normalized.astype(np.float32)).numpy()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["check_top1"] == np.argmax(logits, -1).tolist()
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"images": images.astype(np.float32)})[0]
+    np.testing.assert_allclose(onnx_logits, logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("problem", ["missing", "truncated", "class_count"])
+def test_bad_input_is_one_line_error_without_traceback(tmp_path, rng, problem):
+    model, run_dir = _training_dir(tmp_path, rng)
+    source = run_dir / "best.keras"
+    expected = f"{source}: cannot read the Keras model"
+    if problem == "missing":
+        source = run_dir / "missing.keras"
+        expected = f"{source}: no such file or directory."
+    elif problem == "truncated":
+        data = source.read_bytes()
+        source.write_bytes(data[: len(data) * 2 // 3])
+    else:
+        (run_dir / "preprocessing.json").write_text(
+            json.dumps({**PREPROCESSING, "num_classes": 10}))
+        expected = "outputs shape (None, 3) but preprocessing says num_classes=10"
+    done = _run_export(f"--model={source}", f"--output_dir={tmp_path / 'out'}")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gn-export: error: ") and expected in last, done.stderr[-2000:]

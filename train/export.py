@@ -1,0 +1,102 @@
+"""``python -m train.export`` (console script ``gn-export``): models for other runtimes.
+
+Reads a trained model (a ``.keras`` file, a SavedModel written by
+``gn_keras.export``, or a training ``--model_dir``) with its
+``preprocessing.json``, and writes into ``--output_dir``:
+
+* ``saved_model/``: signatures ``serving_default`` (float32 images 0–255),
+  ``serving_uint8`` and ``features`` (see :mod:`gn_keras.export`);
+* ``model.keras`` and ``preprocessing.json`` beside it;
+* ``model.onnx`` with ``--format=onnx`` (tf2onnx) and ``model.tflite`` with
+  ``--format=tflite`` (TensorFlow's LiteRT converter);
+* ``check_images.npy``: the fixed uint8 batch every artefact was run on, and
+  ``export_report.json``: the largest difference from Keras of each output
+  of each artefact and the batch's top-1 classes, for ``saved_model_cli run``.
+
+Every artefact is verified right after writing; a file problem or a
+mismatch beyond ``--tolerance`` ends the command with a one-line error and
+exit status 1.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from gn_keras import export, load
+
+FORMATS = ("saved_model", "onnx", "tflite")
+
+flags.DEFINE_string("model", None, "A .keras file, a SavedModel directory, or a "
+                    "training --model_dir (best.keras is used).")
+flags.DEFINE_string("output_dir", None, "Directory to write the exports into.")
+flags.DEFINE_string("preprocessing", None, "preprocessing.json to use; default: the "
+                    "one beside the model (or inside its SavedModel).")
+flags.DEFINE_multi_enum("format", ["saved_model"], FORMATS,
+                        "Artefacts to write; saved_model and model.keras are always "
+                        "written. Repeat the flag: --format=onnx --format=tflite.")
+flags.DEFINE_float("tolerance", 1e-4, "Largest allowed |export - Keras| relative to "
+                   "max(1, max |Keras|) on the check batch.")
+flags.mark_flags_as_required(["model", "output_dir"])
+FLAGS = flags.FLAGS
+
+
+def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=1e-4):
+    """Write and verify every requested artefact; return the report dict."""
+    os.makedirs(output_dir, exist_ok=True)
+    images = export.check_batch(preprocessing)
+    saved_model_dir = os.path.join(output_dir, "saved_model")
+    by_signature = export.export_saved_model(model, saved_model_dir, preprocessing,
+                                             tolerance=tolerance)
+    differences = {"saved_model": {f"{signature}/{name}": value
+                                   for signature, outputs in by_signature.items()
+                                   for name, value in outputs.items()}}
+    model.save(os.path.join(output_dir, "model.keras"))
+    with open(os.path.join(output_dir, "preprocessing.json"), "w", encoding="utf-8") as handle:
+        json.dump(preprocessing, handle, indent=2)
+    if "onnx" in formats:
+        path = export.export_onnx(model, os.path.join(output_dir, "model.onnx"), preprocessing)
+        differences["onnx"] = export.verify_onnx(path, model, preprocessing, images, tolerance)
+    if "tflite" in formats:
+        path = export.export_tflite(saved_model_dir, os.path.join(output_dir, "model.tflite"))
+        differences["tflite"] = export.verify_tflite(path, model, preprocessing, images, tolerance)
+    np.save(os.path.join(output_dir, "check_images.npy"), images)
+    classes, _ = export.keras_reference(model, preprocessing, images)
+    report = {
+        "max_abs_difference": differences,
+        "tolerance": tolerance,
+        "check_images": "check_images.npy",
+        "check_top1": np.argmax(classes["logits"], axis=-1).tolist(),
+    }
+    with open(os.path.join(output_dir, "export_report.json"), "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    return report
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines hide the result
+    try:
+        model = load.load_model(FLAGS.model)
+        preprocessing = load.load_preprocessing(FLAGS.preprocessing or FLAGS.model)
+        report = export_all(model, FLAGS.output_dir, preprocessing,
+                            formats=FLAGS.format, tolerance=FLAGS.tolerance)
+    except (ValueError, export.ExportMismatchError, OSError) as error:
+        sys.exit(f"gn-export: error: {error}")
+    for artefact, outputs in report["max_abs_difference"].items():
+        worst = max(outputs.values())
+        print(f"{artefact}: verified, max |export - keras| = {worst:.3g}")
+    print(f"wrote {FLAGS.output_dir}")
+
+
+def run():
+    """Console-script entry point (``gn-export``)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
