@@ -1,0 +1,81 @@
+"""Resumable training state: model, optimizer, epoch and position in the epoch.
+
+``Checkpointer`` owns the ``tf.train.Checkpoint`` of a run and its
+``tf.train.CheckpointManager`` in ``<model_dir>/checkpoints``.  The state is
+the model, the optimizer (slots, iteration count, loss scale), the number of
+completed epochs and the number of steps already trained in the current
+epoch; since an epoch's data order depends only on (seed, epoch), that pair
+is the data position too, and a resumed run skips exactly those batches.
+
+On multi-worker and TPU strategies a
+``tf.distribute.experimental.PreemptionCheckpointHandler`` watches for a
+preemption notice and saves before the process is stopped.  Every worker
+saves (MultiWorkerMirroredStrategy needs all of them in a save); the chief
+into ``checkpoints/``, the others into throw-away directories, and everyone
+restores from the chief's.
+"""
+
+import os
+import shutil
+
+import tensorflow as tf
+
+from train import strategy as strategy_lib
+
+_PREEMPTIBLE = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+
+
+class Checkpointer:
+    """Save and restore the training state of one run."""
+
+    def __init__(self, strategy, model, optimizer, directory, max_to_keep=3):
+        self.strategy = strategy
+        self.directory = directory
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch)
+        self.write_directory = strategy_lib.worker_write_dir(strategy, directory)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_directory,
+                                                  max_to_keep=max_to_keep)
+        self._preemption = None
+
+    def restore(self):
+        """Load the latest checkpoint if any; return ``(epoch, step_in_epoch)``."""
+        latest = tf.train.latest_checkpoint(self.directory)
+        if latest:
+            try:
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
+            except (AssertionError, ValueError) as error:
+                raise ValueError(
+                    f"--model_dir={os.path.dirname(self.directory)!r} holds checkpoint "
+                    f"{latest!r} of a different model or optimizer ({error}); resume with "
+                    "the flags of that run or choose a new --model_dir.") from None
+        if isinstance(self.strategy, _PREEMPTIBLE):
+            # Created after the restore: it would otherwise restore from this
+            # worker's own (empty, on non-chief workers) directory.
+            self._preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+                self.strategy.cluster_resolver, self.manager)
+        return int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
+
+    def _record(self, epoch, step_in_epoch):
+        self.epoch.assign(epoch)
+        self.step_in_epoch.assign(step_in_epoch)
+
+    def save(self, epoch, step_in_epoch, global_step):
+        """Checkpoint ``epoch`` completed epochs plus ``step_in_epoch`` steps."""
+        self._record(epoch, step_in_epoch)
+        path = self.manager.save(checkpoint_number=global_step)
+        self._drop_worker_copy()
+        return path
+
+    def after_step(self, epoch, step_in_epoch):
+        """Let the preemption handler save (and stop) if a notice came."""
+        if self._preemption is None:
+            return
+        self._record(epoch, step_in_epoch)
+        self._preemption.save_checkpoint_if_preempted()
+
+    def _drop_worker_copy(self):
+        if self.write_directory != self.directory:
+            shutil.rmtree(self.write_directory, ignore_errors=True)

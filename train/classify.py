@@ -1,0 +1,158 @@
+"""Train an image classifier with any normalization on any tf.distribute strategy.
+
+Command line (absl flags, see ``train.flags``; also the ``gn-train`` script)::
+
+    python -m train.classify                       # GN ResNet-20 on digits
+    python -m train.classify --preset=paper_imagenet --data_dir=/data/imagenet
+
+From Python, ``train(config)`` runs the same job and returns the results
+dict that is also written to ``<model_dir>/results.json``.
+
+The order of a run: config → strategy (created once) → data → model and
+optimizer (in the strategy's scope) → the loop of ``train.loop`` → the
+SavedModel.
+"""
+
+import keras
+import tensorflow as tf
+from absl import app, flags
+
+from train import checkpoints, data, loop, outputs, steps
+from train import config as config_lib
+from train import flags as flags_lib
+from train import optimizer as optimizer_lib
+from train import strategy as strategy_lib
+
+
+def build_zoo_model(config, preprocessing):
+    """The model-zoo network named by ``--model``, producing logits."""
+    import models
+
+    height, width = preprocessing["image_size"]
+    return models.build(
+        config.model, norm=config.norm, num_classes=preprocessing["num_classes"],
+        input_shape=(height, width, preprocessing["channels"]), groups=config.groups,
+        group_size=config.group_size, zero_init_residual=config.zero_init_residual)
+
+
+def check_model_name(name):
+    """Reject an unknown ``--model`` before any data is read."""
+    import models
+
+    if name not in models.available():
+        raise ValueError(f"--model={name!r} is unknown; expected one of "
+                         f"{', '.join(sorted(models.available()))}.")
+
+
+def _run_info(config, strategy, source, pipeline, global_batch_size, plan):
+    return {
+        "strategy": strategy_lib.resolve_strategy_name(config.strategy),
+        "num_replicas": strategy.num_replicas_in_sync,
+        "num_workers": strategy_lib.num_workers(strategy),
+        "global_batch_size": global_batch_size,
+        "peak_learning_rate": optimizer_lib.peak_learning_rate(config, global_batch_size),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "eval_steps": plan.eval_steps,
+        "augment": pipeline.augment,
+        "num_train_examples": source.num_train,
+        "num_eval_examples": source.num_eval,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def _train_in(config, strategy, build_model):
+    source = data.make_source(config)
+    pipeline = data.InputPipeline(source, config)
+    preprocessing = pipeline.preprocessing()
+    global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
+    plan = loop.LoopPlan(
+        epochs=config.epochs,
+        steps_per_epoch=data.steps_per_epoch(config, source, global_batch_size),
+        eval_steps=data.eval_steps(config, source, global_batch_size),
+        global_batch_size=global_batch_size,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        log_every_steps=config.log_every_steps)
+    with strategy.scope():
+        model = build_model(config, preprocessing)
+        schedule = optimizer_lib.make_schedule(config, global_batch_size, plan.steps_per_epoch)
+        optimizer = optimizer_lib.make_optimizer(config, schedule)
+        optimizer.build(model.trainable_variables)
+    runner = steps.StepRunner(
+        strategy, model, optimizer, global_batch_size=global_batch_size,
+        num_classes=source.num_classes, label_smoothing=config.label_smoothing,
+        weight_decay=config.weight_decay,
+        decayed_variables=optimizer_lib.decayed_variables(model, config.decay_norm_params),
+        jit_compile=config.jit_compile)
+    run_outputs = outputs.RunOutputs(
+        config.model_dir, strategy, config.as_dict(), preprocessing,
+        _run_info(config, strategy, source, pipeline, global_batch_size, plan))
+    checkpointer = checkpoints.Checkpointer(strategy, model, optimizer,
+                                            run_outputs.paths["checkpoints"],
+                                            max_to_keep=config.keep_checkpoints)
+    results = loop.run_epochs(runner, pipeline, checkpointer, run_outputs, plan)
+    run_outputs.export(model)
+    return results
+
+
+def train(config, *, strategy=None, build_model=None):
+    """Run a whole training job; return the ``results.json`` contents.
+
+    Args:
+      config: a ``train.config.TrainConfig`` (validated again here).
+      strategy: an existing ``tf.distribute.Strategy``; by default one is
+        created from ``config.strategy`` (a process can only create a
+        multi-worker strategy once, so callers running several jobs pass it).
+      build_model: ``f(config, preprocessing) -> keras.Model`` giving logits,
+        called inside the strategy's scope; defaults to ``build_zoo_model``.
+    """
+    config_lib.validate_config(config)
+    if build_model is None:
+        check_model_name(config.model)
+        build_model = build_zoo_model
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        if strategy is None:
+            strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
+        return _train_in(config, strategy, build_model)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def describe_outputs(results):
+    """Where the run left everything, for the end of the command-line job."""
+    paths = results["outputs"]
+    lines = [
+        f"Median top-1 error of the last 5 epochs: {results['median_last5_top1_error']:.4f} "
+        f"(final {results['final_top1_error']:.4f}, best {results['best_top1_error']:.4f} "
+        f"at epoch {results['best_epoch']}); {results['images_per_sec']:.1f} images/s.",
+        f"  results:        {paths['results']}",
+        f"  checkpoints:    {paths['checkpoints']}  (rerun the same command to resume)",
+        f"  TensorBoard:    tensorboard --logdir {paths['tensorboard']}",
+        f"  Keras models:   {paths['best_keras']}, {paths['last_keras']}",
+        f"  SavedModel:     {paths['saved_model']}",
+        f"  preprocessing:  {paths['preprocessing']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = flags_lib.config_from_flags(flags.FLAGS)
+        results = train(config)
+    except ValueError as error:  # bad flags, paths or data: one clear line
+        raise app.UsageError(str(error)) from None
+    print(describe_outputs(results))
+
+
+def run():
+    """Console entry point ``gn-train``."""
+    flags_lib.define_flags(flags.FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,219 @@
+"""The training configuration: one dataclass, the presets, and validation.
+
+``TrainConfig`` holds every knob of a training run; each absl flag of
+``train.flags`` is one of its fields, so a run can be driven from the
+command line or from Python with the same names.  Presets are named partial
+configs (``PRESETS``); values given explicitly win over the preset's.
+
+``validate_config`` is the single place that rejects a bad configuration,
+with a ``ValueError`` naming the flag and the value, before any data is read
+or any variable is created.
+"""
+
+import dataclasses
+import math
+import numbers
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = ("step", "cosine", "constant")
+AUGMENTATIONS = ("auto", "none", "crop_flip", "inception")
+DATASET_KINDS = ("digits", "synthetic", "folder", "imagenet_tfrecord")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a classification training run (one field per flag).
+
+    The defaults describe the quick run on sklearn's digits: a CIFAR-style
+    ResNet-20 with GN.  Its narrowest stage has 16 channels, which 32 groups
+    cannot split, so the default is ``groups=8`` (2, 4 and 8 channels per
+    group in the three stages); the ``paper_imagenet`` preset sets G=32.
+    """
+
+    # Model.
+    model: str = "resnet20"
+    norm: str = "gn"
+    groups: int = 8
+    group_size: int | None = None
+    zero_init_residual: bool = True
+    # Data.
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int = 32
+    augment: str = "auto"
+    num_classes: int | None = None
+    tfrecord_label_offset: int = 1
+    # Batch and schedule.
+    batch_size_per_replica: int = 32
+    epochs: int = 8
+    steps_per_epoch: int | None = None
+    eval_steps: int | None = None
+    base_lr: float = 0.1
+    lr_reference_batch: int = 256
+    lr_schedule: str = "cosine"
+    lr_boundaries: tuple = (30, 60, 90)
+    lr_decay_factor: float = 0.1
+    warmup_epochs: float = 1.0
+    # Optimizer and loss.
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    decay_norm_params: bool = True
+    label_smoothing: float = 0.0
+    # Execution.
+    strategy: str = "auto"
+    tpu: str = ""
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+    # Outputs.
+    model_dir: str = "runs/classify"
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    log_every_steps: int = 10
+    preset: str | None = None
+
+    def as_dict(self):
+        """The config as JSON-ready plain values (tuples become lists)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
+# §4.1 "Implementation details" of the paper, plus its learning-rate rule
+# (§4.1, "Small batch sizes"): 0.1 for 32 images per GPU on 8 GPUs, i.e.
+# 0.1 per 256 images in total, scaled linearly with the total batch.
+PAPER_IMAGENET = {
+    "model": "resnet50",
+    "norm": "gn",
+    "groups": 32,
+    "group_size": None,
+    "zero_init_residual": True,
+    "dataset": "imagenet_tfrecord",
+    "image_size": 224,
+    "augment": "inception",
+    "num_classes": 1000,
+    "batch_size_per_replica": 32,
+    "epochs": 100,
+    "base_lr": 0.1,
+    "lr_reference_batch": 256,
+    "lr_schedule": "step",
+    "lr_boundaries": (30, 60, 90),
+    "lr_decay_factor": 0.1,
+    "warmup_epochs": 0.0,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "decay_norm_params": True,
+    "label_smoothing": 0.0,
+}
+
+PRESETS = {"paper_imagenet": PAPER_IMAGENET}
+
+
+def make_config(preset=None, **overrides):
+    """A validated ``TrainConfig``: defaults, then the preset, then overrides."""
+    values = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(
+                f"--preset={preset!r} is unknown; expected one of {sorted(PRESETS)}."
+            )
+        values.update(PRESETS[preset])
+        values["preset"] = preset
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"Unknown TrainConfig field(s): {unknown}.")
+    values.update(overrides)
+    config = TrainConfig(**values)
+    validate_config(config)
+    return config
+
+
+def dataset_kind(dataset):
+    """``'tfds'`` for ``tfds:NAME``, else the dataset name itself."""
+    return "tfds" if dataset.startswith("tfds:") else dataset
+
+
+def _fail(flag, value, expected):
+    raise ValueError(f"--{flag}={value!r} is invalid: expected {expected}.")
+
+
+def _check_int(config, name, minimum, optional=False):
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        _fail(name, value, f"an integer >= {minimum}" + (" or unset" if optional else ""))
+
+
+def _check_float(config, name, low, high=math.inf, low_open=False):
+    value = getattr(config, name)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        _fail(name, value, f"a number in {bracket}{low}, {high}]")
+
+
+def _check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        _fail(name, value, f"one of {', '.join(choices)}")
+
+
+def _check_dataset(config):
+    kind = dataset_kind(config.dataset)
+    if kind == "tfds":
+        if not config.dataset[len("tfds:"):]:
+            _fail("dataset", config.dataset, "a TFDS name after 'tfds:', e.g. tfds:cifar10")
+        return
+    if kind not in DATASET_KINDS:
+        _fail("dataset", config.dataset,
+              f"one of {', '.join(DATASET_KINDS)} or tfds:NAME")
+    if kind in ("folder", "imagenet_tfrecord") and not config.data_dir:
+        raise ValueError(
+            f"--dataset={config.dataset} needs --data_dir: the directory holding "
+            + ("one sub-folder of images per class." if kind == "folder"
+               else "the ImageNet TFRecord shards (train-*-of-*, validation-*-of-*).")
+        )
+
+
+def _check_schedule(config):
+    _check_choice(config, "lr_schedule", LR_SCHEDULES)
+    boundaries = config.lr_boundaries
+    numeric = all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in boundaries)
+    if not numeric or list(boundaries) != sorted(set(boundaries)) or any(b <= 0 for b in boundaries):
+        _fail("lr_boundaries", list(boundaries),
+              "strictly increasing positive epoch numbers, e.g. 30,60,90")
+    if config.warmup_epochs >= config.epochs and config.warmup_epochs > 0:
+        _fail("warmup_epochs", config.warmup_epochs,
+              f"fewer warm-up epochs than --epochs={config.epochs}")
+
+
+def validate_config(config):
+    """Raise ``ValueError`` naming the first bad flag and its value."""
+    for name, minimum in (("groups", -1), ("batch_size_per_replica", 1), ("epochs", 1),
+                          ("lr_reference_batch", 1), ("seed", 0), ("image_size", 8),
+                          ("checkpoint_every_steps", 0), ("keep_checkpoints", 1),
+                          ("log_every_steps", 1), ("tfrecord_label_offset", 0)):
+        _check_int(config, name, minimum)
+    if config.groups == 0:
+        _fail("groups", 0, "a positive group count, or -1 for one channel per group")
+    for name, minimum in (("group_size", 1), ("steps_per_epoch", 1), ("eval_steps", 1),
+                          ("num_classes", 2)):
+        _check_int(config, name, minimum, optional=True)
+    _check_float(config, "base_lr", 0.0, low_open=True)
+    _check_float(config, "momentum", 0.0, 1.0)
+    _check_float(config, "weight_decay", 0.0)
+    _check_float(config, "label_smoothing", 0.0, 1.0)
+    _check_float(config, "warmup_epochs", 0.0)
+    _check_float(config, "lr_decay_factor", 0.0, 1.0, low_open=True)
+    _check_choice(config, "strategy", STRATEGIES)
+    _check_choice(config, "mixed_precision", PRECISIONS)
+    _check_choice(config, "augment", AUGMENTATIONS)
+    _check_schedule(config)
+    _check_dataset(config)
+    if not config.model_dir:
+        _fail("model_dir", config.model_dir, "a directory path for checkpoints and outputs")
+    if not config.model or not config.norm:
+        _fail("model" if not config.model else "norm", "", "a non-empty name")

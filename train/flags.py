@@ -1,0 +1,101 @@
+"""absl flags for the training scripts: one flag per ``TrainConfig`` field.
+
+Defaults come from ``TrainConfig`` itself, so the dataclass stays the one
+source of truth.  ``config_from_flags`` turns parsed flags into a validated
+config: defaults, then ``--preset``, then every flag given explicitly on the
+command line (so ``--preset=paper_imagenet --epochs=2`` keeps the preset's
+recipe but trains 2 epochs).
+"""
+
+import dataclasses
+
+from absl import flags
+
+from train import config as config_lib
+
+_DEFAULTS = config_lib.TrainConfig()
+
+# name -> (kind, help); kind picks the absl DEFINE_* and, for enums, the
+# allowed values.
+_FLAG_SPECS = {
+    "model": ("string", "Model name from the model zoo (models.available())."),
+    "norm": ("string", "Normalization: bn, sync_bn, frozen_bn, brn, gn, ln, in, wn, "
+                       "gn+ws, none, keras_gn."),
+    "groups": ("integer", "GN groups G (-1: one channel per group). Default 8 suits "
+                          "CIFAR-style ResNets whose first stage has 16 channels."),
+    "group_size": ("integer", "GN channels per group; replaces --groups when set."),
+    "zero_init_residual": ("bool", "Zero-init the last norm's gamma in each residual block."),
+    "dataset": ("string", "digits | synthetic | folder | imagenet_tfrecord | tfds:NAME."),
+    "data_dir": ("string", "Data location for folder/imagenet_tfrecord; TFDS data_dir."),
+    "image_size": ("integer", "Square input size in pixels."),
+    "augment": (config_lib.AUGMENTATIONS, "Training augmentation; auto picks by dataset."),
+    "num_classes": ("integer", "Class count for synthetic/imagenet_tfrecord "
+                               "(others read it from the data)."),
+    "tfrecord_label_offset": ("integer", "Subtracted from image/class/label; standard "
+                                         "ImageNet shards store 1..1000."),
+    "batch_size_per_replica": ("integer", "Images per replica per step."),
+    "epochs": ("integer", "Training epochs."),
+    "steps_per_epoch": ("integer", "Cap on steps per epoch (quick runs)."),
+    "eval_steps": ("integer", "Cap on evaluation steps (quick runs)."),
+    "base_lr": ("float", "Learning rate at --lr_reference_batch images per step."),
+    "lr_reference_batch": ("integer", "Global batch at which the lr is --base_lr "
+                                      "(lr = base_lr * global_batch / reference)."),
+    "lr_schedule": (config_lib.LR_SCHEDULES, "Learning-rate schedule after warm-up."),
+    "lr_boundaries": ("list", "Epochs at which the step schedule multiplies the lr "
+                              "by --lr_decay_factor."),
+    "lr_decay_factor": ("float", "Factor applied at each step-schedule boundary."),
+    "warmup_epochs": ("float", "Linear warm-up length in epochs."),
+    "momentum": ("float", "SGD momentum."),
+    "weight_decay": ("float", "Coupled L2 (added to the gradient before momentum)."),
+    "decay_norm_params": ("bool", "Apply --weight_decay to normalization gamma/beta too."),
+    "label_smoothing": ("float", "Label smoothing of the cross-entropy."),
+    "strategy": (config_lib.STRATEGIES, "tf.distribute strategy; multi_worker reads TF_CONFIG."),
+    "tpu": ("string", "TPU address for --strategy=tpu ('' for a local TPU)."),
+    "mixed_precision": (config_lib.PRECISIONS, "Keras dtype policy."),
+    "jit_compile": ("bool", "XLA-compile the per-replica step."),
+    "seed": ("integer", "Seed for weights, data order and augmentation."),
+    "model_dir": ("string", "Where checkpoints, logs, results and models go."),
+    "checkpoint_every_steps": ("integer", "Also checkpoint every N steps (0: epoch ends only)."),
+    "keep_checkpoints": ("integer", "How many checkpoints to keep."),
+    "log_every_steps": ("integer", "TensorBoard step-summary interval."),
+    "preset": (tuple(config_lib.PRESETS), "Named recipe; explicit flags override it."),
+}
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Define one flag per ``TrainConfig`` field on ``flag_values``."""
+    fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
+    missing = fields.symmetric_difference(_FLAG_SPECS)
+    if missing:
+        raise ValueError(f"TrainConfig fields and flags disagree on: {sorted(missing)}.")
+    for name, (kind, help_text) in _FLAG_SPECS.items():
+        default = getattr(_DEFAULTS, name)
+        if isinstance(kind, tuple):
+            flags.DEFINE_enum(name, default, kind, help_text, flag_values=flag_values)
+        elif kind == "list":
+            flags.DEFINE_list(name, [str(v) for v in default], help_text,
+                              flag_values=flag_values)
+        else:
+            definer = getattr(flags, f"DEFINE_{kind}")
+            definer(name, default, help_text, flag_values=flag_values)
+
+
+def _parse_boundaries(values):
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise ValueError(
+            f"--lr_boundaries={','.join(values)!r} is invalid: expected "
+            "comma-separated epoch numbers, e.g. 30,60,90."
+        ) from None
+
+
+def config_from_flags(flag_values=flags.FLAGS):
+    """A validated ``TrainConfig`` from parsed flags (explicit flags win)."""
+    overrides = {}
+    for name in _FLAG_SPECS:
+        if name == "preset" or not flag_values[name].present:
+            continue
+        value = flag_values[name].value
+        overrides[name] = _parse_boundaries(value) if name == "lr_boundaries" else value
+    return config_lib.make_config(flag_values["preset"].value, **overrides)

@@ -1,0 +1,103 @@
+"""The one training loop: epochs of distributed steps, evaluation, checkpoints.
+
+``run_epochs`` drives a ``train.steps.StepRunner`` for whatever strategy it
+was built with.  Per epoch it builds the epoch's distributed dataset
+(``strategy.distribute_datasets_from_function``), runs the steps with a
+``keras.utils.Progbar``, evaluates, hands the epoch record to
+``train.outputs.RunOutputs`` and then checkpoints through
+``train.checkpoints.Checkpointer`` — results first, so an interruption
+between the two re-runs the epoch and replaces its record rather than
+losing it.  It starts from wherever the checkpoint says: completed epochs
+are never repeated, and a partly trained epoch resumes at its next batch.
+"""
+
+import dataclasses
+import time
+
+import keras
+
+from train import optimizer as optimizer_lib
+
+
+@dataclasses.dataclass
+class LoopPlan:
+    """How long to train and how often to log and checkpoint."""
+
+    epochs: int
+    steps_per_epoch: int
+    eval_steps: int
+    global_batch_size: int
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 10
+
+
+def _train_epoch(runner, pipeline, checkpointer, outputs, plan, epoch, first_step):
+    strategy = runner.strategy
+    dataset = strategy.distribute_datasets_from_function(
+        pipeline.train_dataset_fn(epoch, skip_steps=first_step))
+    iterator = iter(dataset)
+    runner.reset(runner.train_metrics)
+    progress = keras.utils.Progbar(plan.steps_per_epoch, stateful_metrics=["lr"],
+                                   verbose=1 if outputs.is_chief else 0)
+    started = time.perf_counter()
+    for step in range(first_step, plan.steps_per_epoch):
+        global_step = epoch * plan.steps_per_epoch + step
+        learning_rate = optimizer_lib.current_learning_rate(runner.optimizer)
+        loss = float(runner.train_step(iterator))
+        progress.update(step + 1, [("loss", loss), ("lr", learning_rate)])
+        if global_step % plan.log_every_steps == 0:
+            outputs.log_step(global_step, loss, learning_rate)
+        done = step + 1
+        if plan.checkpoint_every_steps and done % plan.checkpoint_every_steps == 0 \
+                and done < plan.steps_per_epoch:
+            checkpointer.save(epoch, done, global_step + 1)
+        checkpointer.after_step(epoch, done)
+    seconds = time.perf_counter() - started
+    trained = plan.steps_per_epoch - first_step
+    return runner.results(runner.train_metrics), trained * plan.global_batch_size / seconds
+
+
+def evaluate(runner, pipeline, eval_steps):
+    """Metrics of the model on the validation set (padded examples ignored)."""
+    dataset = runner.strategy.distribute_datasets_from_function(
+        pipeline.eval_dataset_fn(eval_steps))
+    iterator = iter(dataset)
+    runner.reset(runner.eval_metrics)
+    for _ in range(eval_steps):
+        runner.eval_step(iterator)
+    return runner.results(runner.eval_metrics)
+
+
+def run_epochs(runner, pipeline, checkpointer, outputs, plan):
+    """Train from the latest checkpoint to ``plan.epochs``; return the results."""
+    start_epoch, start_step = checkpointer.restore()
+    outputs.resume(start_epoch)
+    if outputs.is_chief and (start_epoch or start_step):
+        print(f"Resuming at epoch {start_epoch}, step {start_step} from "
+              f"{checkpointer.directory}")
+    for epoch in range(start_epoch, plan.epochs):
+        first_step = start_step if epoch == start_epoch else 0
+        if outputs.is_chief:
+            print(f"Epoch {epoch + 1}/{plan.epochs}")
+        learning_rate = optimizer_lib.current_learning_rate(runner.optimizer)
+        started = time.perf_counter()
+        train_metrics, images_per_sec = _train_epoch(
+            runner, pipeline, checkpointer, outputs, plan, epoch, first_step)
+        val_metrics = evaluate(runner, pipeline, plan.eval_steps)
+        record = {
+            "epoch": epoch,
+            "train": train_metrics,
+            "val": val_metrics,
+            "learning_rate": learning_rate,
+            "images_per_sec": images_per_sec,
+            "seconds": time.perf_counter() - started,
+            "resumed_at_step": first_step,
+        }
+        if outputs.is_chief:
+            print(f"  val top-1 error {val_metrics['top1_error']:.4f}, "
+                  f"top-5 error {val_metrics['top5_error']:.4f}, "
+                  f"{images_per_sec:.1f} images/s")
+        outputs.end_epoch(record, runner.model)
+        checkpointer.save(epoch + 1, 0, (epoch + 1) * plan.steps_per_epoch)
+    outputs.write_results()
+    return outputs.results

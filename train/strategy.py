@@ -1,0 +1,113 @@
+"""Choosing the tf.distribute strategy and the worker's role in it.
+
+The strategy is created once per process (``make_strategy``); everything
+else asks it how many replicas there are and whether this process is the
+chief (``is_chief``).  Multi-worker training reads the cluster from
+``TF_CONFIG``; non-chief workers still have to take part in every save (the
+collective ops of MultiWorkerMirroredStrategy need all workers), so they
+write into throw-away directories from ``worker_write_dir``.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+
+def _tf_config():
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}): {raw!r}") from None
+
+
+def _cluster_size(tf_config):
+    cluster = tf_config.get("cluster", {})
+    return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+
+
+def resolve_strategy_name(name):
+    """Turn ``auto`` into a concrete strategy name for this machine/cluster."""
+    if name != "auto":
+        return name
+    if _cluster_size(_tf_config()) > 1:
+        return "multi_worker"
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return "mirrored"
+    return "one_device"
+
+
+def _check_multi_worker_env():
+    tf_config = _tf_config()
+    if not tf_config.get("cluster") or "task" not in tf_config:
+        raise ValueError(
+            "--strategy=multi_worker needs TF_CONFIG with 'cluster' and 'task', e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}; got '
+            f"TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}."
+        )
+
+
+def _tpu_strategy(tpu_address):
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def make_strategy(name, tpu_address=""):
+    """Create the strategy named by ``--strategy`` (call once per process)."""
+    name = resolve_strategy_name(name)
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        _check_multi_worker_env()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _tpu_strategy(tpu_address)
+    raise ValueError(
+        f"--strategy={name!r} is invalid: expected auto, one_device, mirrored, "
+        "multi_worker or tpu."
+    )
+
+
+def _task(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return None, None
+    return resolver.task_type, resolver.task_id
+
+
+def is_chief(strategy):
+    """True for the process that writes logs, results and models."""
+    task_type, task_id = _task(strategy)
+    if task_type is None:
+        return True
+    has_chief_job = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
+    if has_chief_job:
+        return task_type == "chief"
+    return task_type == "worker" and task_id == 0
+
+
+def worker_write_dir(strategy, directory):
+    """``directory`` on the chief; a private temporary twin on other workers."""
+    if is_chief(strategy):
+        return directory
+    task_type, task_id = _task(strategy)
+    return os.path.join(os.path.dirname(os.path.abspath(directory)),
+                        f".{os.path.basename(directory)}-{task_type}{task_id}-tmp")
+
+
+def num_workers(strategy):
+    """Hosts taking part (1 unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(job, [])) for job in ("chief", "worker")))
