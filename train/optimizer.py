@@ -73,7 +73,10 @@ def make_schedule(config, global_batch_size, steps_per_epoch):
     peak = peak_learning_rate(config, global_batch_size)
     total_steps = config.epochs * steps_per_epoch
     if config.lr_schedule == "step":
-        boundaries = [int(round(epoch * steps_per_epoch)) for epoch in config.lr_boundaries]
+        # Keras switches value *after* a boundary step; the first step of
+        # epoch b (step b·steps_per_epoch) must already use the lower rate.
+        boundaries = [max(1, int(round(epoch * steps_per_epoch))) - 1
+                      for epoch in config.lr_boundaries]
         values = [peak * config.lr_decay_factor**i for i in range(len(boundaries) + 1)]
         after = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     elif config.lr_schedule == "cosine":

@@ -1,0 +1,108 @@
+"""Flags → config: the paper preset, explicit overrides, and every bad-flag error."""
+
+import dataclasses
+
+import pytest
+from absl import flags
+
+from train import config as config_lib
+from train import flags as flags_lib
+
+
+def parse(argv):
+    flag_values = flags.FlagValues()
+    flags_lib.define_flags(flag_values)
+    flag_values(["prog", *argv])
+    return flags_lib.config_from_flags(flag_values)
+
+
+def test_every_config_field_is_a_flag_with_the_same_default():
+    flag_values = flags.FlagValues()
+    flags_lib.define_flags(flag_values)
+    defaults = config_lib.TrainConfig()
+    for field in dataclasses.fields(config_lib.TrainConfig):
+        value = flag_values[field.name].value
+        expected = getattr(defaults, field.name)
+        if field.name == "lr_boundaries":
+            value = tuple(float(v) for v in value)
+        assert value == expected, field.name
+
+
+def test_no_flags_gives_the_digits_defaults():
+    config = parse([])
+    assert config == config_lib.TrainConfig()
+    assert config.dataset == "digits" and config.norm == "gn"
+    assert 16 % config.groups == 0  # the narrowest CIFAR ResNet stage splits
+
+
+def test_paper_preset_sets_section_4_1_recipe():
+    config = parse(["--preset=paper_imagenet", "--data_dir=/data/imagenet"])
+    assert (config.model, config.norm, config.groups) == ("resnet50", "gn", 32)
+    assert config.image_size == 224 and config.augment == "inception"
+    assert config.batch_size_per_replica == 32 and config.epochs == 100
+    assert config.lr_schedule == "step" and config.lr_boundaries == (30, 60, 90)
+    assert config.lr_decay_factor == 0.1 and config.warmup_epochs == 0
+    assert config.momentum == 0.9 and config.weight_decay == 1e-4
+    assert config.decay_norm_params is True and config.zero_init_residual is True
+    # 0.1 for 8 GPUs x 32 images: 0.1 per 256 images in total.
+    assert config.base_lr * 256 / config.lr_reference_batch == pytest.approx(0.1)
+    assert config.preset == "paper_imagenet"
+
+
+def test_explicit_flags_override_the_preset_and_others_keep_it():
+    config = parse(["--preset=paper_imagenet", "--data_dir=/d", "--norm=bn", "--epochs=3",
+                    "--lr_boundaries=1,2", "--batch_size_per_replica=8"])
+    assert (config.norm, config.epochs, config.lr_boundaries) == ("bn", 3, (1.0, 2.0))
+    assert config.batch_size_per_replica == 8
+    assert config.groups == 32 and config.image_size == 224 and config.weight_decay == 1e-4
+
+
+def test_make_config_matches_flags():
+    from_python = config_lib.make_config("paper_imagenet", data_dir="/d", epochs=3)
+    assert from_python == parse(["--preset=paper_imagenet", "--data_dir=/d", "--epochs=3"])
+
+
+@pytest.mark.parametrize("argv, flag, value", [
+    (["--batch_size_per_replica=0"], "batch_size_per_replica", "0"),
+    (["--epochs=-2"], "epochs", "-2"),
+    (["--groups=0"], "groups", "0"),
+    (["--group_size=0"], "group_size", "0"),
+    (["--base_lr=0"], "base_lr", "0"),
+    (["--base_lr=nan"], "base_lr", "nan"),
+    (["--momentum=1.5"], "momentum", "1.5"),
+    (["--weight_decay=-1e-4"], "weight_decay", "-0.0001"),
+    (["--label_smoothing=2"], "label_smoothing", "2"),
+    (["--lr_boundaries=60,30"], "lr_boundaries", "60"),
+    (["--lr_boundaries=a,b"], "lr_boundaries", "a,b"),
+    (["--lr_decay_factor=0"], "lr_decay_factor", "0"),
+    (["--warmup_epochs=9", "--epochs=9"], "warmup_epochs", "9"),
+    (["--image_size=4"], "image_size", "4"),
+    (["--steps_per_epoch=0"], "steps_per_epoch", "0"),
+    (["--eval_steps=0"], "eval_steps", "0"),
+    (["--num_classes=1"], "num_classes", "1"),
+    (["--dataset=mnist"], "dataset", "mnist"),
+    (["--dataset=tfds:"], "dataset", "tfds:"),
+    (["--dataset=folder"], "dataset=folder", "data_dir"),
+    (["--dataset=imagenet_tfrecord"], "dataset=imagenet_tfrecord", "data_dir"),
+    (["--model_dir="], "model_dir", "''"),
+])
+def test_bad_flag_values_name_the_flag_and_value(argv, flag, value):
+    with pytest.raises(ValueError, match=f"--{flag}") as caught:
+        parse(argv)
+    assert value in str(caught.value)
+
+
+@pytest.mark.parametrize("argv", [["--strategy=gpus"], ["--mixed_precision=fp8"],
+                                  ["--lr_schedule=poly"], ["--augment=mixup"],
+                                  ["--preset=paper_coco"], ["--epochs=two"]])
+def test_enum_and_type_errors_are_absl_flag_errors(argv):
+    name = argv[0].split("=")[0][2:]
+    with pytest.raises(flags.IllegalFlagValueError, match=name):
+        parse(argv)
+
+
+def test_unknown_preset_and_field_from_python():
+    with pytest.raises(ValueError, match="--preset='paper_coco'"):
+        config_lib.make_config("paper_coco")
+    with pytest.raises(ValueError, match="learning_rate"):
+        config_lib.make_config(learning_rate=0.1)
