@@ -1,0 +1,44 @@
+"""The paper's §4.1 studies: the trainings each needs, run resumably, then reported.
+
+Python API (``python -m train.study`` is the command line over it):
+
+* ``run_study(name, base_config, out_dir, options=StudyOptions(), command="")``
+  trains every run of study ``name`` (``norms``, ``batch_size``, ``groups``,
+  ``feature_stats``) with ``train.classify.train`` — the project's one
+  training job — in ``<out_dir>/<name>/<run name>/``, skipping finished
+  runs and resuming started ones, then writes ``<out_dir>/<name>/<name>.md``
+  with the table(s), the PNG figure(s) and ``summary.json``.  It returns a
+  ``StudyOutcome`` (the report path and the ``runner.StudyRuns``).
+* ``specs``: the studies (``STUDIES``, ``get_study``), their grids
+  (``StudyOptions``) and runs (``RunSpec``).
+* ``runner``: skip/resume logic; ``summary``: numbers from results.json;
+  ``tables`` and ``figures``: the paper's layouts; ``report``: the files;
+  ``feature_stats``: the percentile callback of Figure 6.
+"""
+
+import dataclasses
+import os
+
+from train.studies import feature_stats, report, runner
+from train.studies.specs import STUDIES, StudyOptions, get_study
+
+__all__ = ["STUDIES", "StudyOptions", "StudyOutcome", "get_study", "run_study"]
+
+
+@dataclasses.dataclass
+class StudyOutcome:
+    report_path: str
+    runs: runner.StudyRuns
+
+
+def run_study(name, base_config, out_dir, options=None, command="", strategy=None):
+    """Run (or finish) study ``name`` and write its report; see the module doc."""
+    study = get_study(name)
+    options = options or StudyOptions()
+    study_dir = os.path.join(out_dir, study.name)
+    specs = study.runs(options, first_seed=base_config.seed)
+    after_run = feature_stats.record_run if study.records_feature_stats else None
+    runs = runner.run_all(study, specs, base_config, study_dir, strategy=strategy,
+                          after_run=after_run)
+    path = report.write_report(study, specs, runs, study_dir, command=command)
+    return StudyOutcome(path, runs)

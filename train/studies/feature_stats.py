@@ -1,0 +1,177 @@
+"""The percentile callback behind the feature-distribution study (Figure 6).
+
+Figure 6 of the paper follows the distribution of VGG-16's conv5_3 output,
+taken before normalization and ReLU, as the 1st/20th/80th/99th percentiles
+of its responses over training.  ``FeaturePercentiles`` is a Keras callback
+that, at every epoch end, runs the model up to one named layer on a fixed
+batch (in inference mode, so no BN statistic moves) and records those
+percentiles with ``np.percentile`` over every element of the response.
+
+Records go to a JSON file in the run directory and are keyed by epoch, so a
+run resumed by the training loop keeps what earlier attempts wrote and an
+epoch recorded twice is simply overwritten.
+
+``train.classify.train`` takes no Keras callbacks, so the study drives the
+callback itself after a run (``record_run``): the run keeps one checkpoint
+per epoch end, and each is restored into a fresh model in turn before
+``on_epoch_end`` is called, which measures exactly the weights the loop
+had at that epoch's end.
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from train import classify, data, outputs
+
+PERCENTILES = (1, 20, 80, 99)
+FEATURE_STATS_FILE = "feature_stats.json"
+# Images in the fixed batch (fewer if the validation set is smaller).
+PROBE_IMAGES = 64
+# The last conv of each model the study knows, by its zoo name; its output
+# is the response before normalization and ReLU (conv -> norm -> ReLU).
+LAST_CONV_LAYERS = {"vgg16": "block5_3_conv"}
+
+
+def response_percentiles(activations, percentiles=PERCENTILES):
+    """Percentiles of every element of ``activations`` (float64 NumPy)."""
+    values = np.asarray(activations, dtype=np.float64).ravel()
+    return [float(v) for v in np.percentile(values, percentiles)]
+
+
+def read_feature_stats(path):
+    """The records of a feature_stats.json, or an empty layout if absent."""
+    if not os.path.exists(path):
+        return {"layer": None, "percentiles": list(PERCENTILES), "epochs": []}
+    return outputs.read_json(path)
+
+
+class FeaturePercentiles(keras.callbacks.Callback):
+    """Record percentiles of one layer's output on a fixed batch per epoch.
+
+    Args:
+        layer_name: name of the layer (in ``self.model``) whose output is
+            measured; for Figure 6 the last conv, whose output is the
+            response before normalization and ReLU.
+        images: the fixed batch, a NumPy array the model accepts.
+        path: JSON file the records are written to after every epoch.
+        percentiles: which percentiles to record, each in [0, 100].
+    """
+
+    def __init__(self, layer_name, images, path, percentiles=PERCENTILES):
+        super().__init__()
+        if not isinstance(layer_name, str) or not layer_name:
+            raise ValueError(
+                f"FeaturePercentiles: `layer_name` must be a non-empty string, "
+                f"got layer_name={layer_name!r}."
+            )
+        images = np.asarray(images)
+        if images.ndim < 2 or images.shape[0] == 0:
+            raise ValueError(
+                "FeaturePercentiles: `images` must be a non-empty batch, got an "
+                f"array of shape {images.shape}."
+            )
+        percentiles = tuple(percentiles)
+        if not percentiles or any(not 0 <= p <= 100 for p in percentiles):
+            raise ValueError(
+                f"FeaturePercentiles: `percentiles` must be numbers in [0, 100], "
+                f"got percentiles={percentiles!r}."
+            )
+        self.layer_name = layer_name
+        self.images = images
+        self.path = path
+        self.percentiles = percentiles
+        self._probe = None
+        self._probed_model = None
+
+    def _probe_model(self):
+        # A sub-model sharing the layers (and so the weights) of the trained
+        # model; rebuilt only if the callback is attached to another model.
+        if self._probed_model is not self.model:
+            try:
+                layer = self.model.get_layer(self.layer_name)
+            except ValueError:
+                names = [layer.name for layer in self.model.layers]
+                raise ValueError(
+                    f"FeaturePercentiles: `layer_name`={self.layer_name!r} is not a "
+                    f"layer of model {self.model.name!r}; its layers are {names}."
+                ) from None
+            self._probe = keras.Model(self.model.input, layer.output)
+            self._probed_model = self.model
+        return self._probe
+
+    def activations(self):
+        """The layer's response to the fixed batch, in inference mode."""
+        probe = self._probe_model()
+        return keras.ops.convert_to_numpy(probe(self.images, training=False))
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {
+            "epoch": int(epoch),
+            "values": response_percentiles(self.activations(), self.percentiles),
+        }
+        stats = read_feature_stats(self.path)
+        kept = [r for r in stats["epochs"] if r["epoch"] != record["epoch"]]
+        stats.update(layer=self.layer_name, percentiles=list(self.percentiles),
+                     epochs=sorted(kept + [record], key=lambda r: r["epoch"]))
+        outputs.write_json_atomically(self.path, stats)
+
+
+def last_conv_layer(model_name):
+    """The name of ``model_name``'s last conv layer in the zoo."""
+    if model_name not in LAST_CONV_LAYERS:
+        raise ValueError(
+            f"--model={model_name!r} has no known last conv layer for the feature "
+            f"statistics; expected one of {sorted(LAST_CONV_LAYERS)}.")
+    return LAST_CONV_LAYERS[model_name]
+
+
+def fixed_batch(config, size=PROBE_IMAGES):
+    """The first ``size`` validation images, preprocessed as for evaluation."""
+    pipeline = data.InputPipeline(data.make_source(config),
+                                  dataclasses.replace(config, batch_size_per_replica=size))
+    dataset = pipeline.eval_dataset_fn(1)(tf.distribute.InputContext())
+    images, _, weights = next(iter(dataset))
+    # Evaluation pads a short validation set with zero-weight images.
+    return images.numpy()[weights.numpy() > 0]
+
+
+def epoch_end_checkpoints(checkpoint_dir):
+    """``{epoch: path}`` of the checkpoints saved at an epoch's end."""
+    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    found = {}
+    for path in state.all_model_checkpoint_paths if state else ():
+        reader = tf.train.load_checkpoint(path)
+        completed = int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        step = int(reader.get_tensor("step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        if step == 0 and completed > 0:
+            found[completed - 1] = path
+    return found
+
+
+def record_run(config, results):
+    """Fill ``<model_dir>/feature_stats.json`` for every epoch of a finished run."""
+    path = os.path.join(config.model_dir, FEATURE_STATS_FILE)
+    recorded = {r["epoch"] for r in read_feature_stats(path)["epochs"]}
+    missing = [e for e in range(config.epochs) if e not in recorded]
+    if not missing:
+        return path
+    checkpoints = epoch_end_checkpoints(os.path.join(config.model_dir, "checkpoints"))
+    lost = [e for e in missing if e not in checkpoints]
+    if lost:
+        raise ValueError(
+            f"Run {config.model_dir!r} kept no end-of-epoch checkpoint for epochs "
+            f"{lost}; it must be trained with --keep_checkpoints >= --epochs "
+            "(delete the run directory to train it again).")
+    preprocessing = outputs.read_json(os.path.join(config.model_dir, outputs.PREPROCESSING_FILE))
+    model = classify.build_zoo_model(config, preprocessing)
+    callback = FeaturePercentiles(last_conv_layer(config.model), fixed_batch(config), path)
+    callback.set_model(model)
+    logs = {record["epoch"]: record for record in results["epochs"]}
+    for epoch in missing:
+        tf.train.Checkpoint(model=model).restore(checkpoints[epoch]).expect_partial()
+        callback.on_epoch_end(epoch, {"val_top1_error": logs[epoch]["val"]["top1_error"]})
+    return path

@@ -1,0 +1,137 @@
+"""Running a study's trainings through the one training job, resumably.
+
+Every run of a study lives in ``<study_dir>/<run name>/`` and is an ordinary
+``train.classify.train`` job with ``model_dir`` set to that directory.  The
+runner only decides what to do with each run:
+
+* finished (``results.json`` covers every epoch and the SavedModel is
+  there): skipped, its results read back;
+* started (a ``results.json`` or checkpoint exists): handed back to
+  ``train.classify.train``, whose checkpoint resume continues it;
+* a setting whose model cannot be built (e.g. G=32 groups on a 16-channel
+  layer): not trained, and reported as not applicable with the reason.
+
+A run directory holding a run with other settings is refused: results of a
+different configuration must never be mixed into a table.
+"""
+
+import dataclasses
+import os
+
+from train import classify, data, outputs
+from train import config as config_lib
+from train import strategy as strategy_lib
+
+# Fields that may differ between a stored run and the one asked for without
+# changing what was trained.
+_IGNORED_FIELDS = ("model_dir",)
+
+
+@dataclasses.dataclass
+class StudyRuns:
+    """What a study's runs produced and what the runner did with them."""
+
+    results: dict  # run name -> results.json contents
+    configs: dict  # run name -> TrainConfig
+    not_applicable: dict  # setting key -> reason
+    trained: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+
+
+def run_config(study, base_config, spec, study_dir):
+    """The validated ``TrainConfig`` of one run of a study."""
+    config = dataclasses.replace(base_config, **spec.overrides(),
+                                 model_dir=os.path.join(study_dir, spec.name))
+    if study.records_feature_stats:
+        # Every epoch-end checkpoint is read back by feature_stats.record_run.
+        config = dataclasses.replace(config, keep_checkpoints=config.epochs,
+                                     checkpoint_every_steps=0)
+    config_lib.validate_config(config)
+    return config
+
+
+def results_path(config):
+    return os.path.join(config.model_dir, outputs.RESULTS_FILE)
+
+
+def read_results(config):
+    """The run's ``results.json``, or ``None`` if it has none yet."""
+    path = results_path(config)
+    return outputs.read_json(path) if os.path.exists(path) else None
+
+
+def is_finished(config, results):
+    """All epochs recorded and the end-of-run export written."""
+    if results is None:
+        return False
+    epochs = [record["epoch"] for record in results.get("epochs", [])]
+    exported = os.path.exists(os.path.join(config.model_dir, "saved_model",
+                                           "saved_model.pb"))
+    return epochs == list(range(config.epochs)) and exported
+
+
+def check_same_settings(config, results):
+    """Refuse a run directory that holds a run with other settings."""
+    stored = dict(results.get("flags", {}))
+    wanted = config.as_dict()
+    differing = sorted(key for key in wanted if key not in _IGNORED_FIELDS
+                       and stored.get(key) != wanted[key])
+    if differing:
+        details = ", ".join(f"{key}: stored {stored.get(key)!r} vs {wanted[key]!r}"
+                            for key in differing)
+        raise ValueError(
+            f"--out_dir holds run {config.model_dir!r} trained with other settings "
+            f"({details}); use a new --out_dir or the flags of that study.")
+
+
+def model_build_problem(config):
+    """Why the model of ``config`` cannot be built, or ``None`` if it can."""
+    pipeline = data.InputPipeline(data.make_source(config), config)
+    try:
+        classify.build_zoo_model(config, pipeline.preprocessing())
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _applicability(study, specs, base_config, study_dir):
+    # One model build per setting (not per seed), only for what is untrained.
+    problems = {}
+    for spec in specs:
+        key = spec.setting.key
+        if key in problems:
+            continue
+        config = run_config(study, base_config, spec, study_dir)
+        problems[key] = None if read_results(config) else model_build_problem(config)
+    return {key: problem for key, problem in problems.items() if problem}
+
+
+def run_all(study, specs, base_config, study_dir, *, strategy=None, after_run=None):
+    """Train (or skip, or resume) every run; return a ``StudyRuns``.
+
+    ``after_run(config, results)`` is called once per finished run, trained
+    now or earlier, e.g. to compute per-epoch feature statistics.
+    """
+    os.makedirs(study_dir, exist_ok=True)
+    not_applicable = _applicability(study, specs, base_config, study_dir)
+    runs = StudyRuns(results={}, configs={}, not_applicable=not_applicable)
+    for spec in specs:
+        if spec.setting.key in not_applicable:
+            continue
+        config = run_config(study, base_config, spec, study_dir)
+        results = read_results(config)
+        if results is not None:
+            check_same_settings(config, results)
+        if is_finished(config, results):
+            runs.skipped.append(spec.name)
+        else:
+            if strategy is None:
+                strategy = strategy_lib.make_strategy(base_config.strategy, base_config.tpu)
+            print(f"[{study.name}] training {spec.name} in {config.model_dir}")
+            results = classify.train(config, strategy=strategy)
+            runs.trained.append(spec.name)
+        if after_run is not None:
+            after_run(config, results)
+        runs.results[spec.name] = results
+        runs.configs[spec.name] = config
+    return runs

@@ -1,0 +1,170 @@
+"""Which trainings each study of the paper's §4.1 needs.
+
+A study is a grid of *settings* (what varies, e.g. the norm or the batch
+size), each trained once per seed.  ``Study.runs(options, first_seed)``
+lists those trainings as ``RunSpec``s; a run's name (its sub-directory)
+encodes the setting and the seed, so re-running a study finds its runs.
+
+* ``norms`` — Table 1 / Figure 4: one run per normalization, same batch.
+* ``batch_size`` — Table 2 / Figures 1 and 5: BN and GN at each batch per
+  replica; the learning rate follows ``base_lr · global_batch /
+  lr_reference_batch``, the paper's linear rule (0.1·N/32 per GPU).
+* ``groups`` — Table 3: GN with a fixed number of groups G (top panel) and
+  with a fixed number of channels per group (bottom panel).
+* ``feature_stats`` — Figure 6: VGG-16 without a norm, with BN and with GN,
+  the conv5_3 response followed by a percentile callback.
+
+Each study names the config fields it sets itself (``controlled``): a flag
+for one of those would be silently overridden, so the CLI refuses it.
+"""
+
+import dataclasses
+import numbers
+
+from gn_keras import norms
+
+NORM_LABELS = {"bn": "BN", "sync_bn": "SyncBN", "frozen_bn": "BN*", "brn": "BRN",
+               "gn": "GN", "ln": "LN", "in": "IN", "wn": "WN", "gn+ws": "GN+WS",
+               "none": "none", "keras_gn": "Keras GN"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOptions:
+    """What the study grids span (the defaults are the paper's)."""
+
+    norms: tuple = ("bn", "ln", "in", "gn")
+    batch_sizes: tuple = (32, 16, 8, 4, 2)
+    groups: tuple = (64, 32, 16, 8, 4, 2, 1)
+    group_sizes: tuple = (64, 32, 16, 8, 4, 2, 1)
+    runs_per_config: int = 1
+
+    def __post_init__(self):
+        known = norms.available()
+        for norm in self.norms:
+            if norm not in known:
+                raise ValueError(f"--study_norms: {norm!r} is not a normalization; "
+                                 f"expected some of {', '.join(known)}.")
+        for flag, values in (("study_batch_sizes", self.batch_sizes),
+                             ("study_groups", self.groups),
+                             ("study_group_sizes", self.group_sizes)):
+            if not values or not all(_positive_int(v) for v in values):
+                raise ValueError(f"--{flag}={','.join(map(str, values))!r} is invalid: "
+                                 "expected a list of positive integers.")
+        if not _positive_int(self.runs_per_config):
+            raise ValueError(f"--runs_per_config={self.runs_per_config!r} is invalid: "
+                             "expected a positive integer.")
+
+
+def _positive_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One point of a study's grid.
+
+    ``key`` names it in run names, ``label`` in legends, ``column`` in its
+    table's header, ``panel`` the table/figure panel it belongs to, and
+    ``overrides`` are the config fields it sets.
+    """
+
+    key: str
+    label: str
+    overrides: dict
+    panel: str = ""
+    column: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training of a study: a setting at one seed."""
+
+    setting: Setting
+    seed: int
+
+    @property
+    def name(self):
+        return f"{self.setting.key}_seed{self.seed}"
+
+    def overrides(self):
+        return {**self.setting.overrides, "seed": self.seed}
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A study: its grid, the fields it sets and its per-study defaults.
+
+    ``records_feature_stats``: its runs keep one checkpoint per epoch end
+    and get the percentile statistics of ``train.studies.feature_stats``.
+    """
+
+    name: str
+    describes: str
+    settings: object  # StudyOptions -> list[Setting]
+    controlled: frozenset
+    defaults: dict = dataclasses.field(default_factory=dict)
+    records_feature_stats: bool = False
+
+    def runs(self, options, first_seed=0):
+        """Every training, setting-major, ``runs_per_config`` seeds each."""
+        seeds = range(first_seed, first_seed + options.runs_per_config)
+        return [RunSpec(s, seed) for s in self.settings(options) for seed in seeds]
+
+
+def _norm_settings(options):
+    return [Setting(norm, NORM_LABELS.get(norm, norm), {"norm": norm},
+                    column=NORM_LABELS.get(norm, norm)) for norm in options.norms]
+
+
+def _batch_size_settings(options):
+    return [
+        Setting(f"{norm}_b{size}", f"{NORM_LABELS[norm]}, {size} ims/replica",
+                {"norm": norm, "batch_size_per_replica": size}, panel=norm,
+                column=str(size))
+        for norm in ("bn", "gn") for size in options.batch_sizes
+    ]
+
+
+def _group_settings(options):
+    by_count = [
+        Setting(f"gn_G{g}", f"G={g}", {"norm": "gn", "groups": g, "group_size": None},
+                panel="groups", column=f"{g} (=LN)" if g == 1 else str(g))
+        for g in options.groups
+    ]
+    by_size = [
+        Setting(f"gn_cpg{c}", f"{c} ch/group", {"norm": "gn", "group_size": c},
+                panel="group_size", column=f"{c} (=IN)" if c == 1 else str(c))
+        for c in options.group_sizes
+    ]
+    return by_count + by_size
+
+
+def _feature_stats_settings(options):
+    return [Setting(norm, NORM_LABELS[norm], {"norm": norm, "model": "vgg16"},
+                    column=NORM_LABELS[norm]) for norm in ("none", "bn", "gn")]
+
+
+STUDIES = {
+    "norms": Study(
+        "norms", "Table 1 and Figure 4: normalization methods at one batch size",
+        _norm_settings, frozenset({"norm"})),
+    "batch_size": Study(
+        "batch_size", "Table 2 and Figures 1 and 5: BN vs GN over batch sizes",
+        _batch_size_settings, frozenset({"norm", "batch_size_per_replica"})),
+    "groups": Study(
+        "groups", "Table 3: number of groups and channels per group",
+        _group_settings, frozenset({"norm", "groups", "group_size"})),
+    # VGG-16's narrowest layer has 64 channels, so the paper's G=32 applies.
+    "feature_stats": Study(
+        "feature_stats", "Figure 6: VGG-16 conv5_3 response without norm, BN, GN",
+        _feature_stats_settings,
+        frozenset({"norm", "model", "keep_checkpoints", "checkpoint_every_steps"}),
+        {"groups": 32}, records_feature_stats=True),
+}
+
+
+def get_study(name):
+    """The study called ``name``; a ``ValueError`` lists the known ones."""
+    if name not in STUDIES:
+        raise ValueError(f"--study={name!r} is unknown; expected one of {sorted(STUDIES)}.")
+    return STUDIES[name]

@@ -1,0 +1,77 @@
+"""From the runs' ``results.json`` to one number and two curves per setting.
+
+Every figure and table of a study is drawn from these summaries, and these
+come only from what the training loop wrote to each run's results.json:
+
+* the error of a run is its ``median_last5_top1_error``, the paper's
+  "median error rate of the final 5 epochs" (§4.1);
+* with several seeds per setting (``--runs_per_config``) the setting's
+  error is the median over seeds, and its curves the per-epoch median;
+* all numbers are percentages.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+def to_percent(fraction):
+    return 100.0 * float(fraction)
+
+
+def run_error(results):
+    """A run's reported error (%): the median val top-1 error of the last 5 epochs."""
+    return to_percent(results["median_last5_top1_error"])
+
+
+def error_curves(results):
+    """Per-epoch train and val top-1 error (%), in epoch order."""
+    records = sorted(results["epochs"], key=lambda record: record["epoch"])
+    return ([to_percent(r["train"]["top1_error"]) for r in records],
+            [to_percent(r["val"]["top1_error"]) for r in records])
+
+
+@dataclasses.dataclass
+class SettingResult:
+    """One setting of a study, reduced over its seeds."""
+
+    setting: object  # specs.Setting
+    run_names: list
+    seeds: list
+    errors: list  # per seed, %
+    error: float  # median over seeds, %
+    train_curve: list  # per epoch, median over seeds, %
+    val_curve: list
+
+    @property
+    def key(self):
+        return self.setting.key
+
+    @property
+    def label(self):
+        return self.setting.label
+
+
+def median_curve(curves):
+    """The per-epoch median of equally long curves."""
+    return [float(v) for v in np.median(np.asarray(curves, dtype=np.float64), axis=0)]
+
+
+def summarize_settings(specs, all_results):
+    """``{setting key: SettingResult}`` in grid order, for settings that ran."""
+    grouped = {}
+    for spec in specs:
+        if spec.name in all_results:
+            grouped.setdefault(spec.setting.key, (spec.setting, []))[1].append(spec)
+    summaries = {}
+    for key, (setting, runs) in grouped.items():
+        results = [all_results[spec.name] for spec in runs]
+        errors = [run_error(r) for r in results]
+        curves = [error_curves(r) for r in results]
+        summaries[key] = SettingResult(
+            setting=setting, run_names=[spec.name for spec in runs],
+            seeds=[spec.seed for spec in runs], errors=errors,
+            error=float(np.median(errors)),
+            train_curve=median_curve([train for train, _ in curves]),
+            val_curve=median_curve([val for _, val in curves]))
+    return summaries
