@@ -24,6 +24,7 @@ subtracted before squaring), so both stay accurate for inputs whose mean is
 far larger than their spread, e.g. mean 1e4 and std 1 in float32.
 """
 
+import keras
 from keras import ops
 
 from gn_keras import _checks
@@ -107,6 +108,14 @@ def group_norm(
     axis = _checks.normalize_axis(axis, tuple(x.shape), where)
     channels = _checks.channel_count(tuple(x.shape), axis, where, given_axis)
     num_groups = _checks.resolve_groups(channels, groups, group_size, where)
+
+    # TensorFlow fast path (closed-form gradient, XLA-scoped kernels): see
+    # gn_keras/tf_fast.py.  Masks and the other backends take keras.ops below.
+    if mask is None and keras.config.backend() == "tensorflow":
+        from gn_keras import tf_fast
+
+        if tf_fast.supports(x):
+            return tf_fast.group_norm(x, gamma, beta, num_groups, axis, epsilon)
 
     input_dtype = x.dtype
     stats_dtype = _statistics_dtype(input_dtype)

@@ -1,0 +1,217 @@
+"""TensorFlow fast path for ``group_norm``: closed-form gradient, XLA-scoped kernels.
+
+This module owns how Group Normalization runs when Keras uses the TensorFlow
+backend.  The math is the paper's (§3, Eqns. 1, 2, 6, 7) and the numerics
+are those of the ``keras.ops`` reference in :mod:`gn_keras.functional`
+(shifted mean, so a constant group returns β exactly; two-pass variance;
+float32 statistics for 16-bit inputs; output in the input dtype).  What
+changes is how the work is laid out, measured on ResNet-50 stage shapes on
+CPU (see docs/performance.md):
+
+* The input is viewed as ``(N, A, G, C/G, B)``: ``A`` gathers the axes
+  before the channel axis, ``B`` those after it, so every rank and channel
+  axis uses one kernel.  Sums run per channel over ``A`` and ``B`` first and
+  only then over the group's ``C/G`` channels, which keeps the long
+  reduction over contiguous channels.
+* γ is folded into the inverse standard deviation, so the output is one
+  multiply-add per element on the centred input.
+* The backward pass is closed-form (``tf.custom_gradient``): two per-channel
+  sums, ``Σ dy`` and ``Σ dy·(x − μ)``, give dβ, dγ and the two per-group
+  terms of dx, which is then one elementwise pass
+  ``dx = σ⁻¹γ·dy − σ⁻²k₂·(x − μ) − σ⁻¹k₁``.
+* Inside ``tf.function``, when every non-batch dimension is static, the
+  forward and backward ops are marked for XLA with ``jit_scope``: each
+  becomes one compiled cluster while convolutions stay on oneDNN.  The marks
+  are attributes on standard ops, so SavedModels keep only standard ops and
+  convert with tf2onnx and the LiteRT converter (a nested
+  ``tf.function(jit_compile=True)`` would leave an XLA-only function call
+  that tf2onnx cannot convert).  Unknown spatial sizes, and eager calls,
+  run the same ops unmarked, so no input size triggers a compilation.
+
+Second-order gradients are supported: the gradient of the closed-form
+backward is taken by autodiff through the plain forward ops, recomputed.
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+def supports(x):
+    """Whether :func:`group_norm` handles ``x`` (masks are the caller's check)."""
+    return tf.is_tensor(x) and x.dtype in _FLOAT_DTYPES
+
+
+def group_norm(x, gamma, beta, groups, axis, epsilon):
+    """Group-normalize the TensorFlow tensor ``x``, arguments already validated.
+
+    ``axis`` is the non-negative channel axis, ``groups`` the resolved group
+    count; ``gamma``/``beta`` are per-channel vectors or None.
+    """
+    # A tf.Variable read inside the custom gradient would need the
+    # ``variables=`` protocol; reading it here keeps x a plain input.
+    x = tf.convert_to_tensor(x)
+    layout = _Layout(x, groups, axis, epsilon)
+    gamma = _affine(gamma, layout.channels, 1.0, layout.stats_dtype)
+    beta = _affine(beta, layout.channels, 0.0, layout.stats_dtype)
+    return _normalize_with_closed_form_gradient(x, gamma, beta, layout)
+
+
+class _Layout:
+    """Static facts about one call: group split, dtypes, whether to use XLA."""
+
+    def __init__(self, x, groups, axis, epsilon):
+        self.groups = groups
+        self.axis = axis
+        self.epsilon = epsilon
+        self.channels = int(x.shape[axis])
+        self.group_width = self.channels // groups
+        self.stats_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
+        # XLA compiles one program per input shape: only worth it when the
+        # non-batch sizes are fixed, so at most a few batch sizes recompile.
+        self.use_xla = not tf.executing_eagerly() and x.shape[1:].is_fully_defined()
+
+    def xla_scope(self):
+        if not self.use_xla:
+            return contextlib.nullcontext()
+        return tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False)
+
+    def grouped(self, t):
+        """View ``t`` as ``(N, A, G, C/G, B)`` in the statistics dtype."""
+        shape = tf.shape(t)
+        view = [
+            _dim(t, shape, 0, 1),
+            _dim(t, shape, 1, self.axis),
+            self.groups,
+            self.group_width,
+            _dim(t, shape, self.axis + 1, len(t.shape)),
+        ]
+        return tf.reshape(tf.cast(t, self.stats_dtype), view)
+
+    def per_channel(self, vector):
+        return tf.reshape(vector, [1, 1, self.groups, self.group_width, 1])
+
+    def group_count(self, x5):
+        """Elements per group, M = A·(C/G)·B, as a statistics-dtype scalar."""
+        count = tf.shape(x5)[1] * self.group_width * tf.shape(x5)[4]
+        return tf.cast(count, self.stats_dtype)
+
+
+def _dim(t, shape, start, stop):
+    """Product of dims ``start:stop`` of ``t``: a Python int when static."""
+    static = t.shape[start:stop]
+    if static.is_fully_defined():
+        return static.num_elements()
+    return tf.reduce_prod(shape[start:stop])
+
+
+def _affine(vector, channels, fill, dtype):
+    if vector is None:
+        return tf.fill([channels], tf.constant(fill, dtype))
+    # tf.convert_to_tensor reads a (Keras) variable; keras.ops would hand
+    # back the variable itself, which tf.custom_gradient rejects.
+    return tf.convert_to_tensor(vector)
+
+
+def _forward(x, gamma, beta, layout):
+    """Eqns. (1), (2), (6): return y and the statistics the backward reuses.
+
+    The mean is kept as ``shift + delta``: ``shift`` is the group's first
+    element, ``delta`` the mean of ``x − shift``.  ``x − shift`` is exact for
+    inputs near the shift, so centring as ``(x − shift) − delta`` stays
+    accurate when |μ| ≫ σ, and a constant group centres to exactly 0.
+    """
+    x5 = layout.grouped(x)
+    count = layout.group_count(x5)
+    shift = tf.stop_gradient(x5[:, :1, :, :1, :1])
+    delta = _group_sum(x5 - shift) / count
+    centred = (x5 - shift) - delta
+    variance = _group_sum(tf.square(centred)) / count
+    inv_std = tf.math.rsqrt(variance + tf.constant(layout.epsilon, layout.stats_dtype))
+    scale = inv_std * layout.per_channel(tf.cast(gamma, layout.stats_dtype))
+    y5 = centred * scale + layout.per_channel(tf.cast(beta, layout.stats_dtype))
+    y = tf.cast(tf.reshape(y5, tf.shape(x)), x.dtype)
+    return y, (shift, delta, inv_std)
+
+
+def _channel_sum(t5):
+    """Per-(sample, channel) sums over every non-channel axis: (N, 1, G, C/G, 1)."""
+    return tf.reduce_sum(t5, axis=[1, 4], keepdims=True)
+
+
+def _group_sum(t5):
+    """Per-(sample, group) sums, through the per-channel sums: (N, 1, G, 1, 1)."""
+    return tf.reduce_sum(_channel_sum(t5), axis=3, keepdims=True)
+
+
+def _backward(x, gamma, dy, statistics, layout):
+    """Closed-form dx, dγ, dβ of Eqns. (1), (2), (6) from two per-channel sums."""
+    shift, delta, inv_std = statistics
+    x5, dy5 = layout.grouped(x), layout.grouped(dy)
+    gamma5 = layout.per_channel(tf.cast(gamma, layout.stats_dtype))
+    count = layout.group_count(x5)
+    centred = (x5 - shift) - delta
+    sum_dy = _channel_sum(dy5)
+    sum_dy_centred = _channel_sum(dy5 * centred)
+    dbeta = tf.reshape(tf.reduce_sum(sum_dy, axis=0), [layout.channels])
+    dgamma = tf.reshape(tf.reduce_sum(sum_dy_centred * inv_std, axis=0), [layout.channels])
+    # Group means of γ·dy and of γ·dy·x̂: the two terms that the mean and
+    # the variance contribute to dx.
+    mean_gdy = tf.reduce_sum(gamma5 * sum_dy, axis=3, keepdims=True) / count
+    mean_gdy_xhat = tf.reduce_sum(gamma5 * sum_dy_centred, axis=3, keepdims=True) * inv_std / count
+    dx5 = (inv_std * gamma5) * dy5 - (inv_std * inv_std * mean_gdy_xhat) * centred - inv_std * mean_gdy
+    dx = tf.cast(tf.reshape(dx5, tf.shape(x)), x.dtype)
+    return dx, dgamma, dbeta
+
+
+def _normalize_with_closed_form_gradient(x, gamma, beta, layout):
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        with layout.xla_scope():
+            y, statistics = _forward(x, gamma, beta, layout)
+
+        def gradient(dy):
+            dx, dgamma, dbeta = _first_order(x, gamma, beta, dy, statistics, layout)
+            return dx, tf.cast(dgamma, gamma.dtype), tf.cast(dbeta, beta.dtype)
+
+        return y, gradient
+
+    return normalize(x, gamma, beta)
+
+
+def _first_order(x, gamma, beta, dy, statistics, layout):
+    """The closed-form backward, itself differentiable for second order."""
+
+    @tf.custom_gradient
+    def backward(x, gamma, dy):
+        with layout.xla_scope():
+            gradients = _backward(x, gamma, dy, statistics, layout)
+
+        def second_order(*upstream):
+            return _reverse_over_reverse(x, gamma, beta, dy, upstream, layout)
+
+        return gradients, second_order
+
+    return backward(x, gamma, dy)
+
+
+def _reverse_over_reverse(x, gamma, beta, dy, upstream, layout):
+    """Gradient of (dx, dγ, dβ) by autodiff of the plain forward, recomputed.
+
+    The saved statistics are constants to the closed form; recomputing them
+    under a tape restores their dependence on x, which second order needs.
+    """
+    targets = [x, gamma, dy]
+    upstream = [
+        tf.zeros_like(t) if u is None else tf.cast(u, t.dtype)
+        for u, t in zip(upstream, (x, gamma, beta))
+    ]
+    with tf.GradientTape() as outer:
+        outer.watch(targets)
+        with tf.GradientTape() as inner:
+            inner.watch([x, gamma, beta])
+            y, _ = _forward(x, gamma, beta, layout)
+        first = inner.gradient(y, [x, gamma, beta], output_gradients=dy)
+    return outer.gradient(first, targets, output_gradients=upstream)
