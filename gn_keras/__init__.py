@@ -7,6 +7,17 @@ The public surface: the ``GroupNormalization`` layer and its functional form
 from gn_keras.functional import group_norm
 from gn_keras.layer import GroupNormalization
 
+# The normalization family, model conversion, and the layers they use (the
+# imports also register those layers for loading saved models).
+from gn_keras import convert, norms
+from gn_keras.frozen_bn import FrozenBatchNormalization
+from gn_keras.temporal_padding import TemporalReplicatePadding
+from gn_keras.weight_convs import WNConv2D, WNConv3D, WSConv2D, WSConv3D
+
 __version__ = "0.1.0"
 
-__all__ = ["GroupNormalization", "group_norm", "__version__"]
+__all__ = [
+    "GroupNormalization", "group_norm", "__version__",
+    "convert", "norms", "FrozenBatchNormalization", "TemporalReplicatePadding",
+    "WNConv2D", "WNConv3D", "WSConv2D", "WSConv3D",
+]

@@ -1,0 +1,60 @@
+"""Padding a video's time axis by repeating its first and last frames.
+
+An inflated 3D network (Carreira & Zisserman 2017) should see a clip of
+identical frames exactly as its 2D parent sees one frame. With zero padding
+in time, a k-tap temporal kernel at the clip's ends covers fewer real frames
+than in the middle, so the ends drift from the 2D features; repeating the end
+frames keeps every position identical. The ResNet-50 I3D in ``models/`` pads
+time with this layer (``ZeroPadding3D`` stays available as an option there).
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="gn_keras")
+class TemporalReplicatePadding(keras.layers.Layer):
+    """Repeat the first/last frame ``padding`` times along the time axis.
+
+    Args:
+      padding: frames added at each end (a non-negative integer).
+      data_format: ``"channels_last"`` for ``(N, T, H, W, C)`` or
+        ``"channels_first"`` for ``(N, C, T, H, W)``.
+    """
+
+    def __init__(self, padding=1, data_format="channels_last", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(
+                f"TemporalReplicatePadding(name={self.name!r}): argument `padding` "
+                f"must be a non-negative integer, got padding={padding!r}."
+            )
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"TemporalReplicatePadding(name={self.name!r}): argument "
+                f"`data_format` must be 'channels_last' or 'channels_first', got "
+                f"data_format={data_format!r}."
+            )
+        self.padding = padding
+        self.data_format = data_format
+        self._time_axis = 1 if data_format == "channels_last" else 2
+
+    def call(self, inputs):
+        if self.padding == 0:
+            return inputs
+        axis = self._time_axis
+        length = ops.shape(inputs)[axis]
+        first = ops.take(inputs, [0] * self.padding, axis=axis)
+        last = ops.take(inputs, ops.full((self.padding,), length - 1, "int32"), axis=axis)
+        return ops.concatenate([first, inputs, last], axis=axis)
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        if shape[self._time_axis] is not None:
+            shape[self._time_axis] += 2 * self.padding
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding, "data_format": self.data_format})
+        return config
