@@ -6,6 +6,9 @@ by :mod:`gn_keras.export`, or a directory holding either (a training
 ``--model_dir`` or an export ``--output_dir``).  :func:`load_preprocessing`
 finds the matching ``preprocessing.json``.
 
+:func:`check_checkpoint` reads a training checkpoint in full before a run
+resumes from it.
+
 Every problem with a file (missing, truncated, of the wrong kind) raises
 :class:`ModelFileError`, a ``ValueError`` whose one-line message starts with
 the path, so command-line tools can print it without a traceback.
@@ -128,6 +131,33 @@ def _copy_weights(saved, weights, export_dir):
                 export_dir, f"variable {saved_name} {tuple(source.shape)} "
                 f"does not match weight {target.path} {tuple(target.shape)}.")
         target.assign(source.numpy())
+
+
+def check_checkpoint(directory):
+    """Read the latest checkpoint in ``directory`` in full; return its path.
+
+    Returns None when there is no checkpoint yet.  A truncated or corrupt
+    one raises :class:`ModelFileError` naming it, instead of the reader's
+    bare ``IndexError``/``DataLossError`` deep inside a restore.
+    """
+    import tensorflow as tf
+
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return None
+    latest = None
+    try:
+        latest = tf.train.latest_checkpoint(directory)
+        if latest is None:
+            return None
+        reader = tf.train.load_checkpoint(latest)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, IndexError, ValueError) as error:
+        raise ModelFileError(
+            latest or directory, "cannot read the checkpoint (truncated or "
+            f"corrupt?): {_first_line(error)}") from None
+    return latest
 
 
 def _first_line(error):

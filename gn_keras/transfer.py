@@ -6,8 +6,9 @@ A functional classifier is read as ``backbone → pooled features → head``:
   dropout layers to the last ``Dense`` on a rank-2 tensor; that Dense is the
   classifier head and its input is the pooled backbone feature vector.
 * :func:`stage_endpoints` names the outputs of the stem and of each residual
-  stage (C1…C5, Detectron's res1…res5), either from the layer names the
-  project's zoo gives them or from ``keras.applications`` ResNet names.
+  stage (C1…C5, Detectron's res1…res5), from the layer names the project's
+  zoo gives them (as ``models.feature_endpoints`` reads them, plus the stem)
+  or from ``keras.applications`` ResNet names.
 * :func:`feature_model` gives both at once, for the exported ``features``
   signature.
 * :func:`replace_head` and :func:`freeze_stages` are the two edits a
@@ -25,15 +26,16 @@ import keras
 
 _PASSTHROUGH = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
 
-# Layer names that end each stage, tried in order: the project's zoo names
-# its endpoints "C1".."C5" (possibly prefixed); the keras.applications
-# ResNets end stage k with "conv{k}_block{n}_out" and the stem with
-# "pool1_pool".
+# Layer names that end each stage, tried in order: the zoo marks stage
+# outputs with Identity layers "C2".."C5" (VGG also "C1", see
+# models/endpoints.py); keras.applications ResNets end stage k with
+# "conv{k}_block{n}_out".  Both name the stem's layers conv1_*/pool1*, and
+# the last of those is the stem's output (C1) when no layer is named C1.
 _STAGE_PATTERNS = (
-    re.compile(r"^(?:.*[_/])?C([1-5])$"),
+    re.compile(r"^C([1-5])$"),
     re.compile(r"^conv([2-5])_block\d+_out$"),
 )
-_STEM_NAMES = ("pool1_pool",)
+_STEM_PATTERN = re.compile(r"^(conv1|pool1)(_.*)?$")
 
 
 class HeadNotFoundError(ValueError):
@@ -96,9 +98,9 @@ def stage_endpoints(model):
                 found[f"C{match.group(1)}"] = layer.output
         if found:
             break
-    for layer in model.layers:
-        if layer.name in _STEM_NAMES:
-            found.setdefault("C1", layer.output)
+    stem = [layer for layer in model.layers if _STEM_PATTERN.match(layer.name)]
+    if found and stem:
+        found.setdefault("C1", stem[-1].output)
     return dict(sorted(found.items()))
 
 
@@ -146,7 +148,7 @@ def freeze_stages(model, freeze_at):
     upstream = keras.Model(model.input, endpoints[key])
     frozen = []
     for layer in upstream.layers:
-        if layer.weights and layer.trainable:
+        if layer.trainable_weights:
             layer.trainable = False
             frozen.append(layer.name)
     return frozen

@@ -1,0 +1,174 @@
+"""``python -m train.finetune`` (console script ``gn-finetune``): transfer a trained model.
+
+Starts from ``--pretrained`` (a ``.keras`` file, a SavedModel written by
+``gn_keras.export``, or a training ``--model_dir``), gives it a new head for
+the classes of ``--dataset``, optionally freezes the stem and first stages
+(``--freeze_at``, Detectron's FREEZE_AT) and turns BN into BN*
+(``--freeze_bn``; GN is left as it is), then trains with the one training
+loop of ``train.classify`` — same data pipeline, strategy, checkpoints,
+resume and outputs (``results.json``, ``best.keras``, ``saved_model/``, …) in
+``--model_dir``, plus ``finetune.json`` recording what was frozen.
+
+Every training flag of ``train.classify`` applies, with the paper's
+fine-tuning defaults (§4.2): ``--batch_size_per_replica=2`` and weight decay
+0 on γ and β (``--nodecay_norm_params``).  Architecture flags (``--model``,
+``--norm``, ``--groups``, …) are refused: the network is the pre-trained one.
+Rerunning the same command resumes from the latest checkpoint.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from gn_keras import convert, load, transfer
+from gn_keras.frozen_bn import FrozenBatchNormalization
+from train import classify
+from train import flags as flags_lib
+from train import outputs as outputs_lib
+
+# The paper fine-tunes with 1–2 images per GPU and no weight decay on γ, β
+# (§4.2: "we use a weight decay of 0 for the γ and β parameters").
+FINETUNE_DEFAULTS = {
+    "batch_size_per_replica": 2,
+    "decay_norm_params": False,
+    "model_dir": "runs/finetune",
+}
+ARCHITECTURE_FLAGS = ("model", "norm", "groups", "group_size", "zero_init_residual")
+FINETUNE_FILE = "finetune.json"
+
+
+@dataclasses.dataclass
+class FinetuneOptions:
+    """What fine-tuning adds to a ``TrainConfig``."""
+
+    pretrained: str
+    freeze_at: int = 0
+    freeze_bn: bool = False
+
+    def __post_init__(self):
+        if not self.pretrained:
+            raise ValueError("--pretrained is required: a .keras file, a SavedModel "
+                             "directory or a training --model_dir.")
+        if isinstance(self.freeze_at, bool) or self.freeze_at not in range(6):
+            raise ValueError(f"--freeze_at={self.freeze_at!r} is invalid: expected an "
+                             "integer in 0..5 (0: nothing, 1: stem, 2: stem+res2, ...).")
+
+
+def check_transfer(pretrained, source, preprocessing, pretrained_preprocessing, config):
+    """Refuse data the pre-trained network cannot take; warn on other stats."""
+    expected = (*preprocessing["image_size"], preprocessing["channels"])
+    actual = tuple(pretrained.inputs[0].shape[1:])
+    if actual != expected:
+        raise ValueError(
+            f"--pretrained={source} takes images of shape {actual} but "
+            f"--dataset={config.dataset} with --image_size={config.image_size} gives "
+            f"{expected}; set --image_size to the pre-trained size and use data with "
+            f"{actual[-1]} channel(s).")
+    classes = preprocessing["num_classes"]
+    if config.num_classes is not None and config.num_classes != classes:
+        raise ValueError(
+            f"--num_classes={config.num_classes} but --dataset={config.dataset} has "
+            f"{classes} classes; drop --num_classes or fix the data.")
+    for key in ("mean", "std"):
+        if pretrained_preprocessing[key] != preprocessing[key]:
+            logging.warning(
+                "The pre-trained model was trained with %s=%s but --dataset=%s "
+                "normalizes with %s=%s; fine-tuning uses the latter.", key,
+                pretrained_preprocessing[key], config.dataset, key, preprocessing[key])
+
+
+def make_builder(options, report):
+    """``build_model(config, preprocessing)`` for ``train.classify.train``.
+
+    Loads the pre-trained model (inside the strategy's scope, so its
+    variables are distributed), checks it against the data, converts BN to
+    BN*, replaces the head and freezes stages; ``report`` receives what was
+    done, for ``finetune.json``.
+    """
+    def build_model(config, preprocessing):
+        pretrained = load.load_model(options.pretrained)
+        check_transfer(pretrained, options.pretrained, preprocessing,
+                       load.load_preprocessing(options.pretrained), config)
+        model = pretrained
+        if options.freeze_bn:  # warns (and copies) when there is no BN
+            model = convert.freeze_batchnorm(model)
+        frozen_bn = sum(isinstance(layer, FrozenBatchNormalization) for layer in model.layers)
+        model = transfer.replace_head(model, preprocessing["num_classes"])
+        frozen = transfer.freeze_stages(model, options.freeze_at)
+        report.update(pretrained=os.path.abspath(options.pretrained),
+                      freeze_at=options.freeze_at, freeze_bn=options.freeze_bn,
+                      frozen_batchnorm_layers=frozen_bn, frozen_layers=frozen,
+                      num_classes=preprocessing["num_classes"])
+        return model
+
+    return build_model
+
+
+def finetune(config, options, *, strategy=None):
+    """Fine-tune ``options.pretrained`` with ``config``; return results.json's dict."""
+    # Fail on a missing model or preprocessing.json before any data is read.
+    load.resolve_model_path(options.pretrained)
+    load.preprocessing_path(options.pretrained)
+    # A rerun resumes from <model_dir>/checkpoints (train.outputs layout):
+    # refuse a damaged one by its file name, not with the reader's traceback.
+    load.check_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    report = {}
+    # The network comes from --pretrained; record that instead of the zoo name.
+    config = dataclasses.replace(config, model=f"pretrained:{options.pretrained}")
+    results = classify.train(config, strategy=strategy, build_model=make_builder(options, report))
+    if report:
+        os.makedirs(config.model_dir, exist_ok=True)
+        outputs_lib.write_json_atomically(os.path.join(config.model_dir, FINETUNE_FILE), report)
+    return results
+
+
+def config_from_flags(flag_values):
+    """The training config of a fine-tuning run: fine-tuning defaults, then flags."""
+    given = [name for name in ARCHITECTURE_FLAGS if flag_values[name].present]
+    if given:
+        raise ValueError(f"--{given[0]} is not used by train.finetune: the network "
+                         "comes from --pretrained.")
+    config = flags_lib.config_from_flags(flag_values)
+    defaults = {name: value for name, value in FINETUNE_DEFAULTS.items()
+                if not flag_values[name].present}
+    return dataclasses.replace(config, **defaults)
+
+
+def define_flags(flag_values=flags.FLAGS):
+    flags_lib.define_flags(flag_values)
+    flags.DEFINE_string("pretrained", None, "The model to start from: a .keras file, a "
+                        "SavedModel written by gn_keras.export, or a training --model_dir.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("freeze_at", 0, "Freeze the stem and first stages (Detectron "
+                         "FREEZE_AT): 0 nothing, 1 stem, 2 stem+res2, ... 5 backbone.",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("freeze_bn", False, "Turn every BatchNormalization into BN* "
+                      "(frozen affine, §4.2); GN layers are kept.", flag_values=flag_values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    values = flags.FLAGS
+    try:
+        config = config_from_flags(values)
+        options = FinetuneOptions(values.pretrained, values.freeze_at, values.freeze_bn)
+        results = finetune(config, options)
+    except ValueError as error:  # includes gn_keras.load.ModelFileError
+        sys.exit(f"gn-finetune: error: {error}")
+    if results.get("outputs"):
+        print(classify.describe_outputs(results))
+        print(f"  fine-tuning:    {os.path.join(config.model_dir, FINETUNE_FILE)}")
+
+
+def run():
+    """Console entry point ``gn-finetune``."""
+    define_flags(flags.FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
