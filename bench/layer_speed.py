@@ -1,0 +1,265 @@
+"""Layer speed: gn_keras GroupNormalization against Keras GN, Keras BN and torch.
+
+One command prints, for each ResNet-50 stage shape (NHWC, G=32), the median
+time of the forward pass and of forward+backward (dx, dγ, dβ) for
+
+* ``ours``: ``gn_keras.GroupNormalization``;
+* ``keras_gn``: ``keras.layers.GroupNormalization`` (same epsilon);
+* ``keras_bn``: ``keras.layers.BatchNormalization`` in training mode;
+* ``torch_gn``: ``torch.nn.functional.group_norm`` on the same bytes
+  (a channels_last tensor), only if torch imports;
+* ``copy``: ``tf.negative``, which reads and writes the tensor once: the
+  memory floor of any normalization;
+
+plus the ratios the performance issue sets targets for, and writes them with
+the date and machine to a JSON file::
+
+    python bench/layer_speed.py                    # float32, ~5 minutes
+    python bench/layer_speed.py --dtype=bfloat16   # mixed_bfloat16 layers
+    python bench/layer_speed.py --quick            # smoke run, seconds
+
+TensorFlow contenders run as ``tf.function`` graphs without whole-graph XLA,
+as Keras trains on CPU.  Repeats are interleaved and the contenders' order
+rotates every round, so load from other processes spreads over all of them;
+``OMP_WAIT_POLICY=PASSIVE`` keeps torch's idle threads from spinning on the
+cores TensorFlow needs.
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from gn_keras import GroupNormalization  # noqa: E402
+
+SHAPES = ((8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024), (2, 56, 56, 256))
+GROUPS = 32
+EPSILON = 1e-5
+# Ratio columns: (numerator, denominator, target) per mode; see the issue.
+RATIOS = {
+    "forward": (("ours", "keras_gn", None), ("ours", "keras_bn", None),
+                ("ours", "torch_gn", None), ("ours", "copy", 3.0)),
+    "forward_backward": (("ours", "keras_gn", 0.5), ("ours", "keras_bn", 1.0),
+                         ("ours", "torch_gn", 1.0)),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "Input dtype; bfloat16 runs the Keras layers under mixed_bfloat16.")
+flags.DEFINE_integer("repeats", 30, "Timed calls per contender, shape and mode.", lower_bound=3)
+flags.DEFINE_bool("quick", False, "Smoke run: 5 repeats and only the 2x56x56x256 shape.")
+flags.DEFINE_string("output", None, "JSON path; default bench/results/layer_speed_<dtype>[_quick].json.")
+
+
+def _keras_contender(layer, x, dy, training=None):
+    """Forward and forward+backward tf.functions of a Keras layer on x."""
+    kwargs = {} if training is None else {"training": training}
+    layer(x, **kwargs)  # build, so the weights exist before tracing
+
+    @tf.function
+    def forward(x):
+        return layer(x, **kwargs)
+
+    @tf.function
+    def forward_backward(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, **kwargs)
+        return tape.gradient(y, [x] + layer.trainable_variables, output_gradients=dy)
+
+    return lambda: _wait(forward(x)), lambda: _wait(forward_backward(x, dy))
+
+
+def _copy_contender(x):
+    negate = tf.function(tf.negative)
+    call = lambda: _wait(negate(x))  # noqa: E731
+    return call, call
+
+
+def _wait(outputs):
+    # TF's CPU runtime returns finished tensors; .numpy() is a zero-copy view
+    # that makes the dependence on the result explicit.
+    for t in tf.nest.flatten(outputs):
+        t.numpy()
+
+
+def _torch_contender(x_nhwc, dy_nhwc, dtype):
+    """torch's group_norm kernel on a channels_last tensor, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch_dtype = getattr(torch, dtype)
+
+    def channels_last(array):
+        nchw = torch.from_numpy(array).permute(0, 3, 1, 2).to(torch_dtype)
+        return nchw.contiguous(memory_format=torch.channels_last)
+
+    x, dy = channels_last(x_nhwc), channels_last(dy_nhwc)
+    x_grad = x.detach().clone().requires_grad_(True)
+    weight = torch.ones(x.shape[1], dtype=torch_dtype, requires_grad=True)
+    bias = torch.zeros(x.shape[1], dtype=torch_dtype, requires_grad=True)
+
+    def forward():
+        with torch.no_grad():
+            torch.nn.functional.group_norm(x, GROUPS, weight, bias, EPSILON)
+
+    def forward_backward():
+        y = torch.nn.functional.group_norm(x_grad, GROUPS, weight, bias, EPSILON)
+        torch.autograd.grad(y, [x_grad, weight, bias], dy)
+
+    return forward, forward_backward
+
+
+def _contenders(shape, dtype, rng):
+    """name -> (forward, forward_backward) zero-argument callables."""
+    x_np = rng.normal(size=shape).astype("float32")
+    dy_np = rng.normal(size=shape).astype("float32")
+    x, dy = tf.constant(x_np, dtype), tf.constant(dy_np, dtype)
+    policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
+    contenders = {
+        "ours": _keras_contender(GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy),
+        "keras_gn": _keras_contender(
+            keras.layers.GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy),
+        "keras_bn": _keras_contender(
+            keras.layers.BatchNormalization(epsilon=EPSILON, dtype=policy), x, dy, training=True),
+        "copy": _copy_contender(x),
+    }
+    torch_pair = _torch_contender(x_np, dy_np, dtype)
+    if torch_pair is not None:
+        contenders["torch_gn"] = torch_pair
+    return contenders
+
+
+def _interleaved_medians(calls, repeats):
+    """Median milliseconds per call, the order rotating every round."""
+    names = list(calls)
+    for name in names:  # trace, compile and warm the allocator
+        calls[name]()
+        calls[name]()
+    samples = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append(1e3 * (time.perf_counter() - start))
+    return {name: _summary(values) for name, values in samples.items()}
+
+
+def _summary(values):
+    quartiles = statistics.quantiles(values, n=4)
+    return {"median_ms": statistics.median(values), "q1_ms": quartiles[0],
+            "q3_ms": quartiles[2], "min_ms": min(values), "repeats": len(values)}
+
+
+def _ratios(mode, medians):
+    ratios = {}
+    for numerator, denominator, target in RATIOS[mode]:
+        if numerator in medians and denominator in medians:
+            value = medians[numerator]["median_ms"] / medians[denominator]["median_ms"]
+            ratios[f"{numerator}/{denominator}"] = {"ratio": value, "target": target}
+    return ratios
+
+
+def measure(shapes, dtype, repeats, seed=0):
+    """Run every contender on every shape; return the per-shape results."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for shape in shapes:
+        contenders = _contenders(shape, dtype, rng)
+        row = {"shape": list(shape)}
+        for index, mode in enumerate(("forward", "forward_backward")):
+            calls = {name: pair[index] for name, pair in contenders.items()}
+            medians = _interleaved_medians(calls, repeats)
+            row[mode] = {"times": medians, "ratios": _ratios(mode, medians)}
+        results.append(row)
+        print(f"measured {'x'.join(map(str, shape))}", flush=True)
+    return results
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info():
+    info = {
+        "cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "tensorflow": tf.__version__,
+        "keras": keras.__version__, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def format_table(results, mode):
+    """A text table: one row per shape, medians in ms then the ratios."""
+    names = [n for n in ("ours", "keras_gn", "keras_bn", "torch_gn", "copy")
+             if n in results[0][mode]["times"]]
+    ratio_names = list(results[0][mode]["ratios"])
+    header = ["shape"] + [f"{n} ms" for n in names] + ratio_names
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for row in results:
+        times = [f"{row[mode]['times'][n]['median_ms']:.2f}" for n in names]
+        ratios = [_ratio_cell(row[mode]["ratios"][r]) for r in ratio_names]
+        lines.append(" | ".join(["x".join(map(str, row["shape"]))] + times + ratios))
+    targets = ", ".join(f"{r} <= {t}" for r, t in
+                        ((r, results[0][mode]["ratios"][r]["target"]) for r in ratio_names) if t)
+    return "\n".join(lines) + (f"\ntargets: {targets}" if targets else "")
+
+
+def _ratio_cell(entry):
+    ok = "" if entry["target"] is None else (" ok" if entry["ratio"] <= entry["target"] else " MISS")
+    return f"{entry['ratio']:.2f}{ok}"
+
+
+def main(argv):
+    del argv
+    shapes = SHAPES[-1:] if FLAGS.quick else SHAPES
+    repeats = 5 if FLAGS.quick else FLAGS.repeats
+    started = datetime.datetime.now(datetime.timezone.utc)
+    machine = machine_info()
+    results = measure(shapes, FLAGS.dtype, repeats)
+    report = {
+        "benchmark": "layer_speed", "date_utc": started.isoformat(timespec="seconds"),
+        "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
+        "dtype": FLAGS.dtype, "groups": GROUPS, "epsilon": EPSILON, "repeats": repeats,
+        "machine": machine, "results": results,
+    }
+    for mode in ("forward", "forward_backward"):
+        print(f"\n{mode} ({FLAGS.dtype}, median of {repeats}, ms)\n{format_table(results, mode)}")
+    output = FLAGS.output or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        f"layer_speed_{FLAGS.dtype}{'_quick' if FLAGS.quick else ''}.json")
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1)
+    print(f"\nwrote {output}")
+
+
+if __name__ == "__main__":
+    app.run(main)
