@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from conftest import SESSION_SEED
 from gn_keras import GroupNormalization
-from gn_keras import export, load
+from gn_keras import export, load, transfer
 from subprocess_utils import run_python
 
 SIZE, CHANNELS, CLASSES = 12, 3, 4
@@ -244,3 +244,21 @@ def test_missing_and_truncated_files_name_the_file(trained, tmp_path):
         load.load_model(broken)
     with pytest.raises(load.ModelFileError, match=r"holds no model"):
         load.load_model(tmp_path / "broken_sm" / "assets.extra")
+
+
+def test_features_of_a_zoo_model(rng):
+    """The features signature's endpoints, for a network of the zoo."""
+    import models
+
+    zoo = models.build("resnet20", norm="gn", groups=8, num_classes=CLASSES,
+                       input_shape=(SIZE, SIZE, CHANNELS))
+    features = transfer.feature_model(zoo)
+    assert list(features.output) == ["pooled", "C1", "C2", "C3", "C4"]
+    x = _normalize(_images(rng, 2))
+    got = features(x)
+    zoo_endpoints = models.feature_endpoints(zoo)  # the zoo's own reading of its marks
+    for name in ("C2", "C3", "C4"):
+        want = keras.Model(zoo.input, zoo_endpoints[name])(x).numpy()
+        np.testing.assert_array_equal(got[name].numpy(), want)
+    stem = keras.Model(zoo.input, zoo.get_layer("conv1_relu").output)(x).numpy()
+    np.testing.assert_array_equal(got["C1"].numpy(), stem)

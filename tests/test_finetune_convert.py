@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gn_keras import GroupNormalization, convert, load
+from gn_keras import GroupNormalization, convert, load, transfer
 from gn_keras.frozen_bn import FrozenBatchNormalization
 from train import config as config_lib
 from train import finetune
@@ -88,9 +88,17 @@ def test_finetune_builder_freezes_bn_keeps_gn_and_replaces_head(rng, tmp_path):
     assert load.load_preprocessing(tmp_path)["num_classes"] == 2
 
 
-def test_swap_norm_makes_keras_resnet50_a_gn_model_that_trains(rng):
+def test_keras_resnet50_endpoints_and_swap_norm_to_gn_that_trains(rng):
     keras.utils.set_random_seed(int(rng.integers(2**31)))
     resnet = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=3)
+    # What export's features signature and --freeze_at read from it.
+    head, pooled, ends_in_softmax = transfer.find_head(resnet)
+    assert head.name == "predictions" and ends_in_softmax and pooled.shape == (None, 2048)
+    endpoints = transfer.stage_endpoints(resnet)
+    for key, name in (("C1", "pool1_pool"), ("C2", "conv2_block3_out"),
+                      ("C3", "conv3_block4_out"), ("C4", "conv4_block6_out"),
+                      ("C5", "conv5_block3_out")):
+        assert endpoints[key] is resnet.get_layer(name).output
     batchnorms = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in resnet.layers)
     gn = convert.swap_norm(resnet, "gn", groups=32)
     kinds = [type(layer) for layer in gn.layers]
