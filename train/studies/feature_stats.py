@@ -25,15 +25,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train import classify, data, outputs
+from train import data, outputs
+from train.studies import runner
 
 PERCENTILES = (1, 20, 80, 99)
 FEATURE_STATS_FILE = "feature_stats.json"
 # Images in the fixed batch (fewer if the validation set is smaller).
 PROBE_IMAGES = 64
-# The last conv of each model the study knows, by its zoo name; its output
-# is the response before normalization and ReLU (conv -> norm -> ReLU).
-LAST_CONV_LAYERS = {"vgg16": "block5_3_conv"}
+_CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
 def response_percentiles(activations, percentiles=PERCENTILES):
@@ -120,13 +119,22 @@ class FeaturePercentiles(keras.callbacks.Callback):
         outputs.write_json_atomically(self.path, stats)
 
 
-def last_conv_layer(model_name):
-    """The name of ``model_name``'s last conv layer in the zoo."""
-    if model_name not in LAST_CONV_LAYERS:
+def last_conv_layer(model):
+    """The name of ``model``'s last conv layer, whose output is pre-norm, pre-ReLU.
+
+    In the zoo every conv is followed by its normalization and then the
+    ReLU, with no activation of its own (for VGG-16 this is
+    ``block5_3_conv``, the paper's conv5_3).
+    """
+    convs = [layer for layer in model.layers if isinstance(layer, _CONV_TYPES)]
+    if not convs:
+        raise ValueError(f"Model {model.name!r} has no conv layer to measure.")
+    last = convs[-1]
+    if last.activation is not keras.activations.linear:
         raise ValueError(
-            f"--model={model_name!r} has no known last conv layer for the feature "
-            f"statistics; expected one of {sorted(LAST_CONV_LAYERS)}.")
-    return LAST_CONV_LAYERS[model_name]
+            f"The last conv {last.name!r} of model {model.name!r} applies "
+            f"{last.activation.__name__}; its output is not the pre-ReLU response.")
+    return last.name
 
 
 def fixed_batch(config, size=PROBE_IMAGES):
@@ -167,8 +175,8 @@ def record_run(config, results):
             f"{lost}; it must be trained with --keep_checkpoints >= --epochs "
             "(delete the run directory to train it again).")
     preprocessing = outputs.read_json(os.path.join(config.model_dir, outputs.PREPROCESSING_FILE))
-    model = classify.build_zoo_model(config, preprocessing)
-    callback = FeaturePercentiles(last_conv_layer(config.model), fixed_batch(config), path)
+    model = runner.build_study_model(config, preprocessing)
+    callback = FeaturePercentiles(last_conv_layer(model), fixed_batch(config), path)
     callback.set_model(model)
     logs = {record["epoch"]: record for record in results["epochs"]}
     for epoch in missing:

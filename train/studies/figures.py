@@ -98,7 +98,9 @@ def error_vs_setting_figure(panels, path, caption):
             ran = [(x, e) for x, e in zip(positions, errors) if e is not None]
             ax.plot([x for x, _ in ran], [e for _, e in ran], marker="o", label=label)
         _error_axis(ax, title, xlabel)
-        ax.set_xticks(positions, columns)  # after _error_axis, whose locator it replaces
+        ran_any = [any(errors[i] is not None for errors in lines.values()) for i in positions]
+        ticks = [c if ran else f"{c}\n(n/a)" for c, ran in zip(columns, ran_any)]
+        ax.set_xticks(positions, ticks)  # after _error_axis, whose locator it replaces
         ax.legend()
     return _save(fig, path, caption)
 

@@ -1,0 +1,226 @@
+"""Each study end to end on a tiny configuration, checked against results.json.
+
+Every test trains for real (ResNet-20 at 8×8 on digits, 2 epochs of 2
+steps) through ``train.classify.train``, then parses the Markdown table the
+study wrote and compares each number with the value it must come from: the
+runs' own ``results.json`` (median val error of the last 5 epochs, median
+over seeds), read back here independently.
+"""
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from train import config as config_lib
+from train import studies
+from train import study as study_cli
+from train.studies import feature_stats, specs
+
+TINY = {"epochs": 2, "steps_per_epoch": 2, "eval_steps": 1, "image_size": 8,
+        "batch_size_per_replica": 4, "groups": 4, "log_every_steps": 1}
+
+
+def _tiny_config(rng, **fields):
+    return config_lib.make_config(**{**TINY, "seed": int(rng.integers(0, 1000)), **fields})
+
+
+def parse_tables(markdown):
+    """``[{row label: {column: cell}}]`` for every table in ``markdown``."""
+    tables, block = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+            continue
+        if block:
+            header, rows = block[0], block[2:]
+            tables.append({row[0]: dict(zip(header[1:], row[1:])) for row in rows})
+            block = []
+    return tables
+
+
+def _read_results(run_dir):
+    with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def expected_error(study_dir, key, seeds):
+    """The setting's error as the table must show it: % median over seeds."""
+    errors = [100.0 * _read_results(os.path.join(study_dir, f"{key}_seed{seed}"))
+              ["median_last5_top1_error"] for seed in seeds]
+    return float(np.median(errors))
+
+
+def assert_cell(cell, value):
+    assert float(cell) == pytest.approx(value, abs=0.005 + 1e-9)
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _assert_pngs(study_dir, names):
+    for name in names:
+        with open(os.path.join(study_dir, name), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _interrupt_after_first_epoch(run_dir):
+    """Leave ``run_dir`` as a job killed during its second epoch leaves it."""
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    first, last = state.all_model_checkpoint_paths[0], state.all_model_checkpoint_paths[-1]
+    for name in os.listdir(checkpoint_dir):
+        if name.startswith(os.path.basename(last) + "."):
+            os.remove(os.path.join(checkpoint_dir, name))
+    tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, first,
+                                               all_model_checkpoint_paths=[first])
+    results = _read_results(run_dir)
+    results["epochs"] = results["epochs"][:1]
+    with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle)
+    shutil.rmtree(os.path.join(run_dir, "saved_model"))
+    return results["epochs"][0]
+
+
+def test_norms_study_table_figure_and_resume(rng, tmp_path):
+    config = _tiny_config(rng)
+    options = specs.StudyOptions(norms=("bn", "gn"))
+    outcome = studies.run_study("norms", config, str(tmp_path), options)
+    study_dir = str(tmp_path / "norms")
+    assert sorted(outcome.runs.trained) == [f"bn_seed{config.seed}", f"gn_seed{config.seed}"]
+    _assert_pngs(study_dir, ["norms_curves.png"])
+    (table,) = parse_tables(_read(outcome.report_path))
+    bn, gn = (expected_error(study_dir, key, [config.seed]) for key in ("bn", "gn"))
+    assert_cell(table["val error (%)"]["BN"], bn)
+    assert_cell(table["val error (%)"]["GN"], gn)
+    assert float(table["Δ (vs. BN)"]["GN"]) == pytest.approx(gn - bn, abs=0.01)
+
+    # Re-run: both runs are finished, nothing is trained, results untouched.
+    gn_dir = os.path.join(study_dir, f"gn_seed{config.seed}")
+    stamp = os.stat(os.path.join(gn_dir, "results.json")).st_mtime_ns
+    again = studies.run_study("norms", config, str(tmp_path), options)
+    assert again.runs.trained == [] and len(again.runs.skipped) == 2
+    assert os.stat(os.path.join(gn_dir, "results.json")).st_mtime_ns == stamp
+
+    # A run interrupted in its second epoch resumes there: epoch 0 is kept
+    # as it was, epoch 1 is trained once more, the table is rewritten.
+    first_epoch = _interrupt_after_first_epoch(gn_dir)
+    resumed = studies.run_study("norms", config, str(tmp_path), options)
+    assert resumed.runs.trained == [f"gn_seed{config.seed}"]
+    records = _read_results(gn_dir)["epochs"]
+    assert [r["epoch"] for r in records] == [0, 1] and records[0] == first_epoch
+    (table,) = parse_tables(_read(resumed.report_path))
+    assert_cell(table["val error (%)"]["GN"], expected_error(study_dir, "gn", [config.seed]))
+
+    # Other settings in the same --out_dir are refused, naming the field.
+    with pytest.raises(ValueError, match="epochs"):
+        studies.run_study("norms", config_lib.make_config(**{**TINY, "epochs": 3,
+                                                             "seed": config.seed}),
+                          str(tmp_path), options)
+
+
+def _flag_values(argv):
+    flag_values = flags.FlagValues()
+    study_cli.define_study_flags(flag_values)
+    flag_values(["gn-study"] + argv)
+    return flag_values
+
+
+def _tiny_flags(rng):
+    seed = int(rng.integers(0, 1000))
+    return seed, [f"--{name}={value}" for name, value in {**TINY, "seed": seed}.items()
+                  if name != "batch_size_per_replica"]  # the study sets it
+
+
+def test_batch_size_study_from_flags_scales_the_learning_rate(rng, tmp_path):
+    seed, tiny = _tiny_flags(rng)
+    flag_values = _flag_values(["--study=batch_size", "--study_batch_sizes=2",
+                                f"--out_dir={tmp_path}"] + tiny)
+    outcome = study_cli.run_from_flags(flag_values)
+    study_dir = str(tmp_path / "batch_size")
+    _assert_pngs(study_dir, ["batch_size_error.png", "batch_size_curves.png"])
+    (table,) = parse_tables(_read(outcome.report_path))
+    bn = expected_error(study_dir, "bn_b2", [seed])
+    gn = expected_error(study_dir, "gn_b2", [seed])
+    assert_cell(table["BN"]["2"], bn)
+    assert_cell(table["GN"]["2"], gn)
+    assert float(table["Δ (GN − BN)"]["2"]) == pytest.approx(gn - bn, abs=0.01)
+    # §4.1's linear rule (0.1·N/32 per GPU): lr = base_lr · batch / reference.
+    for key in ("bn_b2", "gn_b2"):
+        results = _read_results(os.path.join(study_dir, f"{key}_seed{seed}"))
+        flags_used = results["flags"]
+        assert flags_used["batch_size_per_replica"] == 2
+        assert results["peak_learning_rate"] == pytest.approx(
+            flags_used["base_lr"] * 2 / flags_used["lr_reference_batch"])
+
+
+def test_groups_study_medians_over_seeds_and_marks_unbuildable_groups(rng, tmp_path):
+    config = _tiny_config(rng)
+    # ResNet-20's first stage has 16 channels: G=32 cannot split it.
+    options = specs.StudyOptions(groups=(32,), group_sizes=(1,), runs_per_config=2)
+    outcome = studies.run_study("groups", config, str(tmp_path), options)
+    study_dir = str(tmp_path / "groups")
+    assert list(outcome.runs.not_applicable) == ["gn_G32"]
+    seeds = [config.seed, config.seed + 1]
+    assert sorted(outcome.runs.trained) == [f"gn_cpg1_seed{s}" for s in seeds]
+    _assert_pngs(study_dir, ["groups.png"])
+    markdown = _read(outcome.report_path)
+    by_count, by_size = parse_tables(markdown)
+    assert by_count["val error (%)"]["32"] == "n/a"
+    assert "gn_G32" in markdown
+    assert_cell(by_size["val error (%)"]["1 (=IN)"], expected_error(study_dir, "gn_cpg1", seeds))
+
+
+def test_feature_stats_study_records_percentiles_of_each_epoch(rng, tmp_path):
+    config = _tiny_config(rng, model="resnet20")
+    outcome = studies.run_study("feature_stats", config, str(tmp_path))
+    study_dir = str(tmp_path / "feature_stats")
+    _assert_pngs(study_dir, ["feature_stats.png"])
+    (table,) = parse_tables(_read(outcome.report_path))
+    for key, column in (("none", "none"), ("bn", "BN"), ("gn", "GN")):
+        assert_cell(table["val error (%)"][column],
+                    expected_error(study_dir, key, [config.seed]))
+    # The last epoch's record equals NumPy percentiles of the response of the
+    # model the loop saved at that epoch's end, on the same fixed batch.
+    run = outcome.runs.configs[f"gn_seed{config.seed}"]
+    model = keras.models.load_model(os.path.join(run.model_dir, "last.keras"))
+    layer = model.get_layer(feature_stats.last_conv_layer(model))
+    response = keras.Model(model.input, layer.output)(feature_stats.fixed_batch(run))
+    stats = json.loads(_read(os.path.join(run.model_dir, "feature_stats.json")))
+    assert [r["epoch"] for r in stats["epochs"]] == [0, 1]
+    np.testing.assert_allclose(
+        stats["epochs"][-1]["values"],
+        np.percentile(np.asarray(response, np.float64), [1, 20, 80, 99]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--study=norms", "--norm=bn"], "--norm cannot be set with --study=norms"),
+    (["--study=groups", "--group_size=4"], "--group_size cannot be set"),
+    (["--study=norms", "--model_dir=/tmp/x"], "--model_dir cannot be set"),
+    (["--study=norms", "--study_norms=bn,fancy"], "--study_norms: 'fancy'"),
+    (["--study=batch_size", "--study_batch_sizes=8,0"], "--study_batch_sizes='8,0'"),
+    (["--study=groups", "--study_groups=a"], "--study_groups='a'"),
+    (["--study=norms", "--runs_per_config=0"], "--runs_per_config=0"),
+    ([], "--study is required"),
+])
+def test_bad_study_flags_are_named(argv, message, tmp_path):
+    flag_values = _flag_values(argv + [f"--out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=message):
+        study_cli.run_from_flags(flag_values)
+    assert not os.listdir(tmp_path)
+
+
+def test_feature_stats_defaults_to_the_papers_vgg16_with_32_groups():
+    flag_values = _flag_values(["--study=feature_stats"])
+    config = study_cli.base_config_from_flags(specs.get_study("feature_stats"), flag_values)
+    assert (config.model, config.groups) == ("vgg16", 32)
+    flag_values = _flag_values(["--study=feature_stats", "--groups=8"])
+    config = study_cli.base_config_from_flags(specs.get_study("feature_stats"), flag_values)
+    assert config.groups == 8
