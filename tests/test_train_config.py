@@ -75,7 +75,7 @@ def test_make_config_matches_flags():
     (["--lr_boundaries=60,30"], "lr_boundaries", "60"),
     (["--lr_boundaries=a,b"], "lr_boundaries", "a,b"),
     (["--lr_decay_factor=0"], "lr_decay_factor", "0"),
-    (["--warmup_epochs=9", "--epochs=9"], "warmup_epochs", "9"),
+    (["--warmup_epochs=9.5", "--epochs=9"], "warmup_epochs", "9.5"),
     (["--image_size=4"], "image_size", "4"),
     (["--steps_per_epoch=0"], "steps_per_epoch", "0"),
     (["--eval_steps=0"], "eval_steps", "0"),

@@ -1,0 +1,114 @@
+"""An end-to-end GN ResNet-20 run on digits and everything it leaves behind.
+
+The reported validation error is recomputed here from ``last.keras`` on the
+fixed digits split preprocessed in NumPy, the SavedModel is run on raw
+pixels, and TensorBoard's event files are read back.
+"""
+
+import glob
+import json
+import os
+import statistics
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from train import classify
+from train import config as config_lib
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("digits") / "run")
+    seed = int(np.random.default_rng().integers(1000))
+    config = config_lib.make_config(model="resnet20", image_size=8, epochs=2, warmup_epochs=0,
+                                    model_dir=model_dir, seed=seed)
+    return config, classify.train(config)
+
+
+def digits_validation_split():
+    """The split the data module promises: stratified 80/20, random_state=0."""
+    digits = load_digits()
+    _, images, _, labels = train_test_split(
+        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target)
+    return images.astype(np.float64) * 255 / 16, labels
+
+
+def read_scalars(directory):
+    scalars = {}
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor)
+                scalars.setdefault(value.tag, {})[event.step] = float(tensor)
+    return scalars
+
+
+def test_run_learns_and_writes_a_complete_results_file(run):
+    config, results = run
+    on_disk = json.load(open(os.path.join(config.model_dir, "results.json")))
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["flags"] == config.as_dict()
+    assert [e["epoch"] for e in on_disk["epochs"]] == [0, 1]
+    errors = [e["val"]["top1_error"] for e in on_disk["epochs"]]
+    assert errors[-1] < 0.5  # chance is 0.9 for ten balanced classes
+    assert on_disk["final_top1_error"] == errors[-1]
+    assert on_disk["median_last5_top1_error"] == pytest.approx(statistics.median(errors))
+    assert on_disk["best_top1_error"] == min(errors)
+    assert on_disk["images_per_sec"] > 0 and on_disk["global_batch_size"] == 32
+    assert on_disk["steps_per_epoch"] == 1437 // 32 and on_disk["eval_steps"] == 12
+    train_losses = [e["train"]["loss"] for e in on_disk["epochs"]]
+    assert train_losses[1] < train_losses[0]
+
+
+def test_reported_validation_error_matches_last_keras_on_numpy_preprocessed_digits(run):
+    config, results = run
+    preprocessing = json.load(open(os.path.join(config.model_dir, "preprocessing.json")))
+    assert preprocessing["image_size"] == [8, 8] and preprocessing["channels"] == 1
+    assert preprocessing["num_classes"] == 10 and preprocessing["data_format"] == "channels_last"
+    pixels, labels = digits_validation_split()
+    inputs = (pixels[..., None] - preprocessing["mean"][0]) / preprocessing["std"][0]
+    model = keras.saving.load_model(os.path.join(config.model_dir, "last.keras"))
+    logits = model.predict(inputs.astype("float32"), verbose=0).astype(np.float64)
+    error = np.mean(logits.argmax(1) != labels)
+    assert results["final_top1_error"] == pytest.approx(error, abs=0.5 / len(labels))
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    loss = -log_probs[np.arange(len(labels)), labels].mean()
+    assert results["epochs"][-1]["val"]["loss"] == pytest.approx(loss, rel=1e-4)
+    top5 = np.mean([label not in np.argsort(row)[-5:] for row, label in zip(logits, labels)])
+    assert results["final_top5_error"] == pytest.approx(top5, abs=0.5 / len(labels))
+    best = keras.saving.load_model(os.path.join(config.model_dir, "best.keras"))
+    best_error = np.mean(best.predict(inputs.astype("float32"), verbose=0).argmax(1) != labels)
+    assert results["best_top1_error"] == pytest.approx(best_error, abs=0.5 / len(labels))
+
+
+def test_saved_model_serves_raw_pixels(run):
+    config, _ = run
+    pixels, _ = digits_validation_split()
+    preprocessing = json.load(open(os.path.join(config.model_dir, "preprocessing.json")))
+    loaded = tf.saved_model.load(os.path.join(config.model_dir, "saved_model"))
+    served = loaded.signatures["serving_default"](
+        images=tf.constant(pixels[:16, ..., None], tf.float32))
+    model = keras.saving.load_model(os.path.join(config.model_dir, "last.keras"))
+    normalized = (pixels[:16, ..., None] - preprocessing["mean"][0]) / preprocessing["std"][0]
+    expected = model.predict(normalized.astype("float32"), verbose=0)
+    np.testing.assert_allclose(served["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(served["probabilities"].numpy().sum(1), 1.0, rtol=1e-5)
+
+
+def test_tensorboard_logs_hold_epoch_and_step_scalars(run):
+    config, results = run
+    board = os.path.join(config.model_dir, "tensorboard")
+    train, val = read_scalars(os.path.join(board, "train")), read_scalars(os.path.join(board, "val"))
+    for epoch, record in enumerate(results["epochs"]):
+        assert val["epoch/top1_error"][epoch] == pytest.approx(record["val"]["top1_error"])
+        assert val["epoch/top5_error"][epoch] == pytest.approx(record["val"]["top5_error"])
+        assert train["epoch/loss"][epoch] == pytest.approx(record["train"]["loss"])
+        assert train["epoch/learning_rate"][epoch] == pytest.approx(record["learning_rate"])
+    assert sorted(train["step/loss"]) == list(range(0, 2 * 44, 10))
+    assert train["step/learning_rate"][0] == pytest.approx(0.1)
