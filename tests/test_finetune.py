@@ -66,7 +66,7 @@ def pretrained(tmp_path_factory):
     seed = zlib.crc32(f"{SESSION_SEED}-pretrain".encode()) % 2**31
     config = config_lib.make_config(
         **COMMON, data_dir=str(digits_dir), epochs=3, batch_size_per_replica=32,
-        base_lr=0.8, seed=seed, model_dir=str(root / "digits_run"))
+        base_lr=0.1, lr_reference_batch=32, seed=seed, model_dir=str(root / "digits_run"))
     results = classify.train(config, build_model=_tiny_gn_network)
     assert results["final_top1_error"] < 0.3  # a real digits model to start from
     return root / "digits_run", parity_dir
@@ -102,7 +102,8 @@ def test_cli_finetunes_saved_model_to_parity_beating_chance(pretrained, tmp_path
     out = tmp_path / "parity_run"
     done = _run_cli(f"--pretrained={run_dir / 'saved_model'}", "--dataset=folder",
                     f"--data_dir={parity_dir}", f"--image_size={SIZE}", "--augment=none",
-                    "--epochs=1", "--steps_per_epoch=150", "--base_lr=1.28",
+                    "--epochs=1", "--steps_per_epoch=150", "--base_lr=0.01",
+                    "--lr_reference_batch=2",
                     "--warmup_epochs=0", "--freeze_at=1", "--freeze_bn", f"--model_dir={out}")
     assert done.returncode == 0, done.stderr[-3000:]
     # A GN model has no BN: --freeze_bn warns and the run goes on.
@@ -170,23 +171,38 @@ def test_missing_pretrained_model_is_one_line_error(tmp_path):
 
 
 def test_tfsm_layer_gives_trainable_gn_variables(pretrained, rng):
-    """The route for a SavedModel without its Keras config: TFSMLayer(features)."""
+    """The route for a SavedModel without its Keras config: TFSMLayer(features).
+
+    Its gradients must be Keras's: those of the same network rebuilt as a
+    Keras model, on the same pixels normalised here in NumPy.
+    """
     run_dir, _ = pretrained
-    features = keras.layers.TFSMLayer(str(run_dir / "saved_model"), call_endpoint="features")
-    gammas = [w for w in features.trainable_weights if "norm_gamma" in w.name]
-    assert len(gammas) == 2
-    head = keras.layers.Dense(2)
-    images = tf.constant(rng.uniform(0, 255, (8, SIZE, SIZE, 3)), tf.float32)
-    labels = rng.integers(0, 2, 8)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer = keras.optimizers.SGD(0.05)
-    before = [g.numpy().copy() for g in gammas]
-    losses = []
-    for _ in range(5):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(labels, head(features(images)["pooled"]))
-        variables = features.trainable_weights + head.trainable_weights
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        losses.append(float(loss))
-    assert losses[-1] < losses[0]
-    assert all(np.any(g.numpy() != b) for g, b in zip(gammas, before))
+    saved_model = str(run_dir / "saved_model")
+    features = keras.layers.TFSMLayer(saved_model, call_endpoint="features")
+    rebuilt = load.load_model(saved_model)
+    pooled = keras.Model(rebuilt.input, rebuilt.get_layer("pool").output)
+    preprocessing = load.load_preprocessing(saved_model)
+    images = rng.uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
+    normalized = (images - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])
+    projection = rng.normal(size=pooled.output.shape[-1]).astype(np.float32)
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(features(tf.constant(images))["pooled"] * projection)
+    got = dict(zip((w.name.split(":")[0] for w in features.trainable_weights),
+                   tape.gradient(loss, features.trainable_weights)))
+    with tf.GradientTape() as tape:
+        reference = tf.reduce_sum(pooled(normalized) * projection)
+    want = dict(zip((w.path.replace("/", "_") for w in pooled.trainable_weights),
+                    tape.gradient(reference, pooled.trainable_weights)))
+    np.testing.assert_allclose(float(loss), float(reference), rtol=1e-5)
+    assert sorted(got) == sorted(want) and "res2_norm_gamma" in got
+    for name, gradient in want.items():
+        np.testing.assert_allclose(got[name].numpy(), gradient.numpy(), rtol=1e-4,
+                                   atol=1e-5 * float(np.max(np.abs(gradient.numpy()))))
+
+    gamma = next(w for w in features.trainable_weights if w.name.startswith("res2_norm_gamma"))
+    before = gamma.numpy().copy()
+    keras.optimizers.SGD(0.1).apply_gradients(
+        [(got[w.name.split(":")[0]], w) for w in features.trainable_weights])
+    np.testing.assert_allclose(gamma.numpy(), before - 0.1 * got["res2_norm_gamma"].numpy(),
+                               rtol=1e-6, atol=1e-7)
