@@ -76,6 +76,19 @@ def _call_with_accepted_kwargs(layer, *args, **kwargs):
     return layer(*args, **kwargs)
 
 
+def _named_inputs(model):
+    """Fresh inputs named like ``model``'s input layers (clone_model would
+    name them after the tensors)."""
+    if isinstance(model, keras.Sequential):
+        return None
+
+    def fresh(tensor):
+        name = tensor._keras_history.operation.name
+        return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name)
+
+    return keras.tree.map_structure(fresh, model.input)
+
+
 def _rebuild(model, replace, keep_norm_weights=True):
     """Clone ``model``, letting ``replace(layer)`` return a new layer or None."""
     pairs = []
@@ -91,8 +104,8 @@ def _rebuild(model, replace, keep_norm_weights=True):
         return new
 
     clone = keras.models.clone_model(
-        model, clone_function=clone_function, call_function=_call_with_accepted_kwargs,
-        recursive=True,
+        model, input_tensors=_named_inputs(model), clone_function=clone_function,
+        call_function=_call_with_accepted_kwargs, recursive=True,
     )
     for old, new, replaced in pairs:
         _carry_weights(old, new, replaced, keep_norm_weights)

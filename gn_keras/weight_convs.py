@@ -111,6 +111,21 @@ class _NormalizedKernel:
         """Set ``g = ‖v‖`` so the effective kernel equals the stored one."""
         self.gain.assign(ops.cast(kernel_norms(self.kernel), self.gain.dtype))
 
+    # Keras's conv saves only its kernel and bias, by position; the gain
+    # goes in the next slot.
+    def _gain_slot(self):
+        return str(2 if self.use_bias else 1)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built:
+            store[self._gain_slot()] = self.gain
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built:
+            self.gain.assign(store[self._gain_slot()])
+
     def get_config(self):
         initializer = self.gain_initializer
         serialized = None if initializer is None else keras.initializers.serialize(initializer)

@@ -44,4 +44,4 @@ def feature_extractor(model, names=None):
                 f"{model.name!r} lacks; it has {list(endpoints)}."
             )
         endpoints = {name: endpoints[name] for name in names}
-    return keras.Model(model.inputs, endpoints, name=f"{model.name}_features")
+    return keras.Model(model.input, endpoints, name=f"{model.name}_features")

@@ -16,6 +16,7 @@ from gn_keras.frozen_bn import FrozenBatchNormalization
 from gn_keras.temporal_padding import TemporalReplicatePadding
 from gn_keras.weight_convs import WNConv2D, WNConv3D, WSConv2D, WSConv3D
 from gn_reference import group_norm_reference
+from subprocess_utils import run_python
 
 EPS = 1e-5
 
@@ -72,6 +73,37 @@ def test_batch_norm_kinds_use_batch_then_moving_statistics(rng, kind):
                                _bn_reference(x64, moving_mean, moving_var, gamma, beta), rtol=1e-4, atol=1e-4)
     assert layer.synchronized == (kind == "sync_bn")
     assert layer.epsilon == EPS
+
+
+def test_bn_statistics_are_per_replica_and_sync_bn_spans_replicas(rng, tmp_path):
+    # The paper's BN: "mean and variance ... computed within each GPU".
+    x = _features(rng, (8, 3, 3, 4))
+    np.save(tmp_path / "x.npy", x)
+    run_python(f"""
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from gn_keras import norms
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        x = np.load({str(tmp_path / "x.npy")!r})
+        batch = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(8))))
+        for kind in ("bn", "sync_bn"):
+            with strategy.scope():
+                layer = norms.get(kind)(axis=-1, name=kind)
+                layer.build(x.shape)
+            y = strategy.run(tf.function(lambda b: layer(b, training=True)), args=(batch,))
+            parts = [t.numpy() for t in strategy.experimental_local_results(y)]
+            assert len(parts) == 2
+            np.save({str(tmp_path)!r} + f"/{{kind}}.npy", np.concatenate(parts))
+    """)
+    x64 = x.astype(np.float64)
+
+    def normalized(part):
+        return (part - part.mean(axis=(0, 1, 2))) / np.sqrt(part.var(axis=(0, 1, 2)) + EPS)
+
+    per_replica = np.concatenate([normalized(x64[:4]), normalized(x64[4:])])
+    np.testing.assert_allclose(np.load(tmp_path / "bn.npy"), per_replica, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "sync_bn.npy"), normalized(x64), rtol=1e-4, atol=1e-4)
 
 
 def _batch_renorm_reference(batches, gamma, beta, momentum, rmax=1.5, dmax=0.5, epsilon=EPS):
