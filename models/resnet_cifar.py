@@ -7,7 +7,8 @@ filters, then three stages of ``n = (depth − 2) / 6`` basic blocks with
 Where this differs from §4.2: shortcuts that change shape are projections
 (1×1 conv + norm, the paper's option B) instead of option A's parameter-free
 zero padding, so every model in the zoo shares one block. That adds 2,560
-parameters to ResNet-20's 0.27M (+ norms). ``width_multiplier`` scales
+conv weights and 192 γ/β: ResNet-20 has 272,474 parameters with 10 classes
+(269,722 with option A). ``width_multiplier`` scales
 every width (e.g. 4 gives 64/128/256, wide enough for GN's default 32
 groups); with the plain widths use ``group_size`` (e.g. 4 or 8) or
 ``groups`` ≤ 16 for GN, since 32 groups cannot split 16 channels.
