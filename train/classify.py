@@ -91,6 +91,7 @@ def _train_in(config, strategy, build_model):
                                             max_to_keep=config.keep_checkpoints)
     results = loop.run_epochs(runner, pipeline, checkpointer, run_outputs, plan)
     run_outputs.export(model)
+    strategy_lib.wait_for_all_workers(strategy)
     return results
 
 

@@ -111,3 +111,14 @@ def num_workers(strategy):
         return 1
     spec = resolver.cluster_spec().as_dict()
     return max(1, sum(len(spec.get(job, [])) for job in ("chief", "worker")))
+
+
+def wait_for_all_workers(strategy):
+    """Barrier: an all-reduce no worker can finish before every worker joins.
+
+    Run at the end of a multi-worker job so that no worker exits (and stops
+    its coordination-service heartbeats) while the chief still exports.
+    """
+    if num_workers(strategy) > 1:
+        strategy.reduce(tf.distribute.ReduceOp.SUM,
+                        strategy.run(lambda: tf.constant(1.0)), axis=None)
