@@ -162,6 +162,23 @@ def test_mismatch_with_the_data_is_a_clear_error(pretrained, tmp_path, change, p
         finetune.finetune(config, finetune.FinetuneOptions(str(run_dir)))
 
 
+def test_flags_give_finetuning_defaults_and_refuse_architecture_flags():
+    from absl import flags
+
+    values = flags.FlagValues()
+    finetune.define_flags(values)
+    values(["gn-finetune", "--pretrained=runs/x", "--epochs=3"])
+    config = finetune.config_from_flags(values)
+    assert (config.batch_size_per_replica, config.decay_norm_params, config.epochs) == (2, False, 3)
+    values = flags.FlagValues()
+    finetune.define_flags(values)
+    values(["gn-finetune", "--pretrained=runs/x", "--norm=bn"])
+    with pytest.raises(ValueError, match="--norm is not used by train.finetune"):
+        finetune.config_from_flags(values)
+    with pytest.raises(ValueError, match=r"--freeze_at=7 is invalid"):
+        finetune.FinetuneOptions("runs/x", freeze_at=7)
+
+
 def test_missing_pretrained_model_is_one_line_error(tmp_path):
     missing = tmp_path / "no_such_run"
     done = _run_cli(f"--pretrained={missing}", f"--model_dir={tmp_path / 'out'}")

@@ -116,8 +116,10 @@ def finetune(config, options, *, strategy=None):
     # refuse a damaged one by its file name, not with the reader's traceback.
     load.check_checkpoint(os.path.join(config.model_dir, "checkpoints"))
     report = {}
-    # The network comes from --pretrained; record that instead of the zoo name.
-    config = dataclasses.replace(config, model=f"pretrained:{options.pretrained}")
+    # The network comes from --pretrained; results.json records that instead
+    # of the zoo's name and norm.
+    config = dataclasses.replace(config, model=f"pretrained:{options.pretrained}",
+                                 norm="pretrained")
     results = classify.train(config, strategy=strategy, build_model=make_builder(options, report))
     if report:
         os.makedirs(config.model_dir, exist_ok=True)
@@ -139,6 +141,8 @@ def config_from_flags(flag_values):
 
 def define_flags(flag_values=flags.FLAGS):
     flags_lib.define_flags(flag_values)
+    for name, value in FINETUNE_DEFAULTS.items():  # so --help shows them
+        flag_values.set_default(name, value)
     flags.DEFINE_string("pretrained", None, "The model to start from: a .keras file, a "
                         "SavedModel written by gn_keras.export, or a training --model_dir.",
                         flag_values=flag_values)
