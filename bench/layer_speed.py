@@ -22,7 +22,9 @@ TensorFlow contenders run as ``tf.function`` graphs without whole-graph XLA,
 as Keras trains on CPU.  Repeats are interleaved and the contenders' order
 rotates every round, so load from other processes spreads over all of them;
 ``OMP_WAIT_POLICY=PASSIVE`` keeps torch's idle threads from spinning on the
-cores TensorFlow needs.
+cores TensorFlow needs.  Each call is timed twice: wall clock (what a user
+waits) and this process's CPU time over all threads (what it costs, which
+other processes' load on a shared machine barely moves).
 """
 
 import os
@@ -143,19 +145,22 @@ def _contenders(shape, dtype, rng):
 
 
 def _interleaved_medians(calls, repeats):
-    """Median milliseconds per call, the order rotating every round."""
+    """Wall and CPU milliseconds per call, the order rotating every round."""
     names = list(calls)
     for name in names:  # trace, compile and warm the allocator
         calls[name]()
         calls[name]()
-    samples = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
             calls[name]()
-            samples[name].append(1e3 * (time.perf_counter() - start))
-    return {name: _summary(values) for name, values in samples.items()}
+            cpu[name].append(1e3 * (time.process_time() - cpu_start))
+            wall[name].append(1e3 * (time.perf_counter() - wall_start))
+    return {name: {**_summary(wall[name]), "cpu_median_ms": statistics.median(cpu[name])}
+            for name in names}
 
 
 def _summary(values):
@@ -164,11 +169,11 @@ def _summary(values):
             "q3_ms": quartiles[2], "min_ms": min(values), "repeats": len(values)}
 
 
-def _ratios(mode, medians):
+def _ratios(mode, medians, key):
     ratios = {}
     for numerator, denominator, target in RATIOS[mode]:
         if numerator in medians and denominator in medians:
-            value = medians[numerator]["median_ms"] / medians[denominator]["median_ms"]
+            value = medians[numerator][key] / medians[denominator][key]
             ratios[f"{numerator}/{denominator}"] = {"ratio": value, "target": target}
     return ratios
 
@@ -183,7 +188,8 @@ def measure(shapes, dtype, repeats, seed=0):
         for index, mode in enumerate(("forward", "forward_backward")):
             calls = {name: pair[index] for name, pair in contenders.items()}
             medians = _interleaved_medians(calls, repeats)
-            row[mode] = {"times": medians, "ratios": _ratios(mode, medians)}
+            row[mode] = {"times": medians, "ratios": _ratios(mode, medians, "median_ms"),
+                         "cpu_ratios": _ratios(mode, medians, "cpu_median_ms")}
         results.append(row)
         print(f"measured {'x'.join(map(str, shape))}", flush=True)
     return results
@@ -216,20 +222,21 @@ def machine_info():
     return info
 
 
-def format_table(results, mode):
-    """A text table: one row per shape, medians in ms then the ratios."""
+def format_table(results, mode, clock="wall"):
+    """A Markdown table: one row per shape, medians in ms then the ratios."""
+    time_key, ratio_key = {"wall": ("median_ms", "ratios"), "cpu": ("cpu_median_ms", "cpu_ratios")}[clock]
     names = [n for n in ("ours", "keras_gn", "keras_bn", "torch_gn", "copy")
              if n in results[0][mode]["times"]]
-    ratio_names = list(results[0][mode]["ratios"])
+    ratio_names = list(results[0][mode][ratio_key])
     header = ["shape"] + [f"{n} ms" for n in names] + ratio_names
-    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results:
-        times = [f"{row[mode]['times'][n]['median_ms']:.2f}" for n in names]
-        ratios = [_ratio_cell(row[mode]["ratios"][r]) for r in ratio_names]
-        lines.append(" | ".join(["x".join(map(str, row["shape"]))] + times + ratios))
+        times = [f"{row[mode]['times'][n][time_key]:.2f}" for n in names]
+        ratios = [_ratio_cell(row[mode][ratio_key][r]) for r in ratio_names]
+        lines.append("| " + " | ".join(["x".join(map(str, row["shape"]))] + times + ratios) + " |")
     targets = ", ".join(f"{r} <= {t}" for r, t in
-                        ((r, results[0][mode]["ratios"][r]["target"]) for r in ratio_names) if t)
-    return "\n".join(lines) + (f"\ntargets: {targets}" if targets else "")
+                        ((r, results[0][mode][ratio_key][r]["target"]) for r in ratio_names) if t)
+    return "\n".join(lines) + (f"\n\ntargets: {targets}" if targets else "")
 
 
 def _ratio_cell(entry):
@@ -251,7 +258,9 @@ def main(argv):
         "machine": machine, "results": results,
     }
     for mode in ("forward", "forward_backward"):
-        print(f"\n{mode} ({FLAGS.dtype}, median of {repeats}, ms)\n{format_table(results, mode)}")
+        for clock in ("wall", "cpu"):
+            print(f"\n{mode}, {clock} clock ({FLAGS.dtype}, median of {repeats}, ms)\n\n"
+                  f"{format_table(results, mode, clock)}")
     output = FLAGS.output or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
         f"layer_speed_{FLAGS.dtype}{'_quick' if FLAGS.quick else ''}.json")
