@@ -1,12 +1,17 @@
 """Flags → config: the paper preset, explicit overrides, and every bad-flag error."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
 
 from train import config as config_lib
 from train import flags as flags_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse(argv):
@@ -106,3 +111,22 @@ def test_unknown_preset_and_field_from_python():
         config_lib.make_config("paper_coco")
     with pytest.raises(ValueError, match="learning_rate"):
         config_lib.make_config(learning_rate=0.1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset=folder", "--data_dir={tmp}/missing"],
+     "--data_dir='{tmp}/missing' is not a directory; expected one sub-folder of images per class"),
+    (["--model=resnet9000"], "--model='resnet9000' is unknown; expected one of"),
+    (["--batch_size_per_replica=0"], "--batch_size_per_replica=0 is invalid"),
+    (["--strategy=gpus"], "flag --strategy=gpus: value should be one of"),
+])
+def test_command_line_errors_are_one_message_and_start_nothing(argv, message, tmp_path):
+    model_dir = tmp_path / "run"
+    argv = [a.format(tmp=tmp_path) for a in argv] + [f"--model_dir={model_dir}"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "train.classify", *argv], capture_output=True, text=True,
+        timeout=300, env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert completed.returncode != 0
+    assert message.format(tmp=tmp_path) in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not model_dir.exists()

@@ -13,15 +13,21 @@ optimizer (in the strategy's scope) → the loop of ``train.loop`` → the
 SavedModel.
 """
 
-import keras
-import tensorflow as tf
-from absl import app, flags
+import os
 
-from train import checkpoints, data, loop, outputs, steps
-from train import config as config_lib
-from train import flags as flags_lib
-from train import optimizer as optimizer_lib
-from train import strategy as strategy_lib
+# Set before TensorFlow loads: its C++ INFO lines (CPU features, the end of
+# finished input iterators) only clutter a command-line run.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from train import checkpoints, data, loop, outputs, steps  # noqa: E402
+from train import config as config_lib  # noqa: E402
+from train import flags as flags_lib  # noqa: E402
+from train import optimizer as optimizer_lib  # noqa: E402
+from train import strategy as strategy_lib  # noqa: E402
 
 
 def build_zoo_model(config, preprocessing):
@@ -141,6 +147,8 @@ def describe_outputs(results):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # progress bar and summary only
     try:
         config = flags_lib.config_from_flags(flags.FLAGS)
         results = train(config)

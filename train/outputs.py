@@ -20,6 +20,7 @@ import os
 import shutil
 import statistics
 
+import keras
 import tensorflow as tf
 
 from gn_keras import export as export_lib
@@ -28,6 +29,10 @@ from train import strategy as strategy_lib
 RESULTS_FILE = "results.json"
 PREPROCESSING_FILE = "preprocessing.json"
 LAST_EPOCHS_FOR_MEDIAN = 5
+# How far the exported graph may drift from Keras, relative to the logits'
+# scale: float32 rounding by default; 16-bit compute rounds at ~1e-3 (float16)
+# and ~8e-3 (bfloat16) per operation, so a deep net needs more room.
+EXPORT_TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2}
 
 
 def write_json_atomically(path, payload):
@@ -139,8 +144,10 @@ class RunOutputs:
         target = strategy_lib.worker_write_dir(self.strategy, self.paths["saved_model"])
         staging = f"{target}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        export_lib.export_saved_model(model, staging, self.preprocessing,
-                                      verify=self.is_chief)
+        compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+        export_lib.export_saved_model(
+            model, staging, self.preprocessing, verify=self.is_chief,
+            tolerance=EXPORT_TOLERANCE.get(compute_dtype, export_lib.DEFAULT_TOLERANCE))
         if self.is_chief:
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
