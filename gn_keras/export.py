@@ -17,7 +17,8 @@ Writes, from a Keras classifier and its preprocessing (the training run's
   the SavedModel alone.  Graphs hold standard TensorFlow ops only.
 * an ONNX file through tf2onnx (:func:`export_onnx`) and a ``.tflite`` file
   through TensorFlow's LiteRT converter (:func:`export_tflite`), both taking
-  float32 ``images`` and returning ``logits`` and ``probabilities``.
+  float32 ``images`` and returning ``logits`` and ``probabilities``; LiteRT
+  gets the float32 twin of a mixed-precision model (:func:`float32_copy`).
 
 Each artefact is verified right after it is written (``verify_*``): it is run
 by its own runtime (TensorFlow's SavedModel loader, ONNX Runtime, the LiteRT
@@ -28,6 +29,7 @@ raises :class:`ExportMismatchError`.
 
 import json
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -40,8 +42,11 @@ UINT8_SIGNATURE = "serving_uint8"
 FEATURES_SIGNATURE = "features"
 INPUT_NAME = "images"
 # Allowed |exported − Keras|, relative to max(1, max |Keras|): float32
-# kernels fused or reordered by another runtime differ by ~1e-6 here.
+# kernels fused or reordered by another runtime differ by ~1e-6 here; a
+# model computing in float16/bfloat16 (eps ~1e-3) gets the looser bound.
 DEFAULT_TOLERANCE = 1e-4
+DEFAULT_TOLERANCE_16_BIT = 1e-2
+_16_BIT = ("float16", "bfloat16")
 CHECK_BATCH_SEED = 20180322  # the paper's arXiv date: any fixed seed will do
 ONNX_OPSET = 17
 
@@ -97,8 +102,7 @@ class _Endpoints:
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
 
-def export_saved_model(model, export_dir, preprocessing, verify=True,
-                       tolerance=DEFAULT_TOLERANCE):
+def export_saved_model(model, export_dir, preprocessing, verify=True, tolerance=None):
     """Write ``model`` as a SavedModel for serving and transfer.
 
     Args:
@@ -106,7 +110,8 @@ def export_saved_model(model, export_dir, preprocessing, verify=True,
       export_dir: the SavedModel directory to write (created if needed).
       preprocessing: the ``preprocessing.json`` dict of the training run.
       verify: load the SavedModel back and compare it with ``model``.
-      tolerance: relative tolerance of that comparison.
+      tolerance: relative tolerance of that comparison; default
+        :func:`default_tolerance` (1e-4, or 1e-2 for 16-bit compute).
 
     Returns:
       The verification report (``{}`` when ``verify=False``).
@@ -151,17 +156,67 @@ def export_onnx(model, path, preprocessing, opset=ONNX_OPSET):
     return path
 
 
-def export_tflite(saved_model_dir, path):
-    """Convert the SavedModel's ``serving_default`` to a LiteRT flatbuffer.
+def float32_copy(model):
+    """``model`` itself if it computes in float32, else a float32 twin.
 
+    A mixed-precision model keeps float32 weights but computes in 16 bits;
+    LiteRT's builtin kernels are float32, so it is written as this twin
+    (same config with every dtype policy set to float32, same weights).
+    """
+    if not computes_in_16_bits(model):
+        return model
+    config = json.loads(model.to_json())
+    _set_float32_policies(config)
+    twin = keras.models.model_from_json(json.dumps(config))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _set_float32_policies(node):
+    """Set every dtype policy in a (nested) model config to float32."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy":
+            node["config"]["name"] = "float32"
+        children = node.values()
+    else:
+        children = node if isinstance(node, list) else ()
+    for child in children:
+        _set_float32_policies(child)
+
+
+def computes_in_16_bits(model):
+    return any(layer.compute_dtype in _16_BIT for layer in model.layers)
+
+
+def default_tolerance(model):
+    """The verification tolerance for ``model``'s compute precision."""
+    return DEFAULT_TOLERANCE_16_BIT if computes_in_16_bits(model) else DEFAULT_TOLERANCE
+
+
+def export_tflite(model, path, preprocessing):
+    """Write the classifier as LiteRT (float32 images → logits, probabilities).
+
+    The float32 form of the model (see :func:`float32_copy`) is staged as a
+    SavedModel holding ``serving_default`` alone and converted from there
+    (converting the traced function directly gave NaNs with TF 2.20).
     Only TFLite builtin ops are allowed, so the file runs on the plain
     interpreter without the Flex (TensorFlow) delegate.
     """
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        os.fspath(saved_model_dir), signature_keys=[SERVING_SIGNATURE])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    preprocessing = load.check_preprocessing(preprocessing, where="export_tflite")
+    check_model_matches(model, preprocessing)
+    twin = float32_copy(model)
+    archive = keras.export.ExportArchive()
+    archive.track(twin)
+    archive.add_endpoint(SERVING_SIGNATURE, _Endpoints(twin, preprocessing).classify,
+                         [image_spec(preprocessing)])
+    with tempfile.TemporaryDirectory() as staging:
+        archive.write_out(staging, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            staging, signature_keys=[SERVING_SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        flatbuffer = converter.convert()
     with open(path, "wb") as handle:
-        handle.write(converter.convert())
+        handle.write(flatbuffer)
     return path
 
 
@@ -210,10 +265,10 @@ def compare(artefact, got, want, tolerance=DEFAULT_TOLERANCE):
     return report
 
 
-def verify_saved_model(export_dir, model, preprocessing, images=None,
-                       tolerance=DEFAULT_TOLERANCE):
+def verify_saved_model(export_dir, model, preprocessing, images=None, tolerance=None):
     """Run every signature of the SavedModel on a fixed batch vs. Keras."""
     images = check_batch(preprocessing) if images is None else images
+    tolerance = default_tolerance(model) if tolerance is None else tolerance
     classes, features = keras_reference(model, preprocessing, images)
     loaded = tf.saved_model.load(os.fspath(export_dir))
     as_float = tf.constant(images, tf.float32)
@@ -229,11 +284,12 @@ def verify_saved_model(export_dir, model, preprocessing, images=None,
     return report
 
 
-def verify_onnx(path, model, preprocessing, images=None, tolerance=DEFAULT_TOLERANCE):
+def verify_onnx(path, model, preprocessing, images=None, tolerance=None):
     """Run the ONNX file with ONNX Runtime on a fixed batch vs. Keras."""
     import onnxruntime
 
     images = check_batch(preprocessing) if images is None else images
+    tolerance = default_tolerance(model) if tolerance is None else tolerance
     classes, _ = keras_reference(model, preprocessing, images)
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
@@ -241,12 +297,15 @@ def verify_onnx(path, model, preprocessing, images=None, tolerance=DEFAULT_TOLER
     return compare(os.fspath(path), dict(zip(names, values)), classes, tolerance)
 
 
-def verify_tflite(path, model, preprocessing, images=None, tolerance=DEFAULT_TOLERANCE):
-    """Run the .tflite file with the LiteRT interpreter on a fixed batch vs. Keras."""
+def verify_tflite(path, model, preprocessing, images=None, tolerance=None):
+    """Run the .tflite file with the LiteRT interpreter on a fixed batch vs. Keras
+    (vs. the float32 twin of a mixed-precision model, which is what was written)."""
     from ai_edge_litert.interpreter import Interpreter
 
     images = check_batch(preprocessing) if images is None else images
-    classes, _ = keras_reference(model, preprocessing, images)
+    twin = float32_copy(model)
+    tolerance = default_tolerance(twin) if tolerance is None else tolerance
+    classes, _ = keras_reference(twin, preprocessing, images)
     runner = Interpreter(model_path=os.fspath(path)).get_signature_runner(SERVING_SIGNATURE)
     got = runner(**{INPUT_NAME: images.astype(np.float32)})
     return compare(os.fspath(path), got, classes, tolerance)

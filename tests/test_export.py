@@ -164,7 +164,7 @@ def test_litert_interpreter_matches_keras(trained, rng, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     model, export_dir = trained
-    path = export.export_tflite(export_dir, tmp_path / "model.tflite")
+    path = export.export_tflite(model, tmp_path / "model.tflite", PREPROCESSING)
     export.verify_tflite(path, model, PREPROCESSING)
     images = _images(rng, 2)
     runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
@@ -262,3 +262,26 @@ def test_features_of_a_zoo_model(rng):
         np.testing.assert_array_equal(got[name].numpy(), want)
     stem = keras.Model(zoo.input, zoo.get_layer("conv1_relu").output)(x).numpy()
     np.testing.assert_array_equal(got["C1"].numpy(), stem)
+
+
+def test_mixed_precision_model_exports_and_litert_gets_float32(rng, tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = _small_classifier()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    weights = [rng.normal(0, 0.5, size=w.shape).astype("float32") for w in mixed.get_weights()]
+    mixed.set_weights(weights)
+    reference = _small_classifier()  # the same network computing in float32
+    reference.set_weights(weights)
+    report = export.export_saved_model(mixed, tmp_path / "sm", PREPROCESSING)
+    assert export.default_tolerance(mixed) == 1e-2 and report["serving_default"]["logits"] < 1e-2
+    path = export.export_tflite(mixed, tmp_path / "model.tflite", PREPROCESSING)
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = _images(rng, 3)
+    got = Interpreter(model_path=str(path)).get_signature_runner("serving_default")(
+        images=images.astype(np.float32))
+    want = reference(_normalize(images)).numpy()
+    np.testing.assert_allclose(got["logits"], want, rtol=1e-5, atol=1e-5)
+    assert mixed.get_layer("stem_conv").compute_dtype == "float16"
