@@ -12,7 +12,8 @@ CPU (see docs/performance.md):
   before the channel axis, ``B`` those after it, so every rank and channel
   axis uses one kernel.  Sums run per channel over ``A`` and ``B`` first and
   only then over the group's ``C/G`` channels, which keeps the long
-  reduction over contiguous channels.
+  reduction over contiguous channels; the sums are matmuls with a vector
+  of ones, which beat XLA's reductions on CPU several times over.
 * γ is folded into the inverse standard deviation, so the output is one
   multiply-add per element on the centred input.
 * The backward pass is closed-form (``tf.custom_gradient``): two per-channel
@@ -137,8 +138,30 @@ def _forward(x, gamma, beta, layout):
 
 
 def _channel_sum(t5):
-    """Per-(sample, channel) sums over every non-channel axis: (N, 1, G, C/G, 1)."""
-    return tf.reduce_sum(t5, axis=[1, 4], keepdims=True)
+    """Per-(sample, channel) sums over every non-channel axis: (N, 1, G, C/G, 1).
+
+    The sums are products with a vector of ones: TensorFlow and XLA run
+    them on their matmul kernels, which on CPU are several times faster
+    than XLA's reduction of a strided axis (docs/performance.md).
+    """
+    n, before, groups, width, after = (_size(t5, i) for i in range(5))
+    sums = tf.reshape(t5, [n, before, groups * width * after])
+    # The ones carry the batch dimension: broadcast inside the matmul, XLA
+    # would fuse them into a slow loop instead of calling its matmul kernel.
+    if not _is_one(before):
+        sums = tf.matmul(tf.ones([n, 1, before], t5.dtype), sums)
+    if not _is_one(after):
+        sums = tf.matmul(tf.reshape(sums, [n, groups * width, after]), tf.ones([n, after, 1], t5.dtype))
+    return tf.reshape(sums, [n, 1, groups, width, 1])
+
+
+def _size(t, axis):
+    static = t.shape[axis]
+    return static if static is not None else tf.shape(t)[axis]
+
+
+def _is_one(size):
+    return isinstance(size, int) and size == 1
 
 
 def _group_sum(t5):
