@@ -152,3 +152,24 @@ def test_mixed_float16_uses_loss_scaling_and_still_steps_correctly(rng):
         final[policy] = [v.numpy() for v in model.trainable_variables]
     for full, half in zip(final["float32"], final["mixed_float16"]):
         np.testing.assert_allclose(half, full, rtol=2e-2, atol=2e-3)
+
+
+def test_label_smoothed_cross_entropy_matches_reference(rng):
+    x = rng.normal(size=(5, 4, 4, 2)).astype("float32")
+    y = rng.integers(0, 3, size=5)
+    smoothing = 0.2
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = tiny_gn_model(int(rng.integers(1 << 30)))
+        optimizer = keras.optimizers.SGD(0.0)
+        optimizer.build(model.trainable_variables)
+    runner = steps_lib.StepRunner(strategy, model, optimizer, global_batch_size=5, num_classes=3,
+                                  label_smoothing=smoothing)
+    logits = model(x, training=True).numpy().astype(np.float64)
+    loss = float(runner.train_step(iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((x, y))))))
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    targets = np.full((5, 3), smoothing / 3) + (1 - smoothing) * np.eye(3)[y]
+    assert loss == pytest.approx(-(targets * log_probs).sum(1).mean(), rel=1e-5)
+    assert runner.results(runner.train_metrics)["loss"] == pytest.approx(loss, rel=1e-5)

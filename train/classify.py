@@ -13,6 +13,7 @@ optimizer (in the strategy's scope) → the loop of ``train.loop`` → the
 SavedModel.
 """
 
+import dataclasses
 import os
 
 # Set before TensorFlow loads: its C++ INFO lines (CPU features, the end of
@@ -50,7 +51,8 @@ def check_model_name(name):
                          f"{', '.join(sorted(models.available()))}.")
 
 
-def _run_info(config, strategy, source, pipeline, global_batch_size, plan):
+def _run_info(config, strategy, source, pipeline, plan):
+    global_batch_size = plan.global_batch_size
     return {
         "strategy": strategy_lib.resolve_strategy_name(config.strategy),
         "num_replicas": strategy.num_replicas_in_sync,
@@ -66,10 +68,26 @@ def _run_info(config, strategy, source, pipeline, global_batch_size, plan):
     }
 
 
-def _train_in(config, strategy, build_model):
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run trains with, before any step is taken."""
+
+    source: object
+    pipeline: data.InputPipeline
+    plan: loop.LoopPlan
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    runner: steps.StepRunner
+
+
+def prepare(config, strategy, build_model=build_zoo_model):
+    """Data, model, optimizer and compiled steps of a run (no outputs yet).
+
+    The model and optimizer are built in ``strategy``'s scope; the optimizer
+    is built too, so a checkpoint restores into existing slots.
+    """
     source = data.make_source(config)
     pipeline = data.InputPipeline(source, config)
-    preprocessing = pipeline.preprocessing()
     global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
     plan = loop.LoopPlan(
         epochs=config.epochs,
@@ -79,7 +97,7 @@ def _train_in(config, strategy, build_model):
         checkpoint_every_steps=config.checkpoint_every_steps,
         log_every_steps=config.log_every_steps)
     with strategy.scope():
-        model = build_model(config, preprocessing)
+        model = build_model(config, pipeline.preprocessing())
         schedule = optimizer_lib.make_schedule(config, global_batch_size, plan.steps_per_epoch)
         optimizer = optimizer_lib.make_optimizer(config, schedule)
         optimizer.build(model.trainable_variables)
@@ -89,14 +107,19 @@ def _train_in(config, strategy, build_model):
         weight_decay=config.weight_decay,
         decayed_variables=optimizer_lib.decayed_variables(model, config.decay_norm_params),
         jit_compile=config.jit_compile)
+    return Prepared(source, pipeline, plan, model, optimizer, runner)
+
+
+def _train_in(config, strategy, build_model):
+    run = prepare(config, strategy, build_model)
     run_outputs = outputs.RunOutputs(
-        config.model_dir, strategy, config.as_dict(), preprocessing,
-        _run_info(config, strategy, source, pipeline, global_batch_size, plan))
-    checkpointer = checkpoints.Checkpointer(strategy, model, optimizer,
+        config.model_dir, strategy, config.as_dict(), run.pipeline.preprocessing(),
+        _run_info(config, strategy, run.source, run.pipeline, run.plan))
+    checkpointer = checkpoints.Checkpointer(strategy, run.model, run.optimizer,
                                             run_outputs.paths["checkpoints"],
                                             max_to_keep=config.keep_checkpoints)
-    results = loop.run_epochs(runner, pipeline, checkpointer, run_outputs, plan)
-    run_outputs.export(model)
+    results = loop.run_epochs(run.runner, run.pipeline, checkpointer, run_outputs, run.plan)
+    run_outputs.export(run.model)
     strategy_lib.wait_for_all_workers(strategy)
     return results
 

@@ -1,0 +1,136 @@
+"""Training throughput: ResNet-50 with BN, our GN and Keras's GN, one train step at a time.
+
+Each contender is the real training step of ``train.classify`` (``prepare``:
+input pipeline, model, SGD with coupled L2, ``strategy.run``) on one
+device.  Two input pipelines are measured:
+
+* ``synthetic``: random RGB images already in memory (model cost only);
+* ``digits``: sklearn's digits through the full tf.data pipeline
+  (upsampled to the same size, one channel), i.e. the model plus real input.
+
+Every step's wall time and this process's CPU time are recorded; steps of
+all contenders are interleaved with a rotating order, so load from other
+processes on a shared machine is spread over all of them.  The script
+prints a Markdown table of median step times and images/s plus the GN/BN
+and ours/Keras-GN step-time ratios, and writes everything, with the date and
+machine, to a JSON file::
+
+    python bench/train_throughput.py                 # batch 8, 112 px, ~10 min on 2 cores
+    python bench/train_throughput.py --steps=3 --norms=gn,bn --pipelines=synthetic
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import datetime  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from layer_speed import machine_info  # noqa: E402  (bench/ is the script's directory)
+
+from train import classify  # noqa: E402
+from train import config as config_lib  # noqa: E402
+from train import outputs  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 10, "Timed steps per contender.", lower_bound=1)
+flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per contender (tracing).", lower_bound=1)
+flags.DEFINE_integer("batch_size", 8, "Images per step.", lower_bound=1)
+flags.DEFINE_integer("image_size", 112, "Square input size.", lower_bound=32)
+flags.DEFINE_list("norms", ["bn", "gn", "keras_gn"], "Normalizations to compare.")
+flags.DEFINE_list("pipelines", ["synthetic", "digits"], "Input pipelines to measure.")
+flags.DEFINE_string("json", "runs/bench/train_throughput.json", "Where to write the results.")
+
+RATIOS = (("gn", "bn"), ("gn", "keras_gn"))
+
+
+def contender(norm, pipeline, batch_size, image_size):
+    """A zero-argument callable running one training step, synced."""
+    config = config_lib.make_config(
+        model="resnet50", norm=norm, groups=32, dataset=pipeline, image_size=image_size,
+        batch_size_per_replica=batch_size, num_classes=1000 if pipeline == "synthetic" else None,
+        weight_decay=1e-4, lr_reference_batch=256, warmup_epochs=0, lr_schedule="constant",
+        strategy="one_device")
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    run = classify.prepare(config, strategy)
+    iterator = iter(strategy.distribute_datasets_from_function(run.pipeline.train_dataset_fn(0)))
+    return lambda: float(run.runner.train_step(iterator))
+
+
+def interleaved_times(calls, steps, warmup_steps):
+    """Per contender, the wall and CPU seconds of each timed step."""
+    for call in calls.values():
+        for _ in range(warmup_steps):
+            call()
+    names = list(calls)
+    times = {name: {"wall": [], "cpu": []} for name in names}
+    for round_index in range(steps):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            calls[name]()
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
+    return times
+
+
+def summarize(times, batch_size):
+    rows = {}
+    for name, measured in times.items():
+        wall, cpu = statistics.median(measured["wall"]), statistics.median(measured["cpu"])
+        rows[name] = {"median_step_s": wall, "median_cpu_step_s": cpu,
+                      "images_per_sec": batch_size / wall, "steps": len(measured["wall"])}
+    return rows
+
+
+def ratios(rows, pipeline):
+    found = {}
+    for numerator, denominator in RATIOS:
+        top, bottom = rows.get(f"{pipeline}/{numerator}"), rows.get(f"{pipeline}/{denominator}")
+        if top and bottom:
+            found[f"{pipeline}: {numerator}/{denominator}"] = {
+                "wall": top["median_step_s"] / bottom["median_step_s"],
+                "cpu": top["median_cpu_step_s"] / bottom["median_cpu_step_s"]}
+    return found
+
+
+def table(rows, found):
+    lines = ["| pipeline/norm | median step s | CPU s/step | images/s |", "|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['median_step_s']:.3f} | {row['median_cpu_step_s']:.3f} "
+                     f"| {row['images_per_sec']:.1f} |")
+    lines += ["", "| step-time ratio | wall | CPU |", "|---|---|---|"]
+    lines += [f"| {name} | {value['wall']:.2f} | {value['cpu']:.2f} |"
+              for name, value in found.items()]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    started = datetime.datetime.now(datetime.timezone.utc)
+    machine = machine_info()
+    calls = {f"{pipeline}/{norm}": contender(norm, pipeline, FLAGS.batch_size, FLAGS.image_size)
+             for pipeline in FLAGS.pipelines for norm in FLAGS.norms}
+    rows = summarize(interleaved_times(calls, FLAGS.steps, FLAGS.warmup_steps), FLAGS.batch_size)
+    found = {}
+    for pipeline in FLAGS.pipelines:
+        found.update(ratios(rows, pipeline))
+    print(f"ResNet-50, batch {FLAGS.batch_size}, {FLAGS.image_size} px, {FLAGS.steps} steps; "
+          f"{started:%Y-%m-%d %H:%M} UTC on {machine['cpu']} ({machine['logical_cpus']} CPUs)")
+    print(table(rows, found))
+    report = {"date": started.isoformat(), "machine": machine,
+              "settings": {"model": "resnet50", "batch_size": FLAGS.batch_size,
+                           "image_size": FLAGS.image_size, "steps": FLAGS.steps,
+                           "warmup_steps": FLAGS.warmup_steps},
+              "results": rows, "ratios": found}
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+    outputs.write_json_atomically(FLAGS.json, report)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main)
