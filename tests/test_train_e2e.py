@@ -112,3 +112,22 @@ def test_tensorboard_logs_hold_epoch_and_step_scalars(run):
         assert train["epoch/learning_rate"][epoch] == pytest.approx(record["learning_rate"])
     assert sorted(train["step/loss"]) == list(range(0, 2 * 44, 10))
     assert train["step/learning_rate"][0] == pytest.approx(0.1)
+
+
+def tiny_model(width):
+    def build(config, preprocessing):
+        inputs = keras.Input((*preprocessing["image_size"], preprocessing["channels"]))
+        x = keras.layers.Conv2D(width, 3, padding="same", name="conv")(inputs)
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+    return build
+
+
+def test_resuming_a_model_dir_with_another_model_is_refused(tmp_path):
+    config = config_lib.make_config(image_size=8, epochs=1, steps_per_epoch=2, eval_steps=1,
+                                    warmup_epochs=0, model_dir=str(tmp_path / "run"))
+    classify.train(config, build_model=tiny_model(4))
+    again = config_lib.make_config(**{**config.as_dict(), "epochs": 2,
+                                      "lr_boundaries": tuple(config.lr_boundaries)})
+    with pytest.raises(ValueError, match=r"--model_dir=.*holds checkpoint .* different model"):
+        classify.train(again, build_model=tiny_model(6))

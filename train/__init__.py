@@ -14,6 +14,9 @@ one training loop, this one):
   whole job and returns the ``results.json`` dict.  ``build_model(config,
   preprocessing) -> keras.Model`` (logits) replaces the model zoo, e.g. to
   start from a pre-trained backbone; it is called in the strategy's scope.
+  ``train.classify.prepare(config, strategy, build_model)`` builds the data,
+  model, optimizer and ``StepRunner`` of a run without training (used by
+  ``bench/train_throughput.py``).
 * ``train.strategy``: ``make_strategy(name, tpu_address="")`` (once per
   process), ``is_chief(strategy)``, ``worker_write_dir(strategy, path)``.
 * ``train.data``: ``make_source(config)`` → ``train.sources.Source``;

@@ -203,5 +203,8 @@ def steps_per_epoch(config, source, global_batch_size):
 
 def eval_steps(config, source, global_batch_size):
     """Global batches covering the validation set once, capped by ``--eval_steps``."""
+    if source.num_eval == 0:
+        raise ValueError(f"--dataset={config.dataset} has no validation examples; "
+                         "expected a non-empty validation (or test) split.")
     full = -(-source.num_eval // global_batch_size)
     return min(full, config.eval_steps) if config.eval_steps else full

@@ -35,8 +35,9 @@ _FLAG_SPECS = {
                                          "ImageNet shards store 1..1000."),
     "batch_size_per_replica": ("integer", "Images per replica per step."),
     "epochs": ("integer", "Training epochs."),
-    "steps_per_epoch": ("integer", "Cap on steps per epoch (quick runs)."),
-    "eval_steps": ("integer", "Cap on evaluation steps (quick runs)."),
+    "steps_per_epoch": ("integer", "Steps per epoch (default: one pass over the training "
+                                   "set; the data repeats if more)."),
+    "eval_steps": ("integer", "Cap on evaluation steps (default: the whole validation set)."),
     "base_lr": ("float", "Learning rate at --lr_reference_batch images per step."),
     "lr_reference_batch": ("integer", "Global batch at which the lr is --base_lr "
                                       "(lr = base_lr * global_batch / reference)."),
