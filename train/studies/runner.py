@@ -18,6 +18,8 @@ different configuration must never be mixed into a table.
 import dataclasses
 import os
 
+import keras
+
 from train import classify, data, outputs
 from train import config as config_lib
 from train import strategy as strategy_lib
@@ -106,15 +108,27 @@ def model_build_problem(config):
     return None
 
 
-def _applicability(study, specs, base_config, study_dir):
-    # One model build per setting (not per seed), only for what is untrained.
-    problems = {}
+def _plan(study, specs, base_config, study_dir):
+    """``(spec, config, stored results)`` of every run, checked before any training."""
+    planned = []
     for spec in specs:
-        key = spec.setting.key
-        if key in problems:
-            continue
         config = run_config(study, base_config, spec, study_dir)
-        problems[key] = None if read_results(config) else model_build_problem(config)
+        results = read_results(config)
+        if results is not None:
+            check_same_settings(config, results)
+        planned.append((spec, config, results))
+    return planned
+
+
+def _not_applicable(planned):
+    # One model build per setting (not per seed), and none for a setting
+    # that already has a run.
+    started = {spec.setting.key for spec, _, results in planned if results is not None}
+    problems = {}
+    for spec, config, _ in planned:
+        key = spec.setting.key
+        if key not in started and key not in problems:
+            problems[key] = model_build_problem(config)
     return {key: problem for key, problem in problems.items() if problem}
 
 
@@ -125,16 +139,12 @@ def run_all(study, specs, base_config, study_dir, *, strategy=None, after_run=No
     now or earlier, e.g. to compute per-epoch feature statistics.
     """
     classify.check_model_name(base_config.model)
+    planned = _plan(study, specs, base_config, study_dir)
+    runs = StudyRuns(results={}, configs={}, not_applicable=_not_applicable(planned))
     os.makedirs(study_dir, exist_ok=True)
-    not_applicable = _applicability(study, specs, base_config, study_dir)
-    runs = StudyRuns(results={}, configs={}, not_applicable=not_applicable)
-    for spec in specs:
-        if spec.setting.key in not_applicable:
+    for spec, config, results in planned:
+        if spec.setting.key in runs.not_applicable:
             continue
-        config = run_config(study, base_config, spec, study_dir)
-        results = read_results(config)
-        if results is not None:
-            check_same_settings(config, results)
         if is_finished(config, results):
             runs.skipped.append(spec.name)
         else:
@@ -143,6 +153,9 @@ def run_all(study, specs, base_config, study_dir, *, strategy=None, after_run=No
             print(f"[{study.name}] training {spec.name} in {config.model_dir}")
             results = classify.train(config, strategy=strategy, build_model=build_study_model)
             runs.trained.append(spec.name)
+            # Each run builds a fresh model; without this, Keras's global
+            # state keeps every earlier one alive for the whole study.
+            keras.backend.clear_session()
         if after_run is not None:
             after_run(config, results)
         runs.results[spec.name] = results
