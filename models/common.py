@@ -68,16 +68,16 @@ class Builder:
         strided = any(s > 1 for s in strides[-2:])
         if not strided and temporal_k == 1:
             return x, "same"
-        zero_t = temporal_k // 2
-        if zero_t and self.temporal_padding == "replicate":
-            x = TemporalReplicatePadding(zero_t, self.data_format, name=f"{name}_tpad")(x)
-            zero_t = 0
+        zero_frames = temporal_k // 2
+        if zero_frames and self.temporal_padding == "replicate":
+            x = TemporalReplicatePadding(zero_frames, self.data_format, name=f"{name}_tpad")(x)
+            zero_frames = 0
         spatial = tuple((k // 2, k // 2) for k in spatial_k)
-        if zero_t or any(k > 1 for k in spatial_k):
+        if zero_frames or any(k > 1 for k in spatial_k):
             if self.rank == 2:
                 x = keras.layers.ZeroPadding2D(spatial, self.data_format, name=f"{name}_pad")(x)
             else:
-                padding = ((zero_t, zero_t),) + spatial
+                padding = ((zero_frames, zero_frames),) + spatial
                 x = keras.layers.ZeroPadding3D(padding, self.data_format, name=f"{name}_pad")(x)
         return x, "valid"
 
