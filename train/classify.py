@@ -38,7 +38,9 @@ def build_zoo_model(config, preprocessing):
     height, width = preprocessing["image_size"]
     return models.build(
         config.model, norm=config.norm, num_classes=preprocessing["num_classes"],
-        input_shape=(height, width, preprocessing["channels"]), groups=config.groups,
+        input_shape=(height, width, preprocessing["channels"]),
+        # --group_size decides when given; an explicit groups would contradict it.
+        groups=None if config.group_size else config.groups,
         group_size=config.group_size, zero_init_residual=config.zero_init_residual)
 
 
