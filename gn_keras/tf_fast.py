@@ -15,19 +15,20 @@ CPU (see docs/performance.md):
   reduction over contiguous channels; the sums are matmuls with a vector
   of ones, which beat XLA's reductions on CPU several times over.
 * γ is folded into the inverse standard deviation, so the output is one
-  multiply-add per element on the centred input.
+  multiply-add per element on the shifted input.
 * The backward pass is closed-form (``tf.custom_gradient``): two per-channel
   sums, ``Σ dy`` and ``Σ dy·(x − μ)``, give dβ, dγ and the two per-group
   terms of dx, which is then one elementwise pass
   ``dx = σ⁻¹γ·dy − σ⁻²k₂·(x − μ) − σ⁻¹k₁``.
-* Inside ``tf.function``, when every non-batch dimension is static, the
-  forward and backward ops are marked for XLA with ``jit_scope``: each
-  becomes one compiled cluster while convolutions stay on oneDNN.  The marks
-  are attributes on standard ops, so SavedModels keep only standard ops and
-  convert with tf2onnx and the LiteRT converter (a nested
-  ``tf.function(jit_compile=True)`` would leave an XLA-only function call
-  that tf2onnx cannot convert).  Unknown spatial sizes, and eager calls,
-  run the same ops unmarked, so no input size triggers a compilation.
+* In training graphs (``tf.function`` traced under a recording
+  ``GradientTape``, as Keras's ``fit`` does) with every non-batch dimension
+  static, the forward and backward ops are marked for XLA with
+  ``jit_scope``: each becomes one compiled cluster while convolutions stay
+  on oneDNN.  The marks are attributes on standard ops (a nested
+  ``tf.function(jit_compile=True)`` would instead leave an XLA-only function
+  call that tf2onnx cannot convert).  Inference graphs, hence SavedModels
+  and every converted export, unknown spatial sizes and eager calls run the
+  same ops unmarked: nothing compiles at load time or per input size.
 
 Second-order gradients are supported: the gradient of the closed-form
 backward is taken by autodiff through the plain forward ops, recomputed.
@@ -36,6 +37,7 @@ backward is taken by autodiff through the plain forward ops, recomputed.
 import contextlib
 
 import tensorflow as tf
+from tensorflow.python.eager import record as _tape_record  # no public query
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -71,8 +73,15 @@ class _Layout:
         self.group_width = self.channels // groups
         self.stats_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
         # XLA compiles one program per input shape: only worth it when the
-        # non-batch sizes are fixed, so at most a few batch sizes recompile.
-        self.use_xla = not tf.executing_eagerly() and x.shape[1:].is_fully_defined()
+        # non-batch sizes are fixed, so at most a few batch sizes recompile;
+        # and only in training graphs (a tape records), so inference graphs
+        # and the SavedModels traced from them carry no XLA marks and load
+        # without compiling anything.
+        self.use_xla = (
+            not tf.executing_eagerly()
+            and x.shape[1:].is_fully_defined()
+            and _gradient_is_recorded()
+        )
 
     def xla_scope(self):
         if not self.use_xla:
@@ -100,6 +109,11 @@ class _Layout:
         return tf.cast(count, self.stats_dtype)
 
 
+def _gradient_is_recorded():
+    """Whether a GradientTape is recording here (also while tracing)."""
+    return _tape_record.could_possibly_record()
+
+
 def _dim(t, shape, start, stop):
     """Product of dims ``start:stop`` of ``t``: a Python int when static."""
     static = t.shape[start:stop]
@@ -121,19 +135,21 @@ def _forward(x, gamma, beta, layout):
 
     The mean is kept as ``shift + delta``: ``shift`` is the group's first
     element, ``delta`` the mean of ``x − shift``.  ``x − shift`` is exact for
-    inputs near the shift, so centring as ``(x − shift) − delta`` stays
-    accurate when |μ| ≫ σ, and a constant group centres to exactly 0.
+    inputs near the shift and ``delta`` is of the order of σ, so nothing
+    cancels when |μ| ≫ σ, and a constant group gives exactly β.  The output
+    ``(x − shift)·a + (β − delta·a)``, a = γ/σ, is one multiply-add on the
+    shifted input, so unfused (inference) graphs make one pass fewer.
     """
     x5 = layout.grouped(x)
     count = layout.group_count(x5)
-    shift = tf.stop_gradient(x5[:, :1, :, :1, :1])
-    delta = _group_sum(x5 - shift) / count
-    centred = (x5 - shift) - delta
-    variance = _group_sum(tf.square(centred)) / count
+    shift = x5[:, :1, :, :1, :1]
+    shifted = x5 - tf.stop_gradient(shift)
+    delta = _group_sum(shifted) / count
+    variance = _group_sum(tf.math.squared_difference(shifted, delta)) / count
     inv_std = tf.math.rsqrt(variance + tf.constant(layout.epsilon, layout.stats_dtype))
     scale = inv_std * layout.per_channel(tf.cast(gamma, layout.stats_dtype))
-    y5 = centred * scale + layout.per_channel(tf.cast(beta, layout.stats_dtype))
-    y = tf.cast(tf.reshape(y5, tf.shape(x)), x.dtype)
+    offset = layout.per_channel(tf.cast(beta, layout.stats_dtype)) - delta * scale
+    y = tf.cast(tf.reshape(shifted * scale + offset, tf.shape(x)), x.dtype)
     return y, (shift, delta, inv_std)
 
 

@@ -27,6 +27,10 @@ CASES = [
     ((2, 5, 12, 3), 2, 3),
     ((1, 3, 5, 4, 8), -1, 8),
 ]
+# Forward values: eager (plain ops), an inference graph (plain ops) and a
+# training graph traced under a recording tape (XLA-marked kernels).
+VALUE_MODES = ["eager", "inference_graph", "training_graph"]
+# Gradients always trace under a tape: eager, or a (training) graph.
 MODES = ["eager", "graph"]
 
 
@@ -41,7 +45,16 @@ def _affine(rng, channels, affine):
 
 
 def _run(mode, function, *args):
-    return (tf.function(function) if mode == "graph" else function)(*args)
+    if mode == "eager":
+        return function(*args)
+    if mode == "training_graph":
+        return tf.function(lambda *a: _under_tape(function, *a))(*args)
+    return tf.function(function)(*args)
+
+
+def _under_tape(function, *args):
+    with tf.GradientTape():
+        return function(*args)
 
 
 def _xla_marked_ops(concrete_function):
@@ -85,7 +98,7 @@ def test_dispatch_uses_fast_path_only_without_mask(rng, monkeypatch):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VALUE_MODES)
 @pytest.mark.parametrize("shape,axis,groups", CASES)
 @pytest.mark.parametrize("affine", [True, False])
 def test_forward_matches_float64_reference(rng, mode, shape, axis, groups, affine):
@@ -99,12 +112,14 @@ def test_forward_matches_float64_reference(rng, mode, shape, axis, groups, affin
         np.testing.assert_allclose(y.numpy(), expected, rtol=tolerance, atol=tolerance)
 
 
-def test_graph_marks_kernels_for_xla_only_with_static_sizes(rng):
-    normalize = tf.function(lambda x: group_norm(x, groups=4))
-    static = normalize.get_concrete_function(tf.TensorSpec([None, 5, 5, 8]))
-    dynamic = normalize.get_concrete_function(tf.TensorSpec([None, None, None, 8]))
-    assert len(_xla_marked_ops(static)) > 10
-    assert _xla_marked_ops(dynamic) == []
+def test_only_training_graphs_with_static_sizes_are_xla_marked(rng):
+    training = tf.function(lambda x: _under_tape(lambda x: group_norm(x, groups=4), x))
+    inference = tf.function(lambda x: group_norm(x, groups=4))
+    static, dynamic = tf.TensorSpec([None, 5, 5, 8]), tf.TensorSpec([None, None, None, 8])
+    assert len(_xla_marked_ops(training.get_concrete_function(static))) > 10
+    assert _xla_marked_ops(training.get_concrete_function(dynamic)) == []
+    assert _xla_marked_ops(inference.get_concrete_function(static)) == []
+    dynamic = training.get_concrete_function(dynamic)
     # The unmarked graph handles any size and agrees with the reference.
     x = _input(rng, (3, 4, 9, 8)).astype("float32")
     np.testing.assert_allclose(dynamic(tf.constant(x)).numpy(), group_norm_reference(x, groups=4),
@@ -181,7 +196,7 @@ def test_second_order_gradients_match_keras_ops_autodiff(rng, keras_ops_path, mo
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-8, atol=1e-9)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VALUE_MODES)
 def test_mean_1e4_std_1_in_float32(rng, mode):
     """(x − shift) − δ centring keeps float32 accurate far beyond |μ|·eps."""
     x = (1e4 + rng.normal(size=(2, 6, 6, 16))).astype("float32")
@@ -193,7 +208,7 @@ def test_mean_1e4_std_1_in_float32(rng, mode):
     np.testing.assert_allclose(y.numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VALUE_MODES)
 def test_constant_input_gives_beta_exactly(rng, mode):
     x = np.full((2, 5, 7, 12), rng.uniform(-100, 100), dtype="float32")
     gamma, beta = (v.astype("float32") for v in _affine(rng, 12, True))
@@ -263,14 +278,14 @@ def test_mixed_bfloat16_fit_keeps_float32_gamma(rng):
 
 
 def _xla_only_parts(saved_model_pb):
-    """XLA-only ops, and functions that must be XLA-compiled, in a SavedModel."""
+    """XLA-only ops, XLA-marked ops and XLA-compiled functions in a SavedModel."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel.FromString(saved_model_pb.read_bytes())
     found = []
     for graph in (meta.graph_def for meta in saved.meta_graphs):
         nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-        found += [n.op for n in nodes if n.op.startswith(("Xla", "_Xla"))]
+        found += [n.op for n in nodes if n.op.startswith(("Xla", "_Xla")) or "_XlaCompile" in n.attr]
         found += [f.signature.name for f in graph.library.function if "_XlaMustCompile" in f.attr]
     return found
 
