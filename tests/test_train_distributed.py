@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from subprocess_utils import run_python
+from test_train_optimizer import softmax_cross_entropy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {"PYTHONPATH": REPO}
@@ -19,13 +20,6 @@ import numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 """
-
-
-def softmax_cross_entropy(logits, labels):
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-    return -log_probs[np.arange(len(labels)), labels].mean()
 
 
 def test_mirrored_gn_step_equals_one_device_step_with_the_same_global_batch(rng, tmp_path):

@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
+import gn_keras  # noqa: F401  (registers the layers last.keras is made of)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
