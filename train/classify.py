@@ -15,6 +15,7 @@ SavedModel.
 
 import dataclasses
 import os
+import sys
 
 # Set before TensorFlow loads: its C++ INFO lines (CPU features, the end of
 # finished input iterators) only clutter a command-line run.
@@ -185,6 +186,10 @@ def main(argv):
 def run():
     """Console entry point ``gn-train``."""
     flags_lib.define_flags(flags.FLAGS)
+    # absl's --helpshort lists the main script's own flags; ours are defined
+    # in train.flags, so register them for whatever script is running.
+    for name in flags_lib.flag_names():
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
     app.run(main)
 
 

@@ -81,6 +81,11 @@ def define_flags(flag_values=flags.FLAGS):
             definer(name, default, help_text, flag_values=flag_values)
 
 
+def flag_names():
+    """The names of the training flags (``TrainConfig``'s fields)."""
+    return tuple(_FLAG_SPECS)
+
+
 def _parse_boundaries(values):
     try:
         return tuple(float(v) for v in values)
