@@ -48,8 +48,9 @@ def _train_epoch(runner, pipeline, checkpointer, outputs, plan, epoch, first_ste
         if global_step % plan.log_every_steps == 0:
             outputs.log_step(global_step, loss, learning_rate)
         done = step + 1
-        if plan.checkpoint_every_steps and done % plan.checkpoint_every_steps == 0 \
-                and done < plan.steps_per_epoch:
+        if done == plan.steps_per_epoch:
+            break  # the epoch-end checkpoint follows evaluation and results
+        if plan.checkpoint_every_steps and done % plan.checkpoint_every_steps == 0:
             checkpointer.save(epoch, done, global_step + 1)
         checkpointer.after_step(epoch, done)
     seconds = time.perf_counter() - started
