@@ -22,19 +22,19 @@ CPU (see docs/performance.md):
   ``dx = σ⁻¹γ·dy − σ⁻²k₂·(x − μ) − σ⁻¹k₁``.
 * In training graphs (``tf.function`` traced under a recording
   ``GradientTape``, as Keras's ``fit`` does) with every non-batch dimension
-  static, the forward and backward ops are marked for XLA with
-  ``jit_scope``: each becomes one compiled cluster while convolutions stay
-  on oneDNN.  The marks are attributes on standard ops (a nested
-  ``tf.function(jit_compile=True)`` would instead leave an XLA-only function
-  call that tf2onnx cannot convert).  Inference graphs, hence SavedModels
-  and every converted export, unknown spatial sizes and eager calls run the
-  same ops unmarked: nothing compiles at load time or per input size.
+  static, the forward and backward kernels are nested
+  ``tf.function(jit_compile=True)`` calls: each is one XLA program while
+  the convolutions stay on oneDNN, and layers of equal shape share one
+  compiled program.  Inference graphs, hence SavedModels and every export
+  converted from them (tf2onnx cannot convert an XLA-compiled call),
+  unknown spatial sizes and eager calls run the same ops plainly: nothing
+  compiles at load time or per input size.
 
 Second-order gradients are supported: the gradient of the closed-form
 backward is taken by autodiff through the plain forward ops, recomputed.
 """
 
-import contextlib
+import typing
 
 import tensorflow as tf
 from tensorflow.python.eager import record as _tape_record  # no public query
@@ -56,37 +56,31 @@ def group_norm(x, gamma, beta, groups, axis, epsilon):
     # A tf.Variable read inside the custom gradient would need the
     # ``variables=`` protocol; reading it here keeps x a plain input.
     x = tf.convert_to_tensor(x)
-    layout = _Layout(x, groups, axis, epsilon)
-    gamma = _affine(gamma, layout.channels, 1.0, layout.stats_dtype)
-    beta = _affine(beta, layout.channels, 0.0, layout.stats_dtype)
-    return _normalize_with_closed_form_gradient(x, gamma, beta, layout)
+    channels = int(x.shape[axis])
+    stats_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
+    layout = _Layout(channels, groups, axis, float(epsilon), len(x.shape), stats_dtype.name)
+    gamma = _affine(gamma, channels, 1.0, stats_dtype)
+    beta = _affine(beta, channels, 0.0, stats_dtype)
+    return _normalize_with_closed_form_gradient(x, gamma, beta, layout, _use_xla(x))
 
 
-class _Layout:
-    """Static facts about one call: group split, dtypes, whether to use XLA."""
+class _Layout(typing.NamedTuple):
+    """Static facts about one call; plain values, so they key kernel traces."""
 
-    def __init__(self, x, groups, axis, epsilon):
-        self.groups = groups
-        self.axis = axis
-        self.epsilon = epsilon
-        self.channels = int(x.shape[axis])
-        self.group_width = self.channels // groups
-        self.stats_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
-        # XLA compiles one program per input shape: only worth it when the
-        # non-batch sizes are fixed, so at most a few batch sizes recompile;
-        # and only in training graphs (a tape records), so inference graphs
-        # and the SavedModels traced from them carry no XLA marks and load
-        # without compiling anything.
-        self.use_xla = (
-            not tf.executing_eagerly()
-            and x.shape[1:].is_fully_defined()
-            and _gradient_is_recorded()
-        )
+    channels: int
+    groups: int
+    axis: int
+    epsilon: float
+    rank: int
+    stats_dtype_name: str
 
-    def xla_scope(self):
-        if not self.use_xla:
-            return contextlib.nullcontext()
-        return tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False)
+    @property
+    def group_width(self):
+        return self.channels // self.groups
+
+    @property
+    def stats_dtype(self):
+        return tf.as_dtype(self.stats_dtype_name)
 
     def grouped(self, t):
         """View ``t`` as ``(N, A, G, C/G, B)`` in the statistics dtype."""
@@ -96,7 +90,7 @@ class _Layout:
             _dim(t, shape, 1, self.axis),
             self.groups,
             self.group_width,
-            _dim(t, shape, self.axis + 1, len(t.shape)),
+            _dim(t, shape, self.axis + 1, self.rank),
         ]
         return tf.reshape(tf.cast(t, self.stats_dtype), view)
 
@@ -109,9 +103,20 @@ class _Layout:
         return tf.cast(count, self.stats_dtype)
 
 
-def _gradient_is_recorded():
-    """Whether a GradientTape is recording here (also while tracing)."""
-    return _tape_record.could_possibly_record()
+def _use_xla(x):
+    """Whether to run the XLA-compiled kernels for this call.
+
+    Only in training graphs (a tape records while tracing, as in Keras's
+    ``fit``): inference graphs, and the SavedModels and converted exports
+    traced from them, keep plain ops and compile nothing at load time.  And
+    only for static non-batch sizes: XLA compiles one program per shape, so
+    at most a few batch sizes recompile.
+    """
+    return (
+        not tf.executing_eagerly()
+        and x.shape[1:].is_fully_defined()
+        and _tape_record.could_possibly_record()
+    )
 
 
 def _dim(t, shape, start, stop):
@@ -205,14 +210,19 @@ def _backward(x, gamma, dy, statistics, layout):
     return dx, dgamma, dbeta
 
 
-def _normalize_with_closed_form_gradient(x, gamma, beta, layout):
+# One trace per layout (relaxed to any batch and spatial size), one XLA
+# program per input shape, shared by every layer of that shape and layout.
+_compiled_forward = tf.function(_forward, jit_compile=True, reduce_retracing=True)
+_compiled_backward = tf.function(_backward, jit_compile=True, reduce_retracing=True)
+
+
+def _normalize_with_closed_form_gradient(x, gamma, beta, layout, use_xla):
     @tf.custom_gradient
     def normalize(x, gamma, beta):
-        with layout.xla_scope():
-            y, statistics = _forward(x, gamma, beta, layout)
+        y, statistics = (_compiled_forward if use_xla else _forward)(x, gamma, beta, layout)
 
         def gradient(dy):
-            dx, dgamma, dbeta = _first_order(x, gamma, beta, dy, statistics, layout)
+            dx, dgamma, dbeta = _first_order(x, gamma, beta, dy, statistics, layout, use_xla)
             return dx, tf.cast(dgamma, gamma.dtype), tf.cast(dbeta, beta.dtype)
 
         return y, gradient
@@ -220,13 +230,12 @@ def _normalize_with_closed_form_gradient(x, gamma, beta, layout):
     return normalize(x, gamma, beta)
 
 
-def _first_order(x, gamma, beta, dy, statistics, layout):
+def _first_order(x, gamma, beta, dy, statistics, layout, use_xla):
     """The closed-form backward, itself differentiable for second order."""
 
     @tf.custom_gradient
     def backward(x, gamma, dy):
-        with layout.xla_scope():
-            gradients = _backward(x, gamma, dy, statistics, layout)
+        gradients = (_compiled_backward if use_xla else _backward)(x, gamma, dy, statistics, layout)
 
         def second_order(*upstream):
             return _reverse_over_reverse(x, gamma, beta, dy, upstream, layout)
