@@ -150,3 +150,18 @@ def test_resuming_a_model_dir_with_another_model_is_refused(tmp_path):
                                       "lr_boundaries": tuple(config.lr_boundaries)})
     with pytest.raises(ValueError, match=r"--model_dir=.*holds checkpoint .* different model"):
         classify.train(again, build_model=tiny_model(6))
+
+
+@pytest.mark.parametrize("fields, per_stage", [({}, (2, 4, 8)), ({"group_size": 4}, (4, 4, 4)),
+                                               ({"groups": 16}, (1, 2, 4))])
+def test_zoo_model_gets_the_grouping_flags(fields, per_stage):
+    """Channels per group in ResNet-20's 16/32/64-channel stages."""
+    config = config_lib.make_config(**fields)
+    model = classify.build_zoo_model(
+        config, {"image_size": [16, 16], "channels": 1, "num_classes": 10})
+    sizes = {layer.gamma.shape[0] // layer.resolved_groups for layer in model.layers
+             if isinstance(layer, GroupNormalization)}
+    widths = sorted({layer.gamma.shape[0] for layer in model.layers
+                     if isinstance(layer, GroupNormalization)})
+    assert widths == [16, 32, 64]
+    assert sizes == set(per_stage)
