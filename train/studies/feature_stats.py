@@ -25,8 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train import data, outputs
-from train.studies import runner
+from train import classify, data, outputs
 
 PERCENTILES = (1, 20, 80, 99)
 FEATURE_STATS_FILE = "feature_stats.json"
@@ -175,7 +174,7 @@ def record_run(config, results):
             f"{lost}; it must be trained with --keep_checkpoints >= --epochs "
             "(delete the run directory to train it again).")
     preprocessing = outputs.read_json(os.path.join(config.model_dir, outputs.PREPROCESSING_FILE))
-    model = runner.build_study_model(config, preprocessing)
+    model = classify.build_zoo_model(config, preprocessing)
     callback = FeaturePercentiles(last_conv_layer(model), fixed_batch(config), path)
     callback.set_model(model)
     logs = {record["epoch"]: record for record in results["epochs"]}

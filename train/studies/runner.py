@@ -86,23 +86,11 @@ def check_same_settings(config, results):
             f"({details}); use a new --out_dir or the flags of that study.")
 
 
-def build_study_model(config, preprocessing):
-    """The run's zoo model; with ``group_size`` set, it alone decides the groups.
-
-    ``TrainConfig`` says ``--group_size`` replaces ``--groups``, but
-    ``train.classify.build_zoo_model`` passes both, and the zoo rejects a
-    pair that disagrees on any layer; so ``groups`` is left unset here.
-    """
-    if config.group_size is not None:
-        config = dataclasses.replace(config, groups=None)
-    return classify.build_zoo_model(config, preprocessing)
-
-
 def model_build_problem(config):
     """Why the model of ``config`` cannot be built, or ``None`` if it can."""
     pipeline = data.InputPipeline(data.make_source(config), config)
     try:
-        build_study_model(config, pipeline.preprocessing())
+        classify.build_zoo_model(config, pipeline.preprocessing())
     except ValueError as error:
         return str(error)
     return None
@@ -151,7 +139,7 @@ def run_all(study, specs, base_config, study_dir, *, strategy=None, after_run=No
             if strategy is None:
                 strategy = strategy_lib.make_strategy(base_config.strategy, base_config.tpu)
             print(f"[{study.name}] training {spec.name} in {config.model_dir}")
-            results = classify.train(config, strategy=strategy, build_model=build_study_model)
+            results = classify.train(config, strategy=strategy)
             runs.trained.append(spec.name)
             # Each run builds a fresh model; without this, Keras's global
             # state keeps every earlier one alive for the whole study.
