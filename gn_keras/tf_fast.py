@@ -24,8 +24,8 @@ CPU (see docs/performance.md):
   ``GradientTape``, as Keras's ``fit`` does) with every non-batch dimension
   static, the forward and backward kernels are nested
   ``tf.function(jit_compile=True)`` calls: each is one XLA program while
-  the convolutions stay on oneDNN, and layers of equal shape share one
-  compiled program.  Inference graphs, hence SavedModels and every export
+  the convolutions stay on oneDNN (compiled once per layer and input shape,
+  on the first step).  Inference graphs, hence SavedModels and every export
   converted from them (tf2onnx cannot convert an XLA-compiled call),
   unknown spatial sizes and eager calls run the same ops plainly: nothing
   compiles at load time or per input size.
@@ -210,8 +210,8 @@ def _backward(x, gamma, dy, statistics, layout):
     return dx, dgamma, dbeta
 
 
-# One trace per layout (relaxed to any batch and spatial size), one XLA
-# program per input shape, shared by every layer of that shape and layout.
+# One trace per layout, relaxed to any batch and spatial size; TensorFlow
+# still compiles one XLA program per call site and input shape.
 _compiled_forward = tf.function(_forward, jit_compile=True, reduce_retracing=True)
 _compiled_backward = tf.function(_backward, jit_compile=True, reduce_retracing=True)
 
