@@ -210,6 +210,8 @@ def test_feature_stats_study_records_percentiles_of_each_epoch(rng, tmp_path):
     (["--study=norms", "--study_norms=bn,fancy"], "--study_norms: 'fancy'"),
     (["--study=batch_size", "--study_batch_sizes=8,0"], "--study_batch_sizes='8,0'"),
     (["--study=groups", "--study_groups=a"], "--study_groups='a'"),
+    (["--study=groups", "--study_group_sizes=4,4"], "--study_group_sizes='4,4'"),
+    (["--study=norms", "--study_norms="], "--study_norms=''"),
     (["--study=norms", "--runs_per_config=0"], "--runs_per_config=0"),
     ([], "--study is required"),
 ])

@@ -44,12 +44,15 @@ class StudyOptions:
             if norm not in known:
                 raise ValueError(f"--study_norms: {norm!r} is not a normalization; "
                                  f"expected some of {', '.join(known)}.")
-        for flag, values in (("study_batch_sizes", self.batch_sizes),
-                             ("study_groups", self.groups),
-                             ("study_group_sizes", self.group_sizes)):
-            if not values or not all(_positive_int(v) for v in values):
+        grids = (("study_norms", self.norms, "normalization names"),
+                 ("study_batch_sizes", self.batch_sizes, "positive integers"),
+                 ("study_groups", self.groups, "positive integers"),
+                 ("study_group_sizes", self.group_sizes, "positive integers"))
+        for flag, values, expected in grids:
+            valid = flag == "study_norms" or all(_positive_int(v) for v in values)
+            if not values or not valid or len(set(values)) != len(values):
                 raise ValueError(f"--{flag}={','.join(map(str, values))!r} is invalid: "
-                                 "expected a list of positive integers.")
+                                 f"expected a list of distinct {expected}.")
         if not _positive_int(self.runs_per_config):
             raise ValueError(f"--runs_per_config={self.runs_per_config!r} is invalid: "
                              "expected a positive integer.")
