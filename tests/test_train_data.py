@@ -150,15 +150,19 @@ def test_tfds_path_with_mock_data(name, channels):
 
 
 def write_imagenet_shards(directory, rng, colours, per_shard=6):
-    """Standard ImageNet TFRecords: JPEG bytes, 1-based labels, shard names."""
+    """Standard ImageNet TFRecords: JPEG bytes, 1-based labels, shard names.
+
+    Every shard holds every class at least once (in a random order), so tests
+    that need the highest label to be present never depend on the draw.
+    """
     os.makedirs(directory, exist_ok=True)
     written = {"train": [], "validation": []}
     for split, shards in (("train", 2), ("validation", 1)):
         for shard in range(shards):
             path = os.path.join(directory, f"{split}-{shard:05d}-of-{shards:05d}")
             with tf.io.TFRecordWriter(path) as writer:
-                for _ in range(per_shard):
-                    label = int(rng.integers(len(colours)))
+                for label in rng.permutation(np.resize(np.arange(len(colours)), per_shard)):
+                    label = int(label)
                     height, width = (int(v) for v in rng.integers(30, 60, size=2))
                     image = np.broadcast_to(colours[label], (height, width, 3)).astype(np.uint8)
                     encoded = tf.io.encode_jpeg(image, quality=100).numpy()
