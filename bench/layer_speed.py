@@ -34,7 +34,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -42,6 +41,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 
 from gn_keras import GroupNormalization  # noqa: E402
 
@@ -193,33 +193,6 @@ def measure(shapes, dtype, repeats, seed=0):
         results.append(row)
         print(f"measured {'x'.join(map(str, shape))}", flush=True)
     return results
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info():
-    info = {
-        "cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "tensorflow": tf.__version__,
-        "keras": keras.__version__, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        import torch
-
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-    except ImportError:
-        info["torch"] = None
-    return info
 
 
 def format_table(results, mode, clock="wall"):

@@ -17,6 +17,11 @@ machine, to a JSON file::
 
     python bench/train_throughput.py                 # batch 8, 112 px, ~10 min on 2 cores
     python bench/train_throughput.py --steps=3 --norms=gn,bn --pipelines=synthetic
+    python bench/train_throughput.py --mixed_precision=mixed_bfloat16 --pipelines=synthetic
+
+``--mixed_precision`` sets the Keras dtype policy for every contender (the
+normalizations keep float32 statistics under it); the report goes to
+``bench/results/train_throughput_<policy>.json`` unless ``--json`` says otherwise.
 """
 
 import os
@@ -28,9 +33,10 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from layer_speed import machine_info  # noqa: E402  (bench/ is the script's directory)
+from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 
 from train import classify  # noqa: E402
 from train import config as config_lib  # noqa: E402
@@ -43,14 +49,22 @@ flags.DEFINE_integer("batch_size", 8, "Images per step.", lower_bound=1)
 flags.DEFINE_integer("image_size", 112, "Square input size.", lower_bound=32)
 flags.DEFINE_list("norms", ["bn", "gn", "keras_gn"], "Normalizations to compare.")
 flags.DEFINE_list("pipelines", ["synthetic", "digits"], "Input pipelines to measure.")
-flags.DEFINE_string("json", "runs/bench/train_throughput.json", "Where to write the results.")
+flags.DEFINE_enum("mixed_precision", "float32", list(config_lib.PRECISIONS),
+                  "Keras dtype policy of every contender.")
+flags.DEFINE_string("json", None, "Where to write the results (default: "
+                    "bench/results/train_throughput_<mixed_precision>.json).")
 
 RATIOS = (("gn", "bn"), ("gn", "keras_gn"))
 
 
-def contender(norm, pipeline, batch_size, image_size):
-    """A zero-argument callable running one training step, synced."""
+def contender(norm, pipeline, batch_size, image_size, mixed_precision):
+    """A zero-argument callable running one training step, synced.
+
+    The caller sets the global dtype policy to ``mixed_precision`` first: the
+    model is built under it, as ``train.classify.train`` does.
+    """
     config = config_lib.make_config(
+        mixed_precision=mixed_precision,
         model="resnet50", norm=norm, groups=32, dataset=pipeline, image_size=image_size,
         batch_size_per_replica=batch_size, num_classes=1000 if pipeline == "synthetic" else None,
         weight_decay=1e-4, lr_reference_batch=256, warmup_epochs=0, lr_schedule="constant",
@@ -113,23 +127,29 @@ def main(argv):
     del argv
     started = datetime.datetime.now(datetime.timezone.utc)
     machine = machine_info()
-    calls = {f"{pipeline}/{norm}": contender(norm, pipeline, FLAGS.batch_size, FLAGS.image_size)
+    keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+    calls = {f"{pipeline}/{norm}": contender(norm, pipeline, FLAGS.batch_size, FLAGS.image_size,
+                                             FLAGS.mixed_precision)
              for pipeline in FLAGS.pipelines for norm in FLAGS.norms}
     rows = summarize(interleaved_times(calls, FLAGS.steps, FLAGS.warmup_steps), FLAGS.batch_size)
     found = {}
     for pipeline in FLAGS.pipelines:
         found.update(ratios(rows, pipeline))
-    print(f"ResNet-50, batch {FLAGS.batch_size}, {FLAGS.image_size} px, {FLAGS.steps} steps; "
+    print(f"ResNet-50, {FLAGS.mixed_precision}, batch {FLAGS.batch_size}, {FLAGS.image_size} px, "
+          f"{FLAGS.steps} steps; "
           f"{started:%Y-%m-%d %H:%M} UTC on {machine['cpu']} ({machine['logical_cpus']} CPUs)")
     print(table(rows, found))
     report = {"date": started.isoformat(), "machine": machine,
               "settings": {"model": "resnet50", "batch_size": FLAGS.batch_size,
                            "image_size": FLAGS.image_size, "steps": FLAGS.steps,
+                           "mixed_precision": FLAGS.mixed_precision,
                            "warmup_steps": FLAGS.warmup_steps},
               "results": rows, "ratios": found}
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-    outputs.write_json_atomically(FLAGS.json, report)
-    print(f"wrote {FLAGS.json}")
+    path = FLAGS.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                      f"train_throughput_{FLAGS.mixed_precision}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    outputs.write_json_atomically(path, report)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
