@@ -113,7 +113,20 @@ def prepare(config, strategy, build_model=build_zoo_model):
     return Prepared(source, pipeline, plan, model, optimizer, runner)
 
 
-def _train_in(config, strategy, build_model):
+def _checked_callbacks(callbacks):
+    """The ``callbacks=`` of ``train`` as a list; anything but Keras callbacks is refused."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback) or not isinstance(callbacks, (list, tuple)):
+        raise ValueError(f"callbacks={callbacks!r} is invalid: expected a list of "
+                         "keras.callbacks.Callback.")
+    for callback in callbacks:
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ValueError(f"callbacks: {callback!r} is not a keras.callbacks.Callback.")
+    return list(callbacks)
+
+
+def _train_in(config, strategy, build_model, callbacks):
     run = prepare(config, strategy, build_model)
     run_outputs = outputs.RunOutputs(
         config.model_dir, strategy, config.as_dict(), run.pipeline.preprocessing(),
@@ -121,13 +134,14 @@ def _train_in(config, strategy, build_model):
     checkpointer = checkpoints.Checkpointer(strategy, run.model, run.optimizer,
                                             run_outputs.paths["checkpoints"],
                                             max_to_keep=config.keep_checkpoints)
-    results = loop.run_epochs(run.runner, run.pipeline, checkpointer, run_outputs, run.plan)
+    results = loop.run_epochs(run.runner, run.pipeline, checkpointer, run_outputs, run.plan,
+                              callbacks)
     run_outputs.export(run.model)
     strategy_lib.wait_for_all_workers(strategy)
     return results
 
 
-def train(config, *, strategy=None, build_model=None):
+def train(config, *, strategy=None, build_model=None, callbacks=None):
     """Run a whole training job; return the ``results.json`` contents.
 
     Args:
@@ -137,8 +151,16 @@ def train(config, *, strategy=None, build_model=None):
         multi-worker strategy once, so callers running several jobs pass it).
       build_model: ``f(config, preprocessing) -> keras.Model`` giving logits,
         called inside the strategy's scope; defaults to ``build_zoo_model``.
+      callbacks: a list of ``keras.callbacks.Callback``, attached to the
+        model and given ``on_train_begin``, ``on_epoch_begin``,
+        ``on_epoch_end(epoch, logs)`` (logs: the epoch's train metrics and
+        ``val_``-prefixed val metrics, as in results.json) and
+        ``on_train_end``, on every worker.  A resumed run calls them only for
+        the epochs it runs (see ``train.loop``), so a callback that keeps
+        per-epoch records must merge them with an earlier attempt's.
     """
     config_lib.validate_config(config)
+    callbacks = _checked_callbacks(callbacks)
     if build_model is None:
         check_model_name(config.model)
         build_model = build_zoo_model
@@ -148,7 +170,7 @@ def train(config, *, strategy=None, build_model=None):
     try:
         if strategy is None:
             strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
-        return _train_in(config, strategy, build_model)
+        return _train_in(config, strategy, build_model, callbacks)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 

@@ -9,6 +9,15 @@ was built with.  Per epoch it builds the epoch's distributed dataset
 between the two re-runs the epoch and replaces its record rather than
 losing it.  It starts from wherever the checkpoint says: completed epochs
 are never repeated, and a partly trained epoch resumes at its next batch.
+
+Keras callbacks (a ``keras.callbacks.CallbackList``) get ``on_train_begin``,
+``on_epoch_begin``, ``on_epoch_end`` and ``on_train_end`` (no batch hooks),
+on every worker as ``Model.fit`` does.  ``on_epoch_end`` comes after the
+epoch's results and before its checkpoint, so what a callback records is
+never lost to an interruption; the price is that an epoch interrupted in
+between is run, and reported, again.  A resumed run reports only the epochs
+it runs, so a callback that accumulates must merge with what an earlier
+attempt stored, keyed by epoch.
 """
 
 import dataclasses
@@ -69,17 +78,31 @@ def evaluate(runner, pipeline, eval_steps):
     return runner.results(runner.eval_metrics)
 
 
-def run_epochs(runner, pipeline, checkpointer, outputs, plan):
-    """Train from the latest checkpoint to ``plan.epochs``; return the results."""
+def epoch_logs(record):
+    """Keras-style logs of an epoch record: train metrics, then ``val_``-prefixed."""
+    return {**record["train"], **{f"val_{name}": value for name, value in record["val"].items()}}
+
+
+def run_epochs(runner, pipeline, checkpointer, outputs, plan, callbacks=()):
+    """Train from the latest checkpoint to ``plan.epochs``; return the results.
+
+    ``callbacks``: ``keras.callbacks.Callback``s, given ``runner.model`` and
+    called as the module doc says, with ``epoch_logs`` of each epoch.
+    """
+    callbacks = keras.callbacks.CallbackList(
+        list(callbacks), model=runner.model, epochs=plan.epochs, steps=plan.steps_per_epoch)
     start_epoch, start_step = checkpointer.restore()
     outputs.resume(start_epoch)
     if outputs.is_chief and (start_epoch or start_step):
         print(f"Resuming at epoch {start_epoch}, step {start_step} from "
               f"{checkpointer.directory}")
+    callbacks.on_train_begin()
+    logs = None
     for epoch in range(start_epoch, plan.epochs):
         first_step = start_step if epoch == start_epoch else 0
         if outputs.is_chief:
             print(f"Epoch {epoch + 1}/{plan.epochs}")
+        callbacks.on_epoch_begin(epoch)
         learning_rate = optimizer_lib.current_learning_rate(runner.optimizer)
         started = time.perf_counter()
         train_metrics, images_per_sec = _train_epoch(
@@ -99,6 +122,9 @@ def run_epochs(runner, pipeline, checkpointer, outputs, plan):
                   f"top-5 error {val_metrics['top5_error']:.4f}, "
                   f"{images_per_sec:.1f} images/s")
         outputs.end_epoch(record, runner.model)
+        logs = epoch_logs(record)
+        callbacks.on_epoch_end(epoch, logs)
         checkpointer.save(epoch + 1, 0, (epoch + 1) * plan.steps_per_epoch)
+    callbacks.on_train_end(logs)
     outputs.write_results()
     return outputs.results
