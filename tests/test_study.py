@@ -1,6 +1,6 @@
 """Each study end to end on a tiny configuration, checked against results.json.
 
-Every test trains for real (ResNet-20 at 8×8 on digits, 2 epochs of 2
+Each study test trains for real (ResNet-20 at 8×8 on digits, 2 epochs of 2
 steps) through ``train.classify.train``, then parses the Markdown table the
 study wrote and compares each number with the value it must come from: the
 runs' own ``results.json`` (median val error of the last 5 epochs, median
@@ -18,9 +18,9 @@ import tensorflow as tf
 from absl import flags
 
 from train import config as config_lib
-from train import studies
+from train import loop, studies
 from train import study as study_cli
-from train.studies import feature_stats, specs
+from train.studies import feature_stats, runner, specs
 
 TINY = {"epochs": 2, "steps_per_epoch": 2, "eval_steps": 1, "image_size": 8,
         "batch_size_per_replica": 4, "groups": 4, "log_every_steps": 1}
@@ -177,10 +177,49 @@ def test_groups_study_medians_over_seeds_and_marks_unbuildable_groups(rng, tmp_p
     assert_cell(by_size["val error (%)"]["1 (=IN)"], expected_error(study_dir, "gn_cpg1", seeds))
 
 
-def test_feature_stats_study_records_percentiles_of_each_epoch(rng, tmp_path):
-    config = _tiny_config(rng, model="resnet20")
-    outcome = studies.run_study("feature_stats", config, str(tmp_path))
+class _Killed(Exception):
+    """Stands for the end of a process killed mid-run."""
+
+
+def _killed_in_second_epoch(monkeypatch):
+    """Make the next run die in its second epoch, after training, before evaluation."""
+    evaluations = []
+
+    def evaluate(*args):
+        if evaluations:
+            raise _Killed()
+        evaluations.append(args)
+        return real_evaluate(*args)
+
+    real_evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+
+
+def _stats(run_dir):
+    return json.loads(_read(os.path.join(run_dir, "feature_stats.json")))
+
+
+def _checkpoints_on_disk(run_dir):
+    return [name for name in os.listdir(os.path.join(run_dir, "checkpoints"))
+            if name.endswith(".index")]
+
+
+def test_feature_stats_study_records_percentiles_live_through_a_resume(rng, tmp_path,
+                                                                       monkeypatch):
+    config = _tiny_config(rng, model="resnet20", keep_checkpoints=1)
     study_dir = str(tmp_path / "feature_stats")
+    none_dir = os.path.join(study_dir, f"none_seed{config.seed}")
+    # The first run ("none") is killed after epoch 0: only that epoch is recorded.
+    _killed_in_second_epoch(monkeypatch)
+    with pytest.raises(_Killed):
+        studies.run_study("feature_stats", config, str(tmp_path))
+    monkeypatch.undo()
+    keras.backend.clear_session()
+    first_epoch = _stats(none_dir)["epochs"]
+    assert [r["epoch"] for r in first_epoch] == [0]
+
+    outcome = studies.run_study("feature_stats", config, str(tmp_path))
+    assert outcome.runs.trained == [f"{key}_seed{config.seed}" for key in ("none", "bn", "gn")]
     _assert_pngs(study_dir, ["feature_stats.png"])
     (table,) = parse_tables(_read(outcome.report_path))
     errors = {key: expected_error(study_dir, key, [config.seed]) for key in ("none", "bn", "gn")}
@@ -190,17 +229,44 @@ def test_feature_stats_study_records_percentiles_of_each_epoch(rng, tmp_path):
     for key, column in (("none", "none"), ("gn", "GN")):
         assert float(table["Δ (vs. BN)"][column]) == pytest.approx(
             errors[key] - errors["bn"], abs=0.01)
+    # Every run, the resumed one too, has one record per epoch, and no run
+    # keeps more checkpoints than --keep_checkpoints.
+    for run in outcome.runs.configs.values():
+        assert [r["epoch"] for r in _stats(run.model_dir)["epochs"]] == [0, 1]
+        assert len(_checkpoints_on_disk(run.model_dir)) <= config.keep_checkpoints
+    assert _stats(none_dir)["epochs"][0] == first_epoch[0]
     # The last epoch's record equals NumPy percentiles of the response of the
     # model the loop saved at that epoch's end, on the same fixed batch.
-    run = outcome.runs.configs[f"gn_seed{config.seed}"]
-    model = keras.models.load_model(os.path.join(run.model_dir, "last.keras"))
-    layer = model.get_layer(feature_stats.last_conv_layer(model))
-    response = keras.Model(model.input, layer.output)(feature_stats.fixed_batch(run))
-    stats = json.loads(_read(os.path.join(run.model_dir, "feature_stats.json")))
-    assert [r["epoch"] for r in stats["epochs"]] == [0, 1]
-    np.testing.assert_allclose(
-        stats["epochs"][-1]["values"],
-        np.percentile(np.asarray(response, np.float64), [1, 20, 80, 99]), rtol=1e-5, atol=1e-5)
+    for key in ("none", "gn"):
+        run = outcome.runs.configs[f"{key}_seed{config.seed}"]
+        model = keras.models.load_model(os.path.join(run.model_dir, "last.keras"))
+        layer = model.get_layer(feature_stats.last_conv_layer(model))
+        response = keras.Model(model.input, layer.output)(feature_stats.fixed_batch(run))
+        stats = _stats(run.model_dir)
+        assert stats["layer"] == layer.name
+        np.testing.assert_allclose(
+            stats["epochs"][-1]["values"],
+            np.percentile(np.asarray(response, np.float64), [1, 20, 80, 99]),
+            rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_missing_feature_stats_epochs_is_refused(rng, tmp_path):
+    config = _tiny_config(rng, model_dir=str(tmp_path))
+    results = {"epochs": [{"epoch": 0}, {"epoch": 1}]}
+    (tmp_path / "feature_stats.json").write_text(json.dumps(
+        {"layer": "conv", "percentiles": [1, 20, 80, 99],
+         "epochs": [{"epoch": 1, "values": [0.0, 0.0, 0.0, 0.0]}]}))
+    with pytest.raises(ValueError, match=r"no feature statistics for epochs \[0\]"):
+        feature_stats.check_recorded(config, results)
+
+
+def test_checkpoint_retention_does_not_make_a_run_different(rng, tmp_path):
+    config = _tiny_config(rng, model_dir=str(tmp_path))
+    stored = {**config.as_dict(), "keep_checkpoints": config.epochs,
+              "checkpoint_every_steps": 1}
+    runner.check_same_settings(config, {"flags": stored})
+    with pytest.raises(ValueError, match="seed"):
+        runner.check_same_settings(config, {"flags": {**stored, "seed": config.seed + 1}})
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -37,7 +37,7 @@ def _reference_response(model, images):
     return np.einsum("nijcab,abco->nijo", windows, kernel) + bias
 
 
-def _trained_with_callback(rng, tmp_path, epochs=2):
+def _trained_with_callback(rng, tmp_path, epochs=2, layer_name="probe_conv"):
     model = _probe_model()
     model.compile(optimizer=keras.optimizers.SGD(0.1),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -45,13 +45,15 @@ def _trained_with_callback(rng, tmp_path, epochs=2):
     labels = rng.integers(0, 4, 24)
     probe = rng.normal(0.5, 3.0, (10, 6, 6, 2)).astype(np.float32)
     path = tmp_path / "feature_stats.json"
-    callback = feature_stats.FeaturePercentiles("probe_conv", probe, str(path))
+    callback = feature_stats.FeaturePercentiles(layer_name, probe, str(path))
     model.fit(images, labels, batch_size=8, epochs=epochs, verbose=0, callbacks=[callback])
     return model, probe, callback, path
 
 
-def test_callback_records_numpy_percentiles_every_epoch(rng, tmp_path):
-    model, probe, _, path = _trained_with_callback(rng, tmp_path)
+# layer_name=None measures the last conv, which is probe_conv here.
+@pytest.mark.parametrize("layer_name", ["probe_conv", None])
+def test_callback_records_numpy_percentiles_every_epoch(rng, tmp_path, layer_name):
+    model, probe, _, path = _trained_with_callback(rng, tmp_path, layer_name=layer_name)
     stats = json.loads(path.read_text())
     assert stats["layer"] == "probe_conv"
     assert stats["percentiles"] == [1, 20, 80, 99]

@@ -37,8 +37,8 @@ def run_study(name, base_config, out_dir, options=None, command="", strategy=Non
     options = options or StudyOptions()
     study_dir = os.path.join(out_dir, study.name)
     specs = study.runs(options, first_seed=base_config.seed)
-    after_run = feature_stats.record_run if study.records_feature_stats else None
-    runs = runner.run_all(study, specs, base_config, study_dir, strategy=strategy,
-                          after_run=after_run)
+    recorder = {"run_callbacks": feature_stats.run_callbacks,
+                "after_run": feature_stats.check_recorded} if study.records_feature_stats else {}
+    runs = runner.run_all(study, specs, base_config, study_dir, strategy=strategy, **recorder)
     path = report.write_report(study, specs, runs, study_dir, command=command)
     return StudyOutcome(path, runs)

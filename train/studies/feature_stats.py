@@ -11,11 +11,11 @@ Records go to a JSON file in the run directory and are keyed by epoch, so a
 run resumed by the training loop keeps what earlier attempts wrote and an
 epoch recorded twice is simply overwritten.
 
-``train.classify.train`` takes no Keras callbacks, so the study drives the
-callback itself after a run (``record_run``): the run keeps one checkpoint
-per epoch end, and each is restored into a fresh model in turn before
-``on_epoch_end`` is called, which measures exactly the weights the loop
-had at that epoch's end.
+The study passes the callback to ``train.classify.train`` (``run_callbacks``),
+whose loop calls ``on_epoch_end`` after an epoch's results and before its
+checkpoint: every epoch is recorded live, with the weights the loop has at
+that epoch's end, and a run killed and resumed still ends with one record
+per epoch (``check_recorded`` verifies it).
 """
 
 import dataclasses
@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train import classify, data, outputs
+from train import data, outputs
 
 PERCENTILES = (1, 20, 80, 99)
 FEATURE_STATS_FILE = "feature_stats.json"
@@ -52,8 +52,8 @@ class FeaturePercentiles(keras.callbacks.Callback):
 
     Args:
         layer_name: name of the layer (in ``self.model``) whose output is
-            measured; for Figure 6 the last conv, whose output is the
-            response before normalization and ReLU.
+            measured; ``None`` for the model's last conv (``last_conv_layer``),
+            whose output is Figure 6's response before normalization and ReLU.
         images: the fixed batch, a NumPy array the model accepts.
         path: JSON file the records are written to after every epoch.
         percentiles: which percentiles to record, each in [0, 100].
@@ -61,9 +61,9 @@ class FeaturePercentiles(keras.callbacks.Callback):
 
     def __init__(self, layer_name, images, path, percentiles=PERCENTILES):
         super().__init__()
-        if not isinstance(layer_name, str) or not layer_name:
+        if layer_name is not None and (not isinstance(layer_name, str) or not layer_name):
             raise ValueError(
-                f"FeaturePercentiles: `layer_name` must be a non-empty string, "
+                f"FeaturePercentiles: `layer_name` must be None or a non-empty string, "
                 f"got layer_name={layer_name!r}."
             )
         images = np.asarray(images)
@@ -84,21 +84,23 @@ class FeaturePercentiles(keras.callbacks.Callback):
         self.percentiles = percentiles
         self._probe = None
         self._probed_model = None
+        self._probed_layer = None
 
     def _probe_model(self):
         # A sub-model sharing the layers (and so the weights) of the trained
         # model; rebuilt only if the callback is attached to another model.
         if self._probed_model is not self.model:
+            name = self.layer_name or last_conv_layer(self.model)
             try:
-                layer = self.model.get_layer(self.layer_name)
+                layer = self.model.get_layer(name)
             except ValueError:
                 names = [layer.name for layer in self.model.layers]
                 raise ValueError(
-                    f"FeaturePercentiles: `layer_name`={self.layer_name!r} is not a "
+                    f"FeaturePercentiles: `layer_name`={name!r} is not a "
                     f"layer of model {self.model.name!r}; its layers are {names}."
                 ) from None
             self._probe = keras.Model(self.model.input, layer.output)
-            self._probed_model = self.model
+            self._probed_model, self._probed_layer = self.model, name
         return self._probe
 
     def activations(self):
@@ -113,7 +115,7 @@ class FeaturePercentiles(keras.callbacks.Callback):
         }
         stats = read_feature_stats(self.path)
         kept = [r for r in stats["epochs"] if r["epoch"] != record["epoch"]]
-        stats.update(layer=self.layer_name, percentiles=list(self.percentiles),
+        stats.update(layer=self._probed_layer, percentiles=list(self.percentiles),
                      epochs=sorted(kept + [record], key=lambda r: r["epoch"]))
         outputs.write_json_atomically(self.path, stats)
 
@@ -146,39 +148,22 @@ def fixed_batch(config, size=PROBE_IMAGES):
     return images.numpy()[weights.numpy() > 0]
 
 
-def epoch_end_checkpoints(checkpoint_dir):
-    """``{epoch: path}`` of the checkpoints saved at an epoch's end."""
-    state = tf.train.get_checkpoint_state(checkpoint_dir)
-    found = {}
-    for path in state.all_model_checkpoint_paths if state else ():
-        reader = tf.train.load_checkpoint(path)
-        completed = int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
-        step = int(reader.get_tensor("step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
-        if step == 0 and completed > 0:
-            found[completed - 1] = path
-    return found
+def run_callbacks(config):
+    """The callbacks of one study run: percentiles of its last conv, live."""
+    path = os.path.join(config.model_dir, FEATURE_STATS_FILE)
+    return [FeaturePercentiles(None, fixed_batch(config), path)]
 
 
-def record_run(config, results):
-    """Fill ``<model_dir>/feature_stats.json`` for every epoch of a finished run."""
+def check_recorded(config, results):
+    """Refuse a run whose feature_stats.json misses one of its epochs.
+
+    Live recording cannot miss one; a run started before recording was live
+    (its statistics came after the run) and resumed since can.
+    """
     path = os.path.join(config.model_dir, FEATURE_STATS_FILE)
     recorded = {r["epoch"] for r in read_feature_stats(path)["epochs"]}
-    missing = [e for e in range(config.epochs) if e not in recorded]
-    if not missing:
-        return path
-    checkpoints = epoch_end_checkpoints(os.path.join(config.model_dir, "checkpoints"))
-    lost = [e for e in missing if e not in checkpoints]
-    if lost:
+    missing = [r["epoch"] for r in results["epochs"] if r["epoch"] not in recorded]
+    if missing:
         raise ValueError(
-            f"Run {config.model_dir!r} kept no end-of-epoch checkpoint for epochs "
-            f"{lost}; it must be trained with --keep_checkpoints >= --epochs "
-            "(delete the run directory to train it again).")
-    preprocessing = outputs.read_json(os.path.join(config.model_dir, outputs.PREPROCESSING_FILE))
-    model = classify.build_zoo_model(config, preprocessing)
-    callback = FeaturePercentiles(last_conv_layer(model), fixed_batch(config), path)
-    callback.set_model(model)
-    logs = {record["epoch"]: record for record in results["epochs"]}
-    for epoch in missing:
-        tf.train.Checkpoint(model=model).restore(checkpoints[epoch]).expect_partial()
-        callback.on_epoch_end(epoch, {"val_top1_error": logs[epoch]["val"]["top1_error"]})
-    return path
+            f"Run {config.model_dir!r} has no feature statistics for epochs {missing} "
+            f"in {path!r}; delete the run directory to train it again.")

@@ -25,8 +25,9 @@ from train import config as config_lib
 from train import strategy as strategy_lib
 
 # Fields that may differ between a stored run and the one asked for without
-# changing what was trained.
-_IGNORED_FIELDS = ("model_dir",)
+# changing what was trained (how many checkpoints are kept, or how often,
+# decides only where a resume starts).
+_IGNORED_FIELDS = ("model_dir", "keep_checkpoints", "checkpoint_every_steps")
 
 
 @dataclasses.dataclass
@@ -40,14 +41,10 @@ class StudyRuns:
     skipped: list = dataclasses.field(default_factory=list)
 
 
-def run_config(study, base_config, spec, study_dir):
+def run_config(base_config, spec, study_dir):
     """The validated ``TrainConfig`` of one run of a study."""
     config = dataclasses.replace(base_config, **spec.overrides(),
                                  model_dir=os.path.join(study_dir, spec.name))
-    if study.records_feature_stats:
-        # Every epoch-end checkpoint is read back by feature_stats.record_run.
-        config = dataclasses.replace(config, keep_checkpoints=config.epochs,
-                                     checkpoint_every_steps=0)
     config_lib.validate_config(config)
     return config
 
@@ -96,11 +93,11 @@ def model_build_problem(config):
     return None
 
 
-def _plan(study, specs, base_config, study_dir):
+def _plan(specs, base_config, study_dir):
     """``(spec, config, stored results)`` of every run, checked before any training."""
     planned = []
     for spec in specs:
-        config = run_config(study, base_config, spec, study_dir)
+        config = run_config(base_config, spec, study_dir)
         results = read_results(config)
         if results is not None:
             check_same_settings(config, results)
@@ -120,14 +117,17 @@ def _not_applicable(planned):
     return {key: problem for key, problem in problems.items() if problem}
 
 
-def run_all(study, specs, base_config, study_dir, *, strategy=None, after_run=None):
+def run_all(study, specs, base_config, study_dir, *, strategy=None, run_callbacks=None,
+            after_run=None):
     """Train (or skip, or resume) every run; return a ``StudyRuns``.
 
-    ``after_run(config, results)`` is called once per finished run, trained
-    now or earlier, e.g. to compute per-epoch feature statistics.
+    ``run_callbacks(config)`` gives the Keras callbacks of a run's training
+    loop and ``after_run(config, results)`` is called once per finished run,
+    trained now or earlier, e.g. to check what those callbacks recorded.
+    Both only on the chief, the one process that writes run directories.
     """
     classify.check_model_name(base_config.model)
-    planned = _plan(study, specs, base_config, study_dir)
+    planned = _plan(specs, base_config, study_dir)
     runs = StudyRuns(results={}, configs={}, not_applicable=_not_applicable(planned))
     os.makedirs(study_dir, exist_ok=True)
     for spec, config, results in planned:
@@ -139,12 +139,14 @@ def run_all(study, specs, base_config, study_dir, *, strategy=None, after_run=No
             if strategy is None:
                 strategy = strategy_lib.make_strategy(base_config.strategy, base_config.tpu)
             print(f"[{study.name}] training {spec.name} in {config.model_dir}")
-            results = classify.train(config, strategy=strategy)
+            callbacks = (run_callbacks(config) if run_callbacks is not None
+                         and strategy_lib.is_chief(strategy) else None)
+            results = classify.train(config, strategy=strategy, callbacks=callbacks)
             runs.trained.append(spec.name)
             # Each run builds a fresh model; without this, Keras's global
             # state keeps every earlier one alive for the whole study.
             keras.backend.clear_session()
-        if after_run is not None:
+        if after_run is not None and strategy_lib.is_chief(strategy):
             after_run(config, results)
         runs.results[spec.name] = results
         runs.configs[spec.name] = config

@@ -97,8 +97,8 @@ class RunSpec:
 class Study:
     """A study: its grid, the fields it sets and its per-study defaults.
 
-    ``records_feature_stats``: its runs keep one checkpoint per epoch end
-    and get the percentile statistics of ``train.studies.feature_stats``.
+    ``records_feature_stats``: its runs train with the percentile callback
+    of ``train.studies.feature_stats``, which records every epoch live.
     """
 
     name: str
@@ -161,8 +161,7 @@ STUDIES = {
     # narrowest layer has 64 channels, so the paper's G=32 applies.
     "feature_stats": Study(
         "feature_stats", "Figure 6: last conv response without norm, with BN, with GN",
-        _feature_stats_settings,
-        frozenset({"norm", "keep_checkpoints", "checkpoint_every_steps"}),
+        _feature_stats_settings, frozenset({"norm"}),
         {"model": "vgg16", "groups": 32}, records_feature_stats=True),
 }
 
