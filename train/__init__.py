@@ -10,7 +10,7 @@ one training loop, this one):
   ``make_config(preset=None, **fields)`` and ``validate_config(config)``.
 * ``train.flags``: ``define_flags(flag_values)`` and
   ``config_from_flags(flag_values)`` (explicit flags override the preset).
-* ``train.classify.train(config, *, strategy=None, build_model=None)`` runs a
+* ``train.classify.train(config, *, strategy=None, build_model=None, callbacks=None)`` runs a
   whole job and returns the ``results.json`` dict.  ``build_model(config,
   preprocessing) -> keras.Model`` (logits) replaces the model zoo, e.g. to
   start from a pre-trained backbone; it is called in the strategy's scope.
@@ -32,7 +32,7 @@ one training loop, this one):
   ``tf.train.CheckpointManager`` (+ preemption handling on multi-worker).
 * ``train.outputs.RunOutputs``: ``results.json``, ``preprocessing.json``,
   TensorBoard, ``best.keras``/``last.keras`` and the SavedModel export.
-* ``train.loop.run_epochs(runner, pipeline, checkpointer, outputs, plan)``:
+* ``train.loop.run_epochs(runner, pipeline, checkpointer, outputs, plan, callbacks=())``:
   the epoch loop, resuming from the latest checkpoint; ``train.loop.evaluate``
   for an evaluation pass alone.
 """
