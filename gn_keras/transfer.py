@@ -5,10 +5,12 @@ A functional classifier is read as ``backbone → pooled features → head``:
 * :func:`find_head` walks back from the output through softmax/activation/
   dropout layers to the last ``Dense`` on a rank-2 tensor; that Dense is the
   classifier head and its input is the pooled backbone feature vector.
+* :func:`marked_endpoints` reads the stage marks: layers named ``C<k>``,
+  which the project's zoo puts on its stage outputs.  It is the one reader
+  of those names; ``models.feature_endpoints`` is built on it.
 * :func:`stage_endpoints` names the outputs of the stem and of each residual
-  stage (C1…C5, Detectron's res1…res5), from the layer names the project's
-  zoo gives them (as ``models.feature_endpoints`` reads them, plus the stem)
-  or from ``keras.applications`` ResNet names.
+  stage (C1…C5, Detectron's res1…res5), from those marks (plus the stem) or
+  from ``keras.applications`` ResNet names.
 * :func:`feature_model` gives both at once, for the exported ``features``
   signature.
 * :func:`replace_head` and :func:`freeze_stages` are the two edits a
@@ -26,15 +28,13 @@ import keras
 
 _PASSTHROUGH = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
 
-# Layer names that end each stage, tried in order: the zoo marks stage
-# outputs with Identity layers "C2".."C5" (VGG also "C1", see
-# models/endpoints.py); keras.applications ResNets end stage k with
-# "conv{k}_block{n}_out".  Both name the stem's layers conv1_*/pool1*, and
-# the last of those is the stem's output (C1) when no layer is named C1.
-_STAGE_PATTERNS = (
-    re.compile(r"^C([1-5])$"),
-    re.compile(r"^conv([2-5])_block\d+_out$"),
-)
+# The zoo marks stage outputs with Identity layers "C2".."C5" (VGG also
+# "C1", see models/endpoints.py); no leading zero, so each k has one name.
+_MARK_PATTERN = re.compile(r"^C([1-9]\d*)$")
+# Unmarked keras.applications ResNets end stage k with "conv{k}_block{n}_out".
+# Both name the stem's layers conv1_*/pool1*, and the last of those is the
+# stem's output (C1) when no layer is named C1.
+_KERAS_APPLICATIONS_STAGE = re.compile(r"^conv([2-5])_block\d+_out$")
 _STEM_PATTERN = re.compile(r"^(conv1|pool1)(_.*)?$")
 
 
@@ -83,25 +83,37 @@ def find_head(model):
     return layer, layer.input, ends_in_softmax or _is_softmax(layer)
 
 
+def marked_endpoints(model):
+    """Ordered ``{"C2": tensor, …}``: the outputs of the layers named ``C<k>``.
+
+    Ordered by k (shallow to deep, ``C10`` after ``C9``); empty when no
+    layer carries such a name.
+    """
+    found = {}
+    for layer in model.layers:
+        match = _MARK_PATTERN.match(layer.name)
+        if match:
+            found[int(match.group(1))] = (layer.name, layer.output)
+    return {name: tensor for _, (name, tensor) in sorted(found.items())}
+
+
 def stage_endpoints(model):
     """Ordered ``{"C1": tensor, …, "C5": tensor}`` of the stage outputs found.
 
-    When a pattern matches several layers of one stage (one per block), the
-    last one in the graph is the stage's output.  Models with no recognised
-    names give an empty dict.
+    The ``C<k>`` marks (:func:`marked_endpoints`) when the model has any,
+    else the ``keras.applications`` ResNet names, where the last block of a
+    stage is its output.  Models with neither give an empty dict.
     """
-    found = {}
-    for pattern in _STAGE_PATTERNS:
+    found = marked_endpoints(model)
+    if not found:
         for layer in model.layers:
-            match = pattern.match(layer.name)
+            match = _KERAS_APPLICATIONS_STAGE.match(layer.name)
             if match:
                 found[f"C{match.group(1)}"] = layer.output
-        if found:
-            break
     stem = [layer for layer in model.layers if _STEM_PATTERN.match(layer.name)]
     if found and stem:
         found.setdefault("C1", stem[-1].output)
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items(), key=lambda item: int(item[0][1:])))
 
 
 def feature_model(model):

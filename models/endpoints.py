@@ -5,28 +5,25 @@ Every model marks its stage outputs with ``Identity`` layers named ``C<k>``
 4..32; CIFAR ResNets: ``C2``..``C4``; VGG-16: ``C1``..``C5``, each block's
 last ReLU before its pool). The marks are plain layers, so they survive
 saving, loading, :func:`gn_keras.convert.swap_norm` and cloning.
+Reading the marks belongs to :func:`gn_keras.transfer.marked_endpoints`,
+which the exporter and fine-tuning use too; this module adds the zoo's
+error and the extractor model.
 """
-
-import re
 
 import keras
 
-_ENDPOINT = re.compile(r"^C(\d+)$")
+from gn_keras import transfer
 
 
 def feature_endpoints(model):
     """``{"C2": tensor, ...}``: the model's stage outputs, shallow to deep."""
-    found = {}
-    for layer in model.layers:
-        match = _ENDPOINT.match(layer.name)
-        if match:
-            found[layer.name] = (int(match.group(1)), layer.output)
+    found = transfer.marked_endpoints(model)
     if not found:
         raise ValueError(
             f"feature_endpoints: model {model.name!r} has no layers named C<k>; "
             "it was not built by models.build."
         )
-    return {name: tensor for name, (_, tensor) in sorted(found.items(), key=lambda item: item[1][0])}
+    return found
 
 
 def feature_extractor(model, names=None):

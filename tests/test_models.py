@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import models
-from gn_keras import norms
+from gn_keras import norms, transfer
 
 ALL_NORMS = norms.available()
 # Kinds whose γ (or WN's gain) can start the residual branch at exactly 0.
@@ -111,6 +111,24 @@ def test_feature_endpoints_give_the_stage_outputs(rng):
     assert list(models.feature_endpoints(vgg)) == ["C1", "C2", "C3", "C4", "C5"]
     cifar = models.build("resnet20", input_shape=(32, 32, 3), **NARROW)
     assert list(models.feature_endpoints(cifar)) == ["C2", "C3", "C4"]
+
+
+def test_zoo_and_transfer_read_the_same_c_k_marks():
+    """One reader of the C<k> names: ordered by k, one spelling per k."""
+    x = inputs = keras.Input((4,))
+    for name in ("C2", "C10", "C02", "C3", "Cx", "C9", "conv1_relu"):
+        x = keras.layers.Identity(name=name)(x)
+    model = keras.Model(inputs, x)
+    marks = {name: id(tensor) for name, tensor in models.feature_endpoints(model).items()}
+    assert marks == {name: id(model.get_layer(name).output) for name in ("C2", "C3", "C9", "C10")}
+    assert list(marks) == ["C2", "C3", "C9", "C10"]
+    # The exporter's stages: the same marks, plus the stem's last layer as C1.
+    stages = {name: id(tensor) for name, tensor in transfer.stage_endpoints(model).items()}
+    assert list(stages) == ["C1", "C2", "C3", "C9", "C10"]
+    assert stages == {**marks, "C1": id(model.get_layer("conv1_relu").output)}
+    vgg = models.build("vgg16", norm="none", input_shape=(32, 32, 3), include_top=False, pooling=None)
+    assert ({k: id(v) for k, v in transfer.stage_endpoints(vgg).items()}
+            == {k: id(v) for k, v in models.feature_endpoints(vgg).items()})
 
 
 @pytest.mark.parametrize("pooling,shape", [("avg", (2, 512)), ("max", (2, 512)), (None, (2, 2, 2, 512))])
