@@ -6,8 +6,8 @@ by :mod:`gn_keras.export`, or a directory holding either (a training
 ``--model_dir`` or an export ``--output_dir``).  :func:`load_preprocessing`
 finds the matching ``preprocessing.json``.
 
-:func:`check_checkpoint` reads a training checkpoint in full before a run
-resumes from it.
+:func:`check_checkpoint` and :func:`check_checkpoint_file` read a training
+checkpoint in full before a run resumes from it.
 
 Every problem with a file (missing, truncated, of the wrong kind) raises
 :class:`ModelFileError`, a ``ValueError`` whose one-line message starts with
@@ -44,6 +44,7 @@ class ModelFileError(ValueError):
     def __init__(self, path, problem):
         super().__init__(f"{path}: {problem}")
         self.path = path
+        self.problem = problem
 
 
 def is_saved_model_dir(path):
@@ -137,27 +138,40 @@ def check_checkpoint(directory):
     """Read the latest checkpoint in ``directory`` in full; return its path.
 
     Returns None when there is no checkpoint yet.  A truncated or corrupt
-    one raises :class:`ModelFileError` naming it, instead of the reader's
-    bare ``IndexError``/``DataLossError`` deep inside a restore.
+    one raises :class:`ModelFileError` naming it (see
+    :func:`check_checkpoint_file`).
     """
     import tensorflow as tf
 
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         return None
-    latest = None
     try:
         latest = tf.train.latest_checkpoint(directory)
-        if latest is None:
-            return None
-        reader = tf.train.load_checkpoint(latest)
+    except (tf.errors.OpError, ValueError) as error:
+        raise ModelFileError(directory, "cannot read the checkpoint state (corrupt?): "
+                             f"{_first_line(error)}") from None
+    return None if latest is None else check_checkpoint_file(latest)
+
+
+def check_checkpoint_file(path):
+    """Read every tensor of the checkpoint with prefix ``path``; return ``path``.
+
+    A truncated, corrupt or partly deleted checkpoint raises
+    :class:`ModelFileError` naming it, instead of the reader's bare
+    ``IndexError``/``DataLossError`` deep inside a restore.
+    """
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError) as error:
         raise ModelFileError(
-            latest or directory, "cannot read the checkpoint (truncated or "
+            path, "cannot read the checkpoint (truncated or "
             f"corrupt?): {_first_line(error)}") from None
-    return latest
+    return path
 
 
 def _first_line(error):

@@ -7,6 +7,14 @@ completed epochs and the number of steps already trained in the current
 epoch; since an epoch's data order depends only on (seed, epoch), that pair
 is the data position too, and a resumed run skips exactly those batches.
 
+A damaged checkpoint (truncated, corrupt, a file missing) is found by
+reading it in full before the restore (``gn_keras.load.check_checkpoint_file``).
+The run then falls back to the newest intact checkpoint the manager still
+keeps, with a warning naming the damaged file: a killed or full-disk save
+costs the steps since the previous checkpoint, not the run.  Only when no
+kept checkpoint is intact does the restore stop, with a one-line
+``gn_keras.load.ModelFileError`` naming the file and what to do.
+
 On multi-worker and TPU strategies a
 ``tf.distribute.experimental.PreemptionCheckpointHandler`` watches for a
 preemption notice and saves before the process is stopped.  Every worker
@@ -19,7 +27,9 @@ import os
 import shutil
 
 import tensorflow as tf
+from absl import logging
 
+from gn_keras import load
 from train import strategy as strategy_lib
 
 _PREEMPTIBLE = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
@@ -42,7 +52,7 @@ class Checkpointer:
 
     def restore(self):
         """Load the latest checkpoint if any; return ``(epoch, step_in_epoch)``."""
-        latest = tf.train.latest_checkpoint(self.directory)
+        latest = self._newest_intact()
         if latest:
             try:
                 self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -57,6 +67,33 @@ class Checkpointer:
             self._preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
                 self.strategy.cluster_resolver, self.manager)
         return int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
+
+    def _newest_intact(self):
+        """The newest kept checkpoint that reads in full; None if none was saved.
+
+        Damaged newer ones are skipped with a warning; if every kept one is
+        damaged, raise the newest one's ModelFileError, saying what to do.
+        """
+        state = tf.train.get_checkpoint_state(self.directory)
+        if state is None or not state.model_checkpoint_path:
+            return None
+        latest = state.model_checkpoint_path
+        kept = [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+        damaged = []
+        for path in kept:
+            try:
+                load.check_checkpoint_file(path)
+            except load.ModelFileError as error:
+                damaged.append(error)
+                continue
+            for error in damaged:
+                logging.warning("%s; resuming from the older %s instead.",
+                                str(error).rstrip("."), path)
+            return path
+        raise load.ModelFileError(
+            latest, f"{damaged[0].problem.rstrip('.')}; no older checkpoint in "
+            f"{self.directory} is intact either: delete that directory to train from "
+            "the start, or put back intact copies of the files.")
 
     def _record(self, epoch, step_in_epoch):
         self.epoch.assign(epoch)
