@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+import models
 from train import config as config_lib
 from train import loop, studies
 from train import study as study_cli
@@ -291,7 +292,12 @@ def test_bad_study_flags_are_named(argv, message, tmp_path):
 def test_feature_stats_defaults_to_the_papers_vgg16_with_32_groups():
     flag_values = _flag_values(["--study=feature_stats"])
     config = study_cli.base_config_from_flags(specs.get_study("feature_stats"), flag_values)
-    assert (config.model, config.groups) == ("vgg16", 32)
-    flag_values = _flag_values(["--study=feature_stats", "--groups=8"])
+    assert (config.model, config.groups, config.image_size) == ("vgg16", 32, 32)
+    # The default must build: VGG-16's five 2x2 poolings leave 1x1 at 32 px
+    # (digits' own default, 16 px, did not).
+    model = models.build(config.model, norm="gn", groups=config.groups, num_classes=10,
+                         input_shape=(config.image_size, config.image_size, 1))
+    assert model.get_layer("block5_3_conv").output.shape[1:3] == (2, 2)
+    flag_values = _flag_values(["--study=feature_stats", "--groups=8", "--image_size=64"])
     config = study_cli.base_config_from_flags(specs.get_study("feature_stats"), flag_values)
-    assert config.groups == 8
+    assert (config.groups, config.image_size) == (8, 64)

@@ -158,11 +158,12 @@ STUDIES = {
         "groups", "Table 3: number of groups and channels per group",
         _group_settings, frozenset({"norm", "groups", "group_size"})),
     # The paper's VGG-16 by default (another --model may be given); its
-    # narrowest layer has 64 channels, so the paper's G=32 applies.
+    # narrowest layer has 64 channels, so the paper's G=32 applies.  Its five
+    # 2x2 poolings need at least 32 px: digits' default 16 px would not build.
     "feature_stats": Study(
         "feature_stats", "Figure 6: last conv response without norm, with BN, with GN",
         _feature_stats_settings, frozenset({"norm"}),
-        {"model": "vgg16", "groups": 32}, records_feature_stats=True),
+        {"model": "vgg16", "groups": 32, "image_size": 32}, records_feature_stats=True),
 }
 
 
