@@ -264,18 +264,47 @@ def test_features_of_a_zoo_model(rng):
     np.testing.assert_array_equal(got["C1"].numpy(), stem)
 
 
-def test_mixed_precision_model_exports_and_litert_gets_float32(rng, tmp_path):
-    keras.mixed_precision.set_global_policy("mixed_float16")
+def _mixed_classifier(rng, policy):
+    """The small classifier computing in 16 bits, with random float32 weights."""
+    keras.mixed_precision.set_global_policy(policy)
     try:
         mixed = _small_classifier()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    weights = [rng.normal(0, 0.5, size=w.shape).astype("float32") for w in mixed.get_weights()]
-    mixed.set_weights(weights)
+    mixed.set_weights([rng.normal(0, 0.5, size=w.shape).astype("float32") for w in mixed.get_weights()])
+    return mixed
+
+
+def _epsilon(dtype):
+    """Gap between 1 and the next value of a 16-bit float: 1's bits plus one."""
+    as_numpy = tf.as_dtype(dtype).as_numpy_dtype
+    one = np.array([1.0], as_numpy)
+    return float((one.view(np.uint16) + np.uint16(1)).view(as_numpy).astype(np.float64)[0]) - 1.0
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_16_bit_model_verifies_with_a_tolerance_from_its_epsilon(rng, tmp_path, monkeypatch, policy):
+    mixed = _mixed_classifier(rng, policy)
+    eps = _epsilon(mixed.get_layer("stem_conv").compute_dtype)
+    assert export.default_tolerance(mixed) == pytest.approx(export.ROUNDINGS_ALLOWED * eps, rel=1e-6)
+    assert export.default_tolerance(_small_classifier()) == export.DEFAULT_TOLERANCE
+    report = export.export_saved_model(mixed, tmp_path / "sm", PREPROCESSING)  # verifies
+    assert set(report) == {"serving_default", "serving_uint8", "features"}
+    # An explicit tolerance wins over the default in every comparison.
+    used = []
+    original = export.compare
+    monkeypatch.setattr(export, "compare",
+                        lambda artefact, got, want, tolerance: used.append(tolerance)
+                        or original(artefact, got, want, tolerance))
+    export.verify_saved_model(tmp_path / "sm", mixed, PREPROCESSING, tolerance=0.5)
+    assert used == [0.5] * 3
+
+
+def test_mixed_precision_model_exports_and_litert_gets_float32(rng, tmp_path):
+    mixed = _mixed_classifier(rng, "mixed_float16")
     reference = _small_classifier()  # the same network computing in float32
-    reference.set_weights(weights)
-    report = export.export_saved_model(mixed, tmp_path / "sm", PREPROCESSING)
-    assert export.default_tolerance(mixed) == 1e-2 and report["serving_default"]["logits"] < 1e-2
+    reference.set_weights(mixed.get_weights())
+    export.export_saved_model(mixed, tmp_path / "sm", PREPROCESSING)
     path = export.export_tflite(mixed, tmp_path / "model.tflite", PREPROCESSING)
     from ai_edge_litert.interpreter import Interpreter
 
