@@ -1,7 +1,10 @@
 """Shared pytest set-up: quiet TensorFlow, and fresh random inputs per run.
 
 Each run draws a new session seed (printed in the header); set
-GN_TEST_SEED to replay a failing run exactly.
+GN_TEST_SEED to replay a failing run exactly.  Tests draw their inputs from
+the ``rng`` fixture; the global generators that Keras initializers, NumPy's
+legacy functions and TensorFlow ops draw from are seeded per test from the
+same seed, so the weights a test never sets replay too.
 """
 
 import os
@@ -24,3 +27,10 @@ def pytest_report_header(config):
 def rng(request):
     """A generator seeded by the session seed and the test's id."""
     return np.random.default_rng([SESSION_SEED, zlib.crc32(request.node.nodeid.encode())])
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators(request):
+    import keras
+
+    keras.utils.set_random_seed(zlib.crc32(f"{SESSION_SEED}/{request.node.nodeid}".encode()))
