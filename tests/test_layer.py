@@ -28,7 +28,7 @@ CASES = [
 
 
 def _random_input(rng, shape):
-    # Non-zero mean and non-unit spread, different per channel.
+    # Non-zero mean and non-unit spread (one of each per call, shared by all channels).
     return rng.normal(size=shape) * rng.uniform(0.5, 3.0) + rng.uniform(-4, 4)
 
 
