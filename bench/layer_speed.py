@@ -33,7 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import datetime  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -44,6 +43,7 @@ from absl import app, flags  # noqa: E402
 from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 
 from gn_keras import GroupNormalization  # noqa: E402
+from train import outputs  # noqa: E402
 
 SHAPES = ((8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024), (2, 56, 56, 256))
 GROUPS = 32
@@ -89,10 +89,10 @@ def _copy_contender(x):
     return call, call
 
 
-def _wait(outputs):
+def _wait(results):
     # TF's CPU runtime returns finished tensors; .numpy() is a zero-copy view
     # that makes the dependence on the result explicit.
-    for t in tf.nest.flatten(outputs):
+    for t in tf.nest.flatten(results):
         t.numpy()
 
 
@@ -238,8 +238,7 @@ def main(argv):
         os.path.dirname(os.path.abspath(__file__)), "results",
         f"layer_speed_{FLAGS.dtype}{'_quick' if FLAGS.quick else ''}.json")
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
+    outputs.write_json_atomically(output, report)
     print(f"\nwrote {output}")
 
 
