@@ -1,11 +1,12 @@
 """gn-keras: Group Normalization (Wu & He, 2018) for Keras 3 and TensorFlow.
 
 The public surface: the ``GroupNormalization`` layer and its functional form
-``group_norm``.
+``group_norm``, and ``portable_ops`` for graphs traced by hand for export.
 """
 
 from gn_keras.functional import group_norm
 from gn_keras.layer import GroupNormalization
+from gn_keras.portable import portable_ops
 
 # The normalization family, model conversion, and the layers they use (the
 # imports also register those layers for loading saved models).
@@ -17,7 +18,7 @@ from gn_keras.weight_convs import WNConv2D, WNConv3D, WSConv2D, WSConv3D
 __version__ = "0.1.0"
 
 __all__ = [
-    "GroupNormalization", "group_norm", "__version__",
+    "GroupNormalization", "group_norm", "portable_ops", "__version__",
     "convert", "norms", "FrozenBatchNormalization", "TemporalReplicatePadding",
     "WNConv2D", "WNConv3D", "WSConv2D", "WSConv3D",
 ]

@@ -36,7 +36,7 @@ import ml_dtypes  # TensorFlow's own numpy dtypes: finfo knows bfloat16
 import numpy as np
 import tensorflow as tf
 
-from gn_keras import load, transfer
+from gn_keras import load, portable, transfer
 
 SERVING_SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_uint8"
@@ -103,6 +103,7 @@ class _Endpoints:
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
 
+@portable.portable_ops()  # never the compiled kernels in an export
 def export_saved_model(model, export_dir, preprocessing, verify=True, tolerance=None):
     """Write ``model`` as a SavedModel for serving and transfer.
 
@@ -145,6 +146,7 @@ def _write_extras(export_dir, model, preprocessing):
         handle.write(model.to_json())
 
 
+@portable.portable_ops()  # never the compiled kernels in an export
 def export_onnx(model, path, preprocessing, opset=ONNX_OPSET):
     """Write the classifier as ONNX (float32 images → logits, probabilities)."""
     import tf2onnx
@@ -214,6 +216,7 @@ def default_tolerance(model):
     return max(DEFAULT_TOLERANCE, ROUNDINGS_ALLOWED * eps)
 
 
+@portable.portable_ops()  # never the compiled kernels in an export
 def export_tflite(model, path, preprocessing):
     """Write the classifier as LiteRT (float32 images → logits, probabilities).
 

@@ -30,14 +30,27 @@ CPU (see docs/performance.md):
   unknown spatial sizes and eager calls run the same ops plainly: nothing
   compiles at load time or per input size.
 
+* Where the optional compiled kernels of :mod:`gn_keras.kernels` are
+  built, channels-last float32/bfloat16/float16 inputs on CPU run them
+  instead, in eager calls and in every graph that stays in this process
+  (training and inference alike); they read the input once for the
+  statistics and once for the output.  Graphs that leave the process
+  (SavedModels, ONNX, LiteRT: :mod:`gn_keras.portable`), graphs compiled
+  whole by XLA, and machines with a GPU keep the TensorFlow ops above.
+
 Second-order gradients are supported: the gradient of the closed-form
 backward is taken by autodiff through the plain forward ops, recomputed.
 """
 
+import functools
 import typing
 
 import tensorflow as tf
 from tensorflow.python.eager import record as _tape_record  # no public query
+from tensorflow.python.framework import ops as _tf_ops
+from tensorflow.python.ops import control_flow_util as _control_flow_util
+
+from gn_keras import kernels, portable
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -61,7 +74,7 @@ def group_norm(x, gamma, beta, groups, axis, epsilon):
     layout = _Layout(channels, groups, axis, float(epsilon), len(x.shape), stats_dtype.name)
     gamma = _affine(gamma, channels, 1.0, stats_dtype)
     beta = _affine(beta, channels, 0.0, stats_dtype)
-    return _normalize_with_closed_form_gradient(x, gamma, beta, layout, _use_xla(x))
+    return _normalize_with_closed_form_gradient(x, gamma, beta, layout, _choose_kernels(x, layout))
 
 
 class _Layout(typing.NamedTuple):
@@ -101,6 +114,41 @@ class _Layout(typing.NamedTuple):
         """Elements per group, M = A·(C/G)·B, as a statistics-dtype scalar."""
         count = tf.shape(x5)[1] * self.group_width * tf.shape(x5)[4]
         return tf.cast(count, self.stats_dtype)
+
+
+class _Kernels(typing.NamedTuple):
+    """One implementation of the forward and the closed-form backward."""
+
+    name: str
+    forward: typing.Callable
+    backward: typing.Callable
+
+
+def _choose_kernels(x, layout):
+    """The fastest implementation allowed for this call (module docstring)."""
+    if _fused_allowed(x, layout) and kernels.load() is not None:
+        return FUSED
+    if _use_xla(x):
+        return XLA
+    return PLAIN
+
+
+def _fused_allowed(x, layout):
+    """Channels last, a dtype the kernels take, CPU, and a graph that stays here."""
+    if layout.axis != layout.rank - 1 or x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+        return False
+    if _gpu_visible():
+        return False
+    if tf.executing_eagerly():
+        return True
+    if _control_flow_util.GraphOrParentsInXlaContext(_tf_ops.get_default_graph()):
+        return False  # XLA compiles the whole graph and knows no custom op
+    return not portable.required()
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _use_xla(x):
@@ -210,19 +258,39 @@ def _backward(x, gamma, dy, statistics, layout):
     return dx, dgamma, dbeta
 
 
+def _fused_forward(x, gamma, beta, layout):
+    """The compiled kernel's forward; statistics (N, G) float32."""
+    y, shift, delta, inv_std = kernels.load().gn_keras_group_norm(
+        x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32),
+        groups=layout.groups, epsilon=layout.epsilon,
+    )  # fmt: skip
+    return y, (shift, delta, inv_std)
+
+
+def _fused_backward(x, gamma, dy, statistics, layout):
+    return kernels.load().gn_keras_group_norm_grad(
+        x, tf.cast(dy, x.dtype), tf.cast(gamma, tf.float32), *statistics, groups=layout.groups
+    )
+
+
+PLAIN = _Kernels("plain", _forward, _backward)
 # One trace per layout, relaxed to any batch and spatial size; TensorFlow
 # still compiles one XLA program per call site and input shape.
-_compiled_forward = tf.function(_forward, jit_compile=True, reduce_retracing=True)
-_compiled_backward = tf.function(_backward, jit_compile=True, reduce_retracing=True)
+XLA = _Kernels(
+    "xla",
+    tf.function(_forward, jit_compile=True, reduce_retracing=True),
+    tf.function(_backward, jit_compile=True, reduce_retracing=True),
+)
+FUSED = _Kernels("fused", _fused_forward, _fused_backward)
 
 
-def _normalize_with_closed_form_gradient(x, gamma, beta, layout, use_xla):
+def _normalize_with_closed_form_gradient(x, gamma, beta, layout, implementation):
     @tf.custom_gradient
     def normalize(x, gamma, beta):
-        y, statistics = (_compiled_forward if use_xla else _forward)(x, gamma, beta, layout)
+        y, statistics = implementation.forward(x, gamma, beta, layout)
 
         def gradient(dy):
-            dx, dgamma, dbeta = _first_order(x, gamma, beta, dy, statistics, layout, use_xla)
+            dx, dgamma, dbeta = _first_order(x, gamma, beta, dy, statistics, layout, implementation)
             return dx, tf.cast(dgamma, gamma.dtype), tf.cast(dbeta, beta.dtype)
 
         return y, gradient
@@ -230,12 +298,12 @@ def _normalize_with_closed_form_gradient(x, gamma, beta, layout, use_xla):
     return normalize(x, gamma, beta)
 
 
-def _first_order(x, gamma, beta, dy, statistics, layout, use_xla):
+def _first_order(x, gamma, beta, dy, statistics, layout, implementation):
     """The closed-form backward, itself differentiable for second order."""
 
     @tf.custom_gradient
     def backward(x, gamma, dy):
-        gradients = (_compiled_backward if use_xla else _backward)(x, gamma, dy, statistics, layout)
+        gradients = implementation.backward(x, gamma, dy, statistics, layout)
 
         def second_order(*upstream):
             return _reverse_over_reverse(x, gamma, beta, dy, upstream, layout)

@@ -12,6 +12,10 @@ import secrets
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The compiled kernels (gn_keras/kernels) must build here: a silent fallback
+# to TensorFlow ops would leave them untested.  Tests that want the
+# fallback set GN_KERAS_KERNELS=off themselves.
+os.environ.setdefault("GN_KERAS_KERNELS", "require")
 
 import numpy as np
 import pytest

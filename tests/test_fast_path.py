@@ -3,8 +3,12 @@
 Values are checked against the float64 NumPy reference; first and second
 derivatives against autodiff of the keras.ops implementation in float64
 (the same ``group_norm`` with the fast path switched off).  Every check runs
-eagerly (plain TF ops) and inside ``tf.function`` with static shapes, where
-the kernels are XLA-compiled clusters.
+eagerly and inside ``tf.function`` with static shapes.  The checks marked
+with the ``kernels_setting`` fixture run twice: on the compiled kernels of
+gn_keras/kernels (float32/16-bit channels-last inputs), and with them
+switched off, on TensorFlow ops (plain eagerly and in inference graphs,
+XLA-compiled clusters in training graphs).  float64 inputs and other
+channel axes always take the TensorFlow ops.
 """
 
 import contextlib
@@ -64,6 +68,13 @@ def _xla_compiled_calls(concrete_function):
             if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
 
 
+@pytest.fixture(params=["compiled", "tf_ops"])
+def kernels_setting(request, monkeypatch):
+    """Runs a check on the compiled kernels, then on TensorFlow ops alone."""
+    monkeypatch.setenv("GN_KERAS_KERNELS", "require" if request.param == "compiled" else "off")
+    return request.param
+
+
 @pytest.fixture
 def keras_ops_path(monkeypatch):
     """A context that sends ``group_norm`` down the keras.ops reference path."""
@@ -100,6 +111,7 @@ def test_dispatch_uses_fast_path_only_without_mask(rng, monkeypatch):
     assert len(calls) == 1
 
 
+@pytest.mark.usefixtures("kernels_setting")
 @pytest.mark.parametrize("mode", VALUE_MODES)
 @pytest.mark.parametrize("shape,axis,groups", CASES)
 @pytest.mark.parametrize("affine", [True, False])
@@ -118,7 +130,8 @@ def test_forward_matches_float64_reference(rng, mode, shape, axis, groups, affin
         np.testing.assert_allclose(y.numpy(), expected, rtol=tolerance, atol=tolerance)
 
 
-def test_only_training_graphs_with_static_sizes_call_xla(rng):
+def test_only_training_graphs_with_static_sizes_call_xla(rng, monkeypatch):
+    monkeypatch.setenv("GN_KERAS_KERNELS", "off")  # the compiled kernels take precedence
     training = tf.function(lambda x: _under_tape(lambda x: group_norm(x, groups=4), x))
     inference = tf.function(lambda x: group_norm(x, groups=4))
     static, dynamic = tf.TensorSpec([None, 5, 5, 8]), tf.TensorSpec([None, None, None, 8])
@@ -163,6 +176,7 @@ def test_gradients_without_gamma_beta(rng, keras_ops_path, mode):
     np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.usefixtures("kernels_setting")
 @pytest.mark.parametrize("mode", MODES)
 def test_float32_gradients_match_float64(rng, keras_ops_path, mode):
     shape, axis, groups = (2, 7, 6, 32), -1, 8
@@ -202,6 +216,7 @@ def test_second_order_gradients_match_keras_ops_autodiff(rng, keras_ops_path, mo
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.usefixtures("kernels_setting")
 @pytest.mark.parametrize("mode", VALUE_MODES)
 def test_mean_1e4_std_1_in_float32(rng, mode):
     """(x − shift) − δ centring keeps float32 accurate far beyond |μ|·eps."""
@@ -214,6 +229,7 @@ def test_mean_1e4_std_1_in_float32(rng, mode):
     np.testing.assert_allclose(y.numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.usefixtures("kernels_setting")
 @pytest.mark.parametrize("mode", VALUE_MODES)
 def test_constant_input_gives_beta_exactly(rng, mode):
     x = np.full((2, 5, 7, 12), rng.uniform(-100, 100), dtype="float32")
@@ -222,6 +238,7 @@ def test_constant_input_gives_beta_exactly(rng, mode):
     np.testing.assert_array_equal(y.numpy(), np.broadcast_to(beta, x.shape))
 
 
+@pytest.mark.usefixtures("kernels_setting")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_graph_statistics_in_float32(rng, dtype):
     x = tf.constant(_input(rng, (2, 6, 5, 16)), dtype)
@@ -264,6 +281,7 @@ def _fit(x, labels, jit_compile, policy="float32"):
     return history.history["loss"], model.get_weights()
 
 
+@pytest.mark.usefixtures("kernels_setting")
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_matches_keras_ops_path(rng, keras_ops_path, jit_compile):
     x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
@@ -276,6 +294,7 @@ def test_fit_matches_keras_ops_path(rng, keras_ops_path, jit_compile):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("kernels_setting")
 def test_mixed_bfloat16_fit_keeps_float32_gamma(rng):
     x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
     loss, weights = _fit(x, rng.integers(0, 5, size=8), jit_compile=False, policy="mixed_bfloat16")
@@ -283,19 +302,21 @@ def test_mixed_bfloat16_fit_keeps_float32_gamma(rng):
     assert weights[2].dtype == np.float32 and np.all(np.isfinite(weights[2]))
 
 
-def _xla_only_parts(saved_model_pb):
-    """XLA-only ops, XLA-marked ops and XLA-compiled functions in a SavedModel."""
+def _non_standard_parts(saved_model_pb):
+    """XLA-only ops, XLA-marked ops, XLA-compiled functions and gn_keras's
+    compiled-kernel ops in a SavedModel."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel.FromString(saved_model_pb.read_bytes())
     found = []
     for graph in (meta.graph_def for meta in saved.meta_graphs):
         nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-        found += [n.op for n in nodes if n.op.startswith(("Xla", "_Xla")) or "_XlaCompile" in n.attr]
+        found += [n.op for n in nodes if n.op.startswith(("Xla", "_Xla", "GnKeras")) or "_XlaCompile" in n.attr]
         found += [f.signature.name for f in graph.library.function if "_XlaMustCompile" in f.attr]
     return found
 
 
+@pytest.mark.usefixtures("kernels_setting")
 def test_exports_reload_and_convert_with_standard_ops(rng, tmp_path):
     import onnxruntime
     from ai_edge_litert.interpreter import Interpreter
@@ -307,7 +328,7 @@ def test_exports_reload_and_convert_with_standard_ops(rng, tmp_path):
     model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
     reloaded = tf.saved_model.load(str(tmp_path / "saved"))
     np.testing.assert_allclose(reloaded.serve(x[:2]).numpy(), expected[:2], rtol=1e-5, atol=1e-5)
-    assert _xla_only_parts(tmp_path / "saved" / "saved_model.pb") == []
+    assert _non_standard_parts(tmp_path / "saved" / "saved_model.pb") == []
 
     model.export(str(tmp_path / "model.onnx"), format="onnx", verbose=False)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
@@ -321,6 +342,7 @@ def test_exports_reload_and_convert_with_standard_ops(rng, tmp_path):
     np.testing.assert_allclose(lite_y, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("kernels_setting")
 def test_mirrored_strategy_fit_matches_one_device(rng, tmp_path):
     x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
     labels = rng.integers(0, 5, size=8)

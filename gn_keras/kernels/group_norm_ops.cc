@@ -1,0 +1,488 @@
+// Fused CPU kernels for Group Normalization of a channels-last tensor.
+//
+// Optional: gn_keras/kernels/__init__.py compiles this file against the
+// installed TensorFlow on first use, and gn_keras/tf_fast.py falls back to
+// plain TensorFlow ops when it cannot.  The math is that of tf_fast.py's
+// reference ops (the paper's Eqns. 1, 2, 6 and the closed-form gradient):
+//
+// * x is viewed as (N, A, C), C the last (channel) axis and A every axis in
+//   between; group g holds channels [g*W, (g+1)*W), W = C / G.
+// * Every group is shifted by its first element s (x[n, 0, g*W]), so a
+//   constant group has d = x - s = 0 exactly and normalizes to beta.
+// * Statistics are float32 (double when combining partial sums).  The
+//   variance is two-pass within each block of rows, where the block is
+//   still in cache, and blocks are merged with Chan's pairwise formula, so
+//   the tensor is read from memory once for the statistics.
+// * The forward writes y = d * scale + offset (scale = gamma / sigma); the
+//   backward reads x and dy once for its two per-channel sums and once more
+//   to write dx.
+//
+// Work is split into blocks of rows of one sample, run on TensorFlow's
+// intra-op thread pool.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace gn_keras {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+namespace shape_inference = tensorflow::shape_inference;
+
+// ---- element conversions: every kernel computes in float -------------------
+
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(Eigen::half v) { return static_cast<float>(v); }
+inline float ToFloat(Eigen::bfloat16 v) {
+  uint16_t raw;
+  std::memcpy(&raw, &v, sizeof(raw));
+  uint32_t bits = static_cast<uint32_t>(raw) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+template <typename T>
+inline T FromFloat(float v);
+template <>
+inline float FromFloat<float>(float v) { return v; }
+template <>
+inline Eigen::half FromFloat<Eigen::half>(float v) {
+  return static_cast<Eigen::half>(v);
+}
+template <>
+inline Eigen::bfloat16 FromFloat<Eigen::bfloat16>(float v) {
+  // Round to nearest even, as TensorFlow's Cast does; NaN stays NaN.
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  uint16_t raw = std::isnan(v) ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+  Eigen::bfloat16 out;
+  std::memcpy(&out, &raw, sizeof(raw));
+  return out;
+}
+
+// ---- layout and blocks -------------------------------------------------------
+
+struct Layout {
+  int64_t n = 0, a = 0, c = 0, groups = 0, width = 0;
+  int64_t rows_per_block = 1, blocks_per_sample = 1;
+
+  int64_t Blocks() const { return n * blocks_per_sample; }
+  int64_t GroupCount() const { return a * width; }
+};
+
+// About 16K elements per block: a block of float32 stays in L2 between the
+// two sweeps that compute its statistics.
+constexpr int64_t kBlockElements = 16384;
+
+tensorflow::Status MakeLayout(const Tensor& x, int64_t groups, Layout* layout) {
+  if (x.dims() < 2) {
+    return InvalidArgument("x must have rank >= 2, got shape ", x.shape().DebugString());
+  }
+  Layout& l = *layout;
+  l.n = x.dim_size(0);
+  l.c = x.dim_size(x.dims() - 1);
+  l.a = 1;
+  for (int i = 1; i < x.dims() - 1; ++i) l.a *= x.dim_size(i);
+  if (l.c % groups != 0) {
+    return InvalidArgument("groups=", groups, " does not divide the ", l.c, " channels");
+  }
+  l.groups = groups;
+  l.width = l.c / groups;
+  l.rows_per_block = std::max<int64_t>(1, std::min<int64_t>(l.a, kBlockElements / std::max<int64_t>(l.c, 1)));
+  l.blocks_per_sample = l.a == 0 ? 0 : (l.a + l.rows_per_block - 1) / l.rows_per_block;
+  return tensorflow::OkStatus();
+}
+
+// Runs fn(block) for every block of every sample on the intra-op pool.
+template <typename Fn>
+void ForEachBlock(OpKernelContext* context, const Layout& l, int64_t cost_per_block, Fn fn) {
+  auto* workers = context->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(workers->num_threads, workers->workers, l.Blocks(), cost_per_block,
+                    [&](int64_t begin, int64_t end) {
+                      for (int64_t block = begin; block < end; ++block) fn(block);
+                    });
+}
+
+// Rows [first, last) of block `block`, as offsets into the flat tensor.
+struct BlockRange {
+  int64_t sample, first_row, rows;
+};
+
+inline BlockRange RangeOf(const Layout& l, int64_t block) {
+  BlockRange r;
+  r.sample = block / l.blocks_per_sample;
+  r.first_row = (block % l.blocks_per_sample) * l.rows_per_block;
+  r.rows = std::min(l.rows_per_block, l.a - r.first_row);
+  return r;
+}
+
+// Per-(sample, channel) copy of each group's shift x[n, 0, g*W].
+template <typename T>
+std::vector<float> ChannelShifts(const T* x, const Layout& l, float* group_shift) {
+  std::vector<float> shift(l.n * l.c);
+  for (int64_t s = 0; s < l.n; ++s) {
+    const T* first_row = x + s * l.a * l.c;
+    for (int64_t g = 0; g < l.groups; ++g) {
+      float value = ToFloat(first_row[g * l.width]);
+      group_shift[s * l.groups + g] = value;
+      std::fill_n(shift.data() + s * l.c + g * l.width, l.width, value);
+    }
+  }
+  return shift;
+}
+
+// ---- forward -----------------------------------------------------------------
+
+// Per block and channel: the block's sum of d and its centred sum of squares.
+template <typename T>
+void BlockMoments(const T* x, const float* shift, const Layout& l, const BlockRange& r,
+                  float* sum, float* m2) {
+  const int64_t c = l.c;
+  const T* rows = x + (r.sample * l.a + r.first_row) * c;
+  std::fill_n(sum, c, 0.0f);
+  std::fill_n(m2, c, 0.0f);
+  for (int64_t i = 0; i < r.rows; ++i) {
+    const T* row = rows + i * c;
+    for (int64_t j = 0; j < c; ++j) sum[j] += ToFloat(row[j]) - shift[j];
+  }
+  const float inv_rows = 1.0f / static_cast<float>(r.rows);
+  std::vector<float> mean(c);
+  for (int64_t j = 0; j < c; ++j) mean[j] = sum[j] * inv_rows;
+  for (int64_t i = 0; i < r.rows; ++i) {
+    const T* row = rows + i * c;
+    for (int64_t j = 0; j < c; ++j) {
+      float centred = (ToFloat(row[j]) - shift[j]) - mean[j];
+      m2[j] += centred * centred;
+    }
+  }
+}
+
+// Merges the blocks' moments into each group's mean of d and inverse std.
+void GroupMoments(const std::vector<float>& sums, const std::vector<float>& m2s, const Layout& l,
+                  float epsilon, float* delta, float* inv_std) {
+  const double count = static_cast<double>(l.GroupCount());
+  for (int64_t s = 0; s < l.n; ++s) {
+    for (int64_t g = 0; g < l.groups; ++g) {
+      double total = 0.0;
+      for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
+        const float* sum = sums.data() + (s * l.blocks_per_sample + b) * l.c + g * l.width;
+        for (int64_t j = 0; j < l.width; ++j) total += sum[j];
+      }
+      const double mean = total / count;
+      double m2 = 0.0;
+      for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
+        const int64_t block = s * l.blocks_per_sample + b;
+        const double rows = static_cast<double>(RangeOf(l, block).rows);
+        const float* sum = sums.data() + block * l.c + g * l.width;
+        const float* m2_block = m2s.data() + block * l.c + g * l.width;
+        for (int64_t j = 0; j < l.width; ++j) {
+          const double gap = sum[j] / rows - mean;  // Chan et al.'s merge
+          m2 += m2_block[j] + rows * gap * gap;
+        }
+      }
+      delta[s * l.groups + g] = static_cast<float>(mean);
+      inv_std[s * l.groups + g] = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
+    }
+  }
+}
+
+template <typename T>
+void WriteNormalized(const T* x, const float* shift, const float* scale, const float* offset,
+                     const Layout& l, const BlockRange& r, T* y) {
+  const int64_t c = l.c;
+  const int64_t start = (r.sample * l.a + r.first_row) * c;
+  for (int64_t i = 0; i < r.rows; ++i) {
+    const T* row = x + start + i * c;
+    T* out = y + start + i * c;
+    for (int64_t j = 0; j < c; ++j) {
+      out[j] = FromFloat<T>((ToFloat(row[j]) - shift[j]) * scale[j] + offset[j]);
+    }
+  }
+}
+
+template <typename T>
+class GroupNormOp : public OpKernel {
+ public:
+  explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& gamma = context->input(1);
+    const Tensor& beta = context->input(2);
+    Layout l;
+    OP_REQUIRES_OK(context, MakeLayout(x, groups_, &l));
+    OP_REQUIRES(context, gamma.NumElements() == l.c && beta.NumElements() == l.c,
+                InvalidArgument("gamma and beta must hold ", l.c, " values"));
+    Tensor *y, *shift_out, *delta_out, *inv_std_out;
+    const TensorShape stats_shape({l.n, l.groups});
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(context, context->allocate_output(1, stats_shape, &shift_out));
+    OP_REQUIRES_OK(context, context->allocate_output(2, stats_shape, &delta_out));
+    OP_REQUIRES_OK(context, context->allocate_output(3, stats_shape, &inv_std_out));
+    if (x.NumElements() == 0) {  // empty groups: no statistics, as 0/0 would give
+      shift_out->flat<float>().setZero();
+      delta_out->flat<float>().setConstant(std::nanf(""));
+      inv_std_out->flat<float>().setConstant(std::nanf(""));
+      return;
+    }
+
+    const T* xs = x.flat<T>().data();
+    float* group_shift = shift_out->flat<float>().data();
+    float* delta = delta_out->flat<float>().data();
+    float* inv_std = inv_std_out->flat<float>().data();
+    const std::vector<float> shift = ChannelShifts(xs, l, group_shift);
+
+    std::vector<float> sums(l.Blocks() * l.c), m2s(l.Blocks() * l.c);
+    const int64_t block_cost = l.rows_per_block * l.c * 6;
+    ForEachBlock(context, l, block_cost, [&](int64_t block) {
+      const BlockRange r = RangeOf(l, block);
+      BlockMoments(xs, shift.data() + r.sample * l.c, l, r, sums.data() + block * l.c,
+                   m2s.data() + block * l.c);
+    });
+    GroupMoments(sums, m2s, l, epsilon_, delta, inv_std);
+
+    // y = d * (gamma / sigma) + (beta - mean(d) * gamma / sigma), per channel.
+    const float* g = gamma.flat<float>().data();
+    const float* b = beta.flat<float>().data();
+    std::vector<float> scale(l.n * l.c), offset(l.n * l.c);
+    for (int64_t s = 0; s < l.n; ++s) {
+      for (int64_t j = 0; j < l.c; ++j) {
+        const int64_t group = s * l.groups + j / l.width;
+        scale[s * l.c + j] = inv_std[group] * g[j];
+        offset[s * l.c + j] = b[j] - delta[group] * scale[s * l.c + j];
+      }
+    }
+    T* ys = y->flat<T>().data();
+    ForEachBlock(context, l, l.rows_per_block * l.c * 3, [&](int64_t block) {
+      const BlockRange r = RangeOf(l, block);
+      const int64_t at = r.sample * l.c;
+      WriteNormalized(xs, shift.data() + at, scale.data() + at, offset.data() + at, l, r, ys);
+    });
+  }
+
+ private:
+  int64_t groups_;
+  float epsilon_;
+};
+
+// ---- backward ----------------------------------------------------------------
+
+// Per block and channel: sum of dy and sum of dy * (d - mean(d)).
+template <typename T>
+void BlockGradientSums(const T* x, const T* dy, const float* centre_shift, const float* centre,
+                       const Layout& l, const BlockRange& r, float* sum_dy, float* sum_dy_centred) {
+  const int64_t c = l.c;
+  const int64_t start = (r.sample * l.a + r.first_row) * c;
+  std::fill_n(sum_dy, c, 0.0f);
+  std::fill_n(sum_dy_centred, c, 0.0f);
+  for (int64_t i = 0; i < r.rows; ++i) {
+    const T* x_row = x + start + i * c;
+    const T* dy_row = dy + start + i * c;
+    for (int64_t j = 0; j < c; ++j) {
+      const float g = ToFloat(dy_row[j]);
+      sum_dy[j] += g;
+      sum_dy_centred[j] += g * ((ToFloat(x_row[j]) - centre_shift[j]) - centre[j]);
+    }
+  }
+}
+
+template <typename T>
+void WriteInputGradient(const T* x, const T* dy, const float* centre_shift, const float* centre,
+                        const float* dy_scale, const float* centred_scale, const float* bias,
+                        const Layout& l, const BlockRange& r, T* dx) {
+  const int64_t c = l.c;
+  const int64_t start = (r.sample * l.a + r.first_row) * c;
+  for (int64_t i = 0; i < r.rows; ++i) {
+    const T* x_row = x + start + i * c;
+    const T* dy_row = dy + start + i * c;
+    T* out = dx + start + i * c;
+    for (int64_t j = 0; j < c; ++j) {
+      const float centred = (ToFloat(x_row[j]) - centre_shift[j]) - centre[j];
+      out[j] = FromFloat<T>(dy_scale[j] * ToFloat(dy_row[j]) - centred_scale[j] * centred - bias[j]);
+    }
+  }
+}
+
+// Per-(sample, channel) vectors of a per-(sample, group) statistic.
+std::vector<float> PerChannel(const float* per_group, const Layout& l) {
+  std::vector<float> out(l.n * l.c);
+  for (int64_t s = 0; s < l.n; ++s) {
+    for (int64_t j = 0; j < l.c; ++j) out[s * l.c + j] = per_group[s * l.groups + j / l.width];
+  }
+  return out;
+}
+
+template <typename T>
+class GroupNormGradOp : public OpKernel {
+ public:
+  explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& dy = context->input(1);
+    Layout l;
+    OP_REQUIRES_OK(context, MakeLayout(x, groups_, &l));
+    OP_REQUIRES(context, dy.shape() == x.shape(),
+                InvalidArgument("dy shape ", dy.shape().DebugString(), " != x shape ",
+                                x.shape().DebugString()));
+    for (int i = 3; i < 6; ++i) {
+      OP_REQUIRES(context, context->input(i).NumElements() == l.n * l.groups,
+                  InvalidArgument("statistics must have shape [", l.n, ", ", l.groups, "]"));
+    }
+    OP_REQUIRES(context, context->input(2).NumElements() == l.c,
+                InvalidArgument("gamma must hold ", l.c, " values"));
+    Tensor *dx_out, *dgamma_out, *dbeta_out;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx_out));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({l.c}), &dgamma_out));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({l.c}), &dbeta_out));
+    float* dgamma = dgamma_out->flat<float>().data();
+    float* dbeta = dbeta_out->flat<float>().data();
+    std::fill_n(dgamma, l.c, 0.0f);
+    std::fill_n(dbeta, l.c, 0.0f);
+    if (x.NumElements() == 0) return;
+
+    const T* xs = x.flat<T>().data();
+    const T* dys = dy.flat<T>().data();
+    const float* gamma = context->input(2).flat<float>().data();
+    const float* inv_std = context->input(5).flat<float>().data();
+    const std::vector<float> shift = PerChannel(context->input(3).flat<float>().data(), l);
+    const std::vector<float> delta = PerChannel(context->input(4).flat<float>().data(), l);
+
+    std::vector<float> sums(l.Blocks() * l.c), centred_sums(l.Blocks() * l.c);
+    ForEachBlock(context, l, l.rows_per_block * l.c * 6, [&](int64_t block) {
+      const BlockRange r = RangeOf(l, block);
+      const int64_t at = r.sample * l.c;
+      BlockGradientSums(xs, dys, shift.data() + at, delta.data() + at, l, r,
+                        sums.data() + block * l.c, centred_sums.data() + block * l.c);
+    });
+
+    // Per channel: dbeta = sum dy, dgamma = sum dy * xhat.  Per group: the
+    // means of gamma*dy and gamma*dy*xhat, the terms the mean and the
+    // variance contribute to dx.
+    const double count = static_cast<double>(l.GroupCount());
+    std::vector<float> dy_scale(l.n * l.c), centred_scale(l.n * l.c), bias(l.n * l.c);
+    std::vector<double> sum_dy(l.c), sum_dy_centred(l.c);
+    for (int64_t s = 0; s < l.n; ++s) {
+      std::fill(sum_dy.begin(), sum_dy.end(), 0.0);
+      std::fill(sum_dy_centred.begin(), sum_dy_centred.end(), 0.0);
+      for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
+        const int64_t block = s * l.blocks_per_sample + b;
+        for (int64_t j = 0; j < l.c; ++j) {
+          sum_dy[j] += sums[block * l.c + j];
+          sum_dy_centred[j] += centred_sums[block * l.c + j];
+        }
+      }
+      for (int64_t g = 0; g < l.groups; ++g) {
+        const double istd = inv_std[s * l.groups + g];
+        double mean_gdy = 0.0, mean_gdy_xhat = 0.0;
+        for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
+          dbeta[j] += static_cast<float>(sum_dy[j]);
+          dgamma[j] += static_cast<float>(sum_dy_centred[j] * istd);
+          mean_gdy += gamma[j] * sum_dy[j];
+          mean_gdy_xhat += gamma[j] * sum_dy_centred[j];
+        }
+        mean_gdy /= count;
+        mean_gdy_xhat *= istd / count;
+        for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
+          dy_scale[s * l.c + j] = static_cast<float>(istd * gamma[j]);
+          centred_scale[s * l.c + j] = static_cast<float>(istd * istd * mean_gdy_xhat);
+          bias[s * l.c + j] = static_cast<float>(istd * mean_gdy);
+        }
+      }
+    }
+
+    T* dx = dx_out->flat<T>().data();
+    ForEachBlock(context, l, l.rows_per_block * l.c * 6, [&](int64_t block) {
+      const BlockRange r = RangeOf(l, block);
+      const int64_t at = r.sample * l.c;
+      WriteInputGradient(xs, dys, shift.data() + at, delta.data() + at, dy_scale.data() + at,
+                         centred_scale.data() + at, bias.data() + at, l, r, dx);
+    });
+  }
+
+ private:
+  int64_t groups_;
+};
+
+// ---- registration ------------------------------------------------------------
+
+tensorflow::Status ForwardShape(shape_inference::InferenceContext* c) {
+  int64_t groups;
+  TF_RETURN_IF_ERROR(c->GetAttr("groups", &groups));
+  shape_inference::ShapeHandle x = c->input(0);
+  c->set_output(0, x);
+  shape_inference::DimensionHandle n =
+      c->RankKnown(x) ? c->Dim(x, 0) : c->UnknownDim();
+  for (int i = 1; i < 4; ++i) c->set_output(i, c->Matrix(n, groups));
+  return tensorflow::OkStatus();
+}
+
+tensorflow::Status BackwardShape(shape_inference::InferenceContext* c) {
+  c->set_output(0, c->input(0));
+  shape_inference::ShapeHandle x = c->input(0);
+  shape_inference::DimensionHandle channels =
+      c->RankKnown(x) ? c->Dim(x, -1) : c->UnknownDim();
+  c->set_output(1, c->Vector(channels));
+  c->set_output(2, c->Vector(channels));
+  return tensorflow::OkStatus();
+}
+
+REGISTER_OP("GnKerasGroupNorm")
+    .Input("x: T")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Output("y: T")
+    .Output("shift: float")
+    .Output("delta: float")
+    .Output("inv_std: float")
+    .Attr("T: {half, bfloat16, float}")
+    .Attr("groups: int >= 1")
+    .Attr("epsilon: float")
+    .SetShapeFn(ForwardShape);
+
+REGISTER_OP("GnKerasGroupNormGrad")
+    .Input("x: T")
+    .Input("dy: T")
+    .Input("gamma: float")
+    .Input("shift: float")
+    .Input("delta: float")
+    .Input("inv_std: float")
+    .Output("dx: T")
+    .Output("dgamma: float")
+    .Output("dbeta: float")
+    .Attr("T: {half, bfloat16, float}")
+    .Attr("groups: int >= 1")
+    .SetShapeFn(BackwardShape);
+
+#define GN_KERAS_REGISTER(T)                                                              \
+  REGISTER_KERNEL_BUILDER(                                                                \
+      Name("GnKerasGroupNorm").Device(DEVICE_CPU).TypeConstraint<T>("T"), GroupNormOp<T>); \
+  REGISTER_KERNEL_BUILDER(                                                                \
+      Name("GnKerasGroupNormGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),             \
+      GroupNormGradOp<T>);
+
+GN_KERAS_REGISTER(float)
+GN_KERAS_REGISTER(Eigen::half)
+GN_KERAS_REGISTER(Eigen::bfloat16)
+
+}  // namespace gn_keras

@@ -1,0 +1,196 @@
+"""The optional compiled kernels (gn_keras/kernels) and when they are used.
+
+Values are checked against the float64 NumPy reference of the paper's
+equations, gradients against float64 autodiff of the keras.ops
+implementation (the same ``group_norm`` with the fast path switched off).
+The shapes span several of the kernel's row blocks, with an uneven last
+block, which the small shapes of test_fast_path.py do not.  The rest checks
+the build cache, the fallback, and that graphs that leave the process
+(SavedModels, converters, ``portable_ops``) never hold the kernels' ops.
+"""
+
+import contextlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gn_keras
+from gn_keras import group_norm, kernels, tf_fast
+from gn_reference import group_norm_reference
+from subprocess_utils import run_python
+
+# (shape, groups): rows per block = 16384 // C, so these have 5, 6 and 2
+# blocks per sample, the last one short.
+BLOCK_CASES = [((2, 37, 29, 64), 8), ((1, 9, 5, 2048), 32), ((3, 20, 1024), 32)]
+
+
+def _input(rng, shape):
+    return rng.normal(size=shape) * rng.uniform(0.5, 3.0) + rng.uniform(-4, 4)
+
+
+@pytest.fixture
+def chosen(monkeypatch):
+    """Names of the implementations ``group_norm`` picks, call by call."""
+    names = []
+    original = tf_fast._choose_kernels
+    monkeypatch.setattr(tf_fast, "_choose_kernels", lambda *a: names.append(original(*a).name) or original(*a))
+    return names
+
+
+@contextlib.contextmanager
+def _keras_ops_path():
+    original = tf_fast.supports
+    tf_fast.supports = lambda x: False
+    try:
+        yield
+    finally:
+        tf_fast.supports = original
+
+
+def _op_types(concrete_function):
+    graph = concrete_function.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return {n.op for n in nodes}
+
+
+def test_required_kernels_are_built_and_cached(monkeypatch):
+    assert kernels.mode() == "require"  # tests/conftest.py
+    path = kernels.build()
+    assert os.path.isfile(path) and kernels.load() is not None
+
+    def no_compiler(command):
+        raise AssertionError("a cached build must not compile again")
+
+    monkeypatch.setattr(kernels, "_run_compiler", no_compiler)
+    assert kernels.build() == path
+
+
+def test_invalid_setting_names_the_variable_and_value(monkeypatch):
+    monkeypatch.setenv("GN_KERAS_KERNELS", "fastest")
+    with pytest.raises(ValueError, match=r"GN_KERAS_KERNELS='fastest'.*auto, off, require"):
+        kernels.load()
+
+
+def test_without_a_compiler_auto_falls_back_and_require_fails(rng, tmp_path):
+    x = _input(rng, (2, 4, 4, 8)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    code = f"""
+        import warnings, numpy as np, gn_keras
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = gn_keras.group_norm(x, groups=4)
+        print([str(w.message) for w in caught if "compiled kernels" in str(w.message)])
+        np.save({str(tmp_path / 'y.npy')!r}, np.asarray(y))
+    """
+    env = {"CXX": str(tmp_path / "no-such-compiler"), "GN_KERAS_CACHE_DIR": str(tmp_path / "cache")}
+    printed = run_python(code, env={**env, "GN_KERAS_KERNELS": "auto"})
+    assert "no working C++ compiler" in printed
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), group_norm_reference(x, groups=4), atol=2e-5)
+    with pytest.raises(AssertionError, match="KernelBuildError: GN_KERAS_KERNELS=require"):
+        run_python(code, env={**env, "GN_KERAS_KERNELS": "require"})
+
+
+@pytest.mark.parametrize("shape,groups", BLOCK_CASES)
+def test_values_and_gradients_across_blocks(rng, chosen, shape, groups):
+    x, upstream = _input(rng, shape), rng.normal(size=shape)
+    gamma, beta = rng.normal(1.0, 0.5, shape[-1]), rng.normal(0.0, 0.5, shape[-1])
+
+    def forward_backward(x, gamma, beta, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y = group_norm(x, gamma, beta, groups=groups)
+        return [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
+
+    ours = tf.function(forward_backward)(*(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)))
+    assert chosen == ["fused"]
+    with _keras_ops_path():
+        reference = forward_backward(*(tf.constant(v) for v in (x, gamma, beta, upstream)))
+    reference[0] = group_norm_reference(x, gamma, beta, groups)
+    for got, want in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("bfloat16", 3e-2), ("float16", 3e-3)])
+def test_16_bit_inputs_round_once_from_float32(rng, chosen, dtype, tolerance):
+    shape, groups = BLOCK_CASES[0]
+    x = tf.constant(_input(rng, shape), dtype)
+    gamma, beta = (tf.constant(v, "float32") for v in (rng.normal(1, 0.3, 64), rng.normal(0, 0.3, 64)))
+    y = group_norm(x, gamma, beta, groups=groups)
+    assert chosen == ["fused"] and y.dtype == x.dtype
+    expected = group_norm_reference(tf.cast(x, tf.float64).numpy(), gamma.numpy(), beta.numpy(), groups)
+    np.testing.assert_allclose(tf.cast(y, tf.float64).numpy(), expected, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nan_stays_in_its_group(rng, dtype):
+    x = _input(rng, (2, 6, 6, 16))
+    x[1, 2, 3, 5] = np.nan  # sample 1, group 1 of 4
+    y = tf.cast(group_norm(tf.constant(x, dtype), groups=4), tf.float32).numpy()
+    poisoned = np.zeros(y.shape, bool)
+    poisoned[1, :, :, 4:8] = True
+    assert np.isnan(y[poisoned]).all() and np.isfinite(y[~poisoned]).all()
+
+
+def test_results_are_bitwise_repeatable(rng):
+    x = tf.constant(_input(rng, BLOCK_CASES[1][0]), "float32")
+    first, second = (group_norm(x, groups=32).numpy() for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+
+
+def test_empty_batch(chosen):
+    x = tf.zeros([0, 4, 4, 8])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = group_norm(x, groups=4)
+    assert y.shape == x.shape and tape.gradient(y, x).shape == x.shape and chosen == ["fused"]
+
+
+def test_graphs_that_stay_in_process_use_the_kernels(chosen):
+    spec = tf.TensorSpec([None, 5, 5, 8])
+
+    @tf.function
+    def training(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = group_norm(x, groups=4)
+        return tape.gradient(y, x)
+
+    inference = tf.function(lambda x: group_norm(x, groups=4))
+    assert {"GnKerasGroupNorm", "GnKerasGroupNormGrad"} <= _op_types(training.get_concrete_function(spec))
+    assert "GnKerasGroupNorm" in _op_types(inference.get_concrete_function(spec))
+    group_norm(tf.ones([1, 2, 2, 8]), groups=4)  # eager
+    assert chosen == ["fused", "fused", "fused"]
+
+
+def test_other_inputs_and_portable_graphs_use_tensorflow_ops(chosen):
+    normalize = tf.function(lambda x, axis: group_norm(x, groups=4, axis=axis))
+    cases = [
+        (tf.TensorSpec([None, 8, 5, 5]), 1),  # channels first
+        (tf.TensorSpec([None, 5, 5, 8], tf.float64), -1),  # float64
+    ]
+    for spec, axis in cases:
+        assert not any(op.startswith("GnKeras") for op in _op_types(normalize.get_concrete_function(spec, axis)))
+    with gn_keras.portable_ops():
+        portable = tf.function(lambda x: group_norm(x, groups=4)).get_concrete_function(tf.TensorSpec([None, 5, 5, 8]))
+    assert not any(op.startswith("GnKeras") for op in _op_types(portable))
+
+    whole_xla = tf.function(lambda x: group_norm(x, groups=4), jit_compile=True)
+    x = tf.random.normal([2, 5, 5, 8])
+    np.testing.assert_allclose(whole_xla(x).numpy(), group_norm_reference(x.numpy(), groups=4), atol=2e-5)
+    assert chosen == ["plain", "plain", "plain", "plain"]
+
+
+def test_saved_model_traced_in_save_context_holds_standard_ops(rng, tmp_path):
+    module = tf.Module()
+    module.layer = gn_keras.GroupNormalization(groups=4)
+    module.layer.build((None, 5, 5, 8))
+    module.serve = tf.function(lambda x: module.layer(x), input_signature=[tf.TensorSpec([None, 5, 5, 8])])
+    tf.saved_model.save(module, str(tmp_path))
+    with open(tmp_path / "saved_model.pb", "rb") as saved:
+        assert b"GnKeras" not in saved.read()
+    x = _input(rng, (2, 5, 5, 8)).astype("float32")
+    reloaded = tf.saved_model.load(str(tmp_path))
+    np.testing.assert_allclose(reloaded.serve(x).numpy(), group_norm_reference(x, groups=4), atol=2e-5)
