@@ -3,7 +3,10 @@
 One command prints, for each ResNet-50 stage shape (NHWC, G=32), the median
 time of the forward pass and of forward+backward (dx, dγ, dβ) for
 
-* ``ours``: ``gn_keras.GroupNormalization``;
+* ``ours``: ``gn_keras.GroupNormalization``, on the compiled kernels of
+  ``gn_keras.kernels`` (the script requires them);
+* ``ours_tf_ops``: the same layer traced with ``GN_KERAS_KERNELS=off``: the
+  TensorFlow-ops fallback (XLA-compiled in the forward+backward graph);
 * ``keras_gn``: ``keras.layers.GroupNormalization`` (same epsilon);
 * ``keras_bn``: ``keras.layers.BatchNormalization`` in training mode;
 * ``torch_gn``: ``torch.nn.functional.group_norm`` on the same bytes
@@ -32,6 +35,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The compiled kernels must build: "ours" would silently measure the fallback.
+os.environ.setdefault("GN_KERAS_KERNELS", "require")
+
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -53,7 +60,7 @@ RATIOS = {
     "forward": (("ours", "keras_gn", None), ("ours", "keras_bn", None),
                 ("ours", "torch_gn", None), ("ours", "copy", 3.0)),
     "forward_backward": (("ours", "keras_gn", 0.5), ("ours", "keras_bn", 1.0),
-                         ("ours", "torch_gn", 1.0)),
+                         ("ours", "torch_gn", 1.0), ("ours_tf_ops", "keras_gn", None)),
 }
 
 FLAGS = flags.FLAGS
@@ -64,8 +71,11 @@ flags.DEFINE_bool("quick", False, "Smoke run: 5 repeats and only the 2x56x56x256
 flags.DEFINE_string("output", None, "JSON path; default bench/results/layer_speed_<dtype>[_quick].json.")
 
 
-def _keras_contender(layer, x, dy, training=None):
-    """Forward and forward+backward tf.functions of a Keras layer on x."""
+def _keras_contender(layer, x, dy, training=None, kernels="require"):
+    """Forward and forward+backward tf.functions of a Keras layer on x.
+
+    ``kernels`` is the ``GN_KERAS_KERNELS`` setting the graphs are traced with.
+    """
     kwargs = {} if training is None else {"training": training}
     layer(x, **kwargs)  # build, so the weights exist before tracing
 
@@ -80,7 +90,23 @@ def _keras_contender(layer, x, dy, training=None):
             y = layer(x, **kwargs)
         return tape.gradient(y, [x] + layer.trainable_variables, output_gradients=dy)
 
+    with _kernels_setting(kernels):  # later calls reuse these traces
+        forward.get_concrete_function(x)
+        forward_backward.get_concrete_function(x, dy)
     return lambda: _wait(forward(x)), lambda: _wait(forward_backward(x, dy))
+
+
+@contextlib.contextmanager
+def _kernels_setting(value):
+    previous = os.environ.get("GN_KERAS_KERNELS")
+    os.environ["GN_KERAS_KERNELS"] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["GN_KERAS_KERNELS"]
+        else:
+            os.environ["GN_KERAS_KERNELS"] = previous
 
 
 def _copy_contender(x):
@@ -132,6 +158,8 @@ def _contenders(shape, dtype, rng):
     policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
     contenders = {
         "ours": _keras_contender(GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy),
+        "ours_tf_ops": _keras_contender(
+            GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy, kernels="off"),
         "keras_gn": _keras_contender(
             keras.layers.GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy),
         "keras_bn": _keras_contender(
@@ -198,7 +226,7 @@ def measure(shapes, dtype, repeats, seed=0):
 def format_table(results, mode, clock="wall"):
     """A Markdown table: one row per shape, medians in ms then the ratios."""
     time_key, ratio_key = {"wall": ("median_ms", "ratios"), "cpu": ("cpu_median_ms", "cpu_ratios")}[clock]
-    names = [n for n in ("ours", "keras_gn", "keras_bn", "torch_gn", "copy")
+    names = [n for n in ("ours", "ours_tf_ops", "keras_gn", "keras_bn", "torch_gn", "copy")
              if n in results[0][mode]["times"]]
     ratio_names = list(results[0][mode][ratio_key])
     header = ["shape"] + [f"{n} ms" for n in names] + ratio_names

@@ -108,14 +108,38 @@ tensorflow::Status MakeLayout(const Tensor& x, int64_t groups, Layout* layout) {
   return tensorflow::OkStatus();
 }
 
-// Runs fn(block) for every block of every sample on the intra-op pool.
-template <typename Fn>
-void ForEachBlock(OpKernelContext* context, const Layout& l, int64_t cost_per_block, Fn fn) {
+// The schedule both kernels share: sweep(block) for every block, then
+// finish(sample) for every sample, then write(block) for every block.
+// With at least as many samples as threads, each thread takes whole
+// samples, so the write sweep reads a sample that the first sweep has just
+// brought into the core's cache; with fewer, each phase is spread over all
+// blocks so that one sample still keeps every core busy.
+template <typename Sweep, typename Finish, typename Write>
+void RunPhases(OpKernelContext* context, const Layout& l, int64_t cost_per_element, Sweep sweep,
+               Finish finish, Write write) {
   auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  tensorflow::Shard(workers->num_threads, workers->workers, l.Blocks(), cost_per_block,
-                    [&](int64_t begin, int64_t end) {
-                      for (int64_t block = begin; block < end; ++block) fn(block);
-                    });
+  const int64_t block_cost = l.rows_per_block * l.c * cost_per_element;
+  const int64_t per_sample = l.blocks_per_sample;
+  if (l.n >= workers->num_threads) {
+    tensorflow::Shard(workers->num_threads, workers->workers, l.n, 2 * block_cost * per_sample,
+                      [&](int64_t begin, int64_t end) {
+                        for (int64_t s = begin; s < end; ++s) {
+                          for (int64_t b = 0; b < per_sample; ++b) sweep(s * per_sample + b);
+                          finish(s);
+                          for (int64_t b = 0; b < per_sample; ++b) write(s * per_sample + b);
+                        }
+                      });
+    return;
+  }
+  auto each_block = [&](auto fn) {
+    tensorflow::Shard(workers->num_threads, workers->workers, l.Blocks(), block_cost,
+                      [&](int64_t begin, int64_t end) {
+                        for (int64_t block = begin; block < end; ++block) fn(block);
+                      });
+  };
+  each_block(sweep);
+  for (int64_t s = 0; s < l.n; ++s) finish(s);
+  each_block(write);
 }
 
 // Rows [first, last) of block `block`, as offsets into the flat tensor.
@@ -172,32 +196,30 @@ void BlockMoments(const T* x, const float* shift, const Layout& l, const BlockRa
   }
 }
 
-// Merges the blocks' moments into each group's mean of d and inverse std.
+// Merges sample s's block moments into its groups' mean of d and inverse std.
 void GroupMoments(const std::vector<float>& sums, const std::vector<float>& m2s, const Layout& l,
-                  float epsilon, float* delta, float* inv_std) {
+                  int64_t s, float epsilon, float* delta, float* inv_std) {
   const double count = static_cast<double>(l.GroupCount());
-  for (int64_t s = 0; s < l.n; ++s) {
-    for (int64_t g = 0; g < l.groups; ++g) {
-      double total = 0.0;
-      for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
-        const float* sum = sums.data() + (s * l.blocks_per_sample + b) * l.c + g * l.width;
-        for (int64_t j = 0; j < l.width; ++j) total += sum[j];
-      }
-      const double mean = total / count;
-      double m2 = 0.0;
-      for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
-        const int64_t block = s * l.blocks_per_sample + b;
-        const double rows = static_cast<double>(RangeOf(l, block).rows);
-        const float* sum = sums.data() + block * l.c + g * l.width;
-        const float* m2_block = m2s.data() + block * l.c + g * l.width;
-        for (int64_t j = 0; j < l.width; ++j) {
-          const double gap = sum[j] / rows - mean;  // Chan et al.'s merge
-          m2 += m2_block[j] + rows * gap * gap;
-        }
-      }
-      delta[s * l.groups + g] = static_cast<float>(mean);
-      inv_std[s * l.groups + g] = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
+  for (int64_t g = 0; g < l.groups; ++g) {
+    double total = 0.0;
+    for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
+      const float* sum = sums.data() + (s * l.blocks_per_sample + b) * l.c + g * l.width;
+      for (int64_t j = 0; j < l.width; ++j) total += sum[j];
     }
+    const double mean = total / count;
+    double m2 = 0.0;
+    for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
+      const int64_t block = s * l.blocks_per_sample + b;
+      const double rows = static_cast<double>(RangeOf(l, block).rows);
+      const float* sum = sums.data() + block * l.c + g * l.width;
+      const float* m2_block = m2s.data() + block * l.c + g * l.width;
+      for (int64_t j = 0; j < l.width; ++j) {
+        const double gap = sum[j] / rows - mean;  // Chan et al.'s merge
+        m2 += m2_block[j] + rows * gap * gap;
+      }
+    }
+    delta[s * l.groups + g] = static_cast<float>(mean);
+    inv_std[s * l.groups + g] = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
   }
 }
 
@@ -251,31 +273,30 @@ class GroupNormOp : public OpKernel {
     const std::vector<float> shift = ChannelShifts(xs, l, group_shift);
 
     std::vector<float> sums(l.Blocks() * l.c), m2s(l.Blocks() * l.c);
-    const int64_t block_cost = l.rows_per_block * l.c * 6;
-    ForEachBlock(context, l, block_cost, [&](int64_t block) {
-      const BlockRange r = RangeOf(l, block);
-      BlockMoments(xs, shift.data() + r.sample * l.c, l, r, sums.data() + block * l.c,
-                   m2s.data() + block * l.c);
-    });
-    GroupMoments(sums, m2s, l, epsilon_, delta, inv_std);
-
     // y = d * (gamma / sigma) + (beta - mean(d) * gamma / sigma), per channel.
     const float* g = gamma.flat<float>().data();
     const float* b = beta.flat<float>().data();
     std::vector<float> scale(l.n * l.c), offset(l.n * l.c);
-    for (int64_t s = 0; s < l.n; ++s) {
+    T* ys = y->flat<T>().data();
+    auto sweep = [&](int64_t block) {
+      const BlockRange r = RangeOf(l, block);
+      BlockMoments(xs, shift.data() + r.sample * l.c, l, r, sums.data() + block * l.c,
+                   m2s.data() + block * l.c);
+    };
+    auto finish = [&](int64_t s) {
+      GroupMoments(sums, m2s, l, s, epsilon_, delta, inv_std);
       for (int64_t j = 0; j < l.c; ++j) {
         const int64_t group = s * l.groups + j / l.width;
         scale[s * l.c + j] = inv_std[group] * g[j];
         offset[s * l.c + j] = b[j] - delta[group] * scale[s * l.c + j];
       }
-    }
-    T* ys = y->flat<T>().data();
-    ForEachBlock(context, l, l.rows_per_block * l.c * 3, [&](int64_t block) {
+    };
+    auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
       WriteNormalized(xs, shift.data() + at, scale.data() + at, offset.data() + at, l, r, ys);
-    });
+    };
+    RunPhases(context, l, 5, sweep, finish, write);
   }
 
  private:
@@ -330,6 +351,42 @@ std::vector<float> PerChannel(const float* per_group, const Layout& l) {
   return out;
 }
 
+// Sample s's share of dbeta and dgamma, and its per-channel coefficients of
+// dx = dy_scale * dy - centred_scale * (d - mean(d)) - bias.  Per group, the
+// means of gamma*dy and gamma*dy*xhat are the terms that the mean and the
+// variance contribute to dx.
+void InputGradientTerms(const std::vector<float>& sums, const std::vector<float>& centred_sums,
+                        const float* gamma, const float* inv_std, const Layout& l, int64_t s,
+                        double* dbeta, double* dgamma, float* dy_scale, float* centred_scale,
+                        float* bias) {
+  std::vector<double> sum_dy(l.c, 0.0), sum_dy_centred(l.c, 0.0);
+  for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
+    const int64_t block = s * l.blocks_per_sample + b;
+    for (int64_t j = 0; j < l.c; ++j) {
+      sum_dy[j] += sums[block * l.c + j];
+      sum_dy_centred[j] += centred_sums[block * l.c + j];
+    }
+  }
+  const double count = static_cast<double>(l.GroupCount());
+  for (int64_t g = 0; g < l.groups; ++g) {
+    const double istd = inv_std[s * l.groups + g];
+    double mean_gdy = 0.0, mean_gdy_xhat = 0.0;
+    for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
+      dbeta[j] = sum_dy[j];
+      dgamma[j] = sum_dy_centred[j] * istd;
+      mean_gdy += gamma[j] * sum_dy[j];
+      mean_gdy_xhat += gamma[j] * sum_dy_centred[j];
+    }
+    mean_gdy /= count;
+    mean_gdy_xhat *= istd / count;
+    for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
+      dy_scale[j] = static_cast<float>(istd * gamma[j]);
+      centred_scale[j] = static_cast<float>(istd * istd * mean_gdy_xhat);
+      bias[j] = static_cast<float>(istd * mean_gdy);
+    }
+  }
+}
+
 template <typename T>
 class GroupNormGradOp : public OpKernel {
  public:
@@ -369,55 +426,38 @@ class GroupNormGradOp : public OpKernel {
     const std::vector<float> delta = PerChannel(context->input(4).flat<float>().data(), l);
 
     std::vector<float> sums(l.Blocks() * l.c), centred_sums(l.Blocks() * l.c);
-    ForEachBlock(context, l, l.rows_per_block * l.c * 6, [&](int64_t block) {
+    auto sweep = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
       BlockGradientSums(xs, dys, shift.data() + at, delta.data() + at, l, r,
                         sums.data() + block * l.c, centred_sums.data() + block * l.c);
-    });
-
-    // Per channel: dbeta = sum dy, dgamma = sum dy * xhat.  Per group: the
-    // means of gamma*dy and gamma*dy*xhat, the terms the mean and the
-    // variance contribute to dx.
-    const double count = static_cast<double>(l.GroupCount());
+    };
+    // Per sample and channel: the contributions to dbeta = sum dy and
+    // dgamma = sum dy * xhat, added over samples at the end in a fixed order.
+    std::vector<double> sample_dbeta(l.n * l.c), sample_dgamma(l.n * l.c);
     std::vector<float> dy_scale(l.n * l.c), centred_scale(l.n * l.c), bias(l.n * l.c);
-    std::vector<double> sum_dy(l.c), sum_dy_centred(l.c);
-    for (int64_t s = 0; s < l.n; ++s) {
-      std::fill(sum_dy.begin(), sum_dy.end(), 0.0);
-      std::fill(sum_dy_centred.begin(), sum_dy_centred.end(), 0.0);
-      for (int64_t b = 0; b < l.blocks_per_sample; ++b) {
-        const int64_t block = s * l.blocks_per_sample + b;
-        for (int64_t j = 0; j < l.c; ++j) {
-          sum_dy[j] += sums[block * l.c + j];
-          sum_dy_centred[j] += centred_sums[block * l.c + j];
-        }
-      }
-      for (int64_t g = 0; g < l.groups; ++g) {
-        const double istd = inv_std[s * l.groups + g];
-        double mean_gdy = 0.0, mean_gdy_xhat = 0.0;
-        for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
-          dbeta[j] += static_cast<float>(sum_dy[j]);
-          dgamma[j] += static_cast<float>(sum_dy_centred[j] * istd);
-          mean_gdy += gamma[j] * sum_dy[j];
-          mean_gdy_xhat += gamma[j] * sum_dy_centred[j];
-        }
-        mean_gdy /= count;
-        mean_gdy_xhat *= istd / count;
-        for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
-          dy_scale[s * l.c + j] = static_cast<float>(istd * gamma[j]);
-          centred_scale[s * l.c + j] = static_cast<float>(istd * istd * mean_gdy_xhat);
-          bias[s * l.c + j] = static_cast<float>(istd * mean_gdy);
-        }
-      }
-    }
-
+    auto finish = [&](int64_t s) {
+      InputGradientTerms(sums, centred_sums, gamma, inv_std, l, s, sample_dbeta.data() + s * l.c,
+                         sample_dgamma.data() + s * l.c, dy_scale.data() + s * l.c,
+                         centred_scale.data() + s * l.c, bias.data() + s * l.c);
+    };
     T* dx = dx_out->flat<T>().data();
-    ForEachBlock(context, l, l.rows_per_block * l.c * 6, [&](int64_t block) {
+    auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
       WriteInputGradient(xs, dys, shift.data() + at, delta.data() + at, dy_scale.data() + at,
                          centred_scale.data() + at, bias.data() + at, l, r, dx);
-    });
+    };
+    RunPhases(context, l, 8, sweep, finish, write);
+    for (int64_t j = 0; j < l.c; ++j) {
+      double beta_sum = 0.0, gamma_sum = 0.0;
+      for (int64_t s = 0; s < l.n; ++s) {
+        beta_sum += sample_dbeta[s * l.c + j];
+        gamma_sum += sample_dgamma[s * l.c + j];
+      }
+      dbeta[j] = static_cast<float>(beta_sum);
+      dgamma[j] = static_cast<float>(gamma_sum);
+    }
   }
 
  private:
