@@ -31,6 +31,10 @@ def machine_info():
         "keras": keras.__version__, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+    from gn_keras import kernels
+
+    library = kernels.load()  # GN_KERAS_KERNELS decides; None means TensorFlow ops
+    info["gn_keras_kernels"] = {"setting": kernels.mode(), "loaded": library is not None}
     try:
         import torch
 

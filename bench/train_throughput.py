@@ -27,6 +27,9 @@ normalizations keep float32 statistics under it); the report goes to
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# "gn" measures the compiled kernels (gn_keras/kernels); GN_KERAS_KERNELS=off
+# measures the TensorFlow-ops fallback instead.
+os.environ.setdefault("GN_KERAS_KERNELS", "require")
 
 import datetime  # noqa: E402
 import json  # noqa: E402

@@ -25,9 +25,10 @@ def test_layer_speed_quick_reports_every_contender(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["machine"]["logical_cpus"] == os.cpu_count()
+    assert report["machine"]["gn_keras_kernels"] == {"setting": "require", "loaded": True}
     (row,) = report["results"]
     assert row["shape"] == [2, 56, 56, 256]
-    expected = {"ours", "keras_gn", "keras_bn", "copy"}
+    expected = {"ours", "ours_tf_ops", "keras_gn", "keras_bn", "copy"}
     try:
         import torch  # noqa: F401
 

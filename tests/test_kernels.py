@@ -194,3 +194,52 @@ def test_saved_model_traced_in_save_context_holds_standard_ops(rng, tmp_path):
     x = _input(rng, (2, 5, 5, 8)).astype("float32")
     reloaded = tf.saved_model.load(str(tmp_path))
     np.testing.assert_allclose(reloaded.serve(x).numpy(), group_norm_reference(x, groups=4), atol=2e-5)
+
+
+def test_unknown_spatial_sizes_and_second_order(rng, chosen):
+    """Any spatial size through one trace; second order through the recomputed forward."""
+    spec = tf.TensorSpec([None, None, None, 16])
+    gamma, beta = (tf.constant(v, "float32") for v in (rng.normal(1, 0.5, 16), rng.normal(0, 0.5, 16)))
+
+    @tf.function(input_signature=[spec, spec, spec])
+    def second_order(x, upstream, direction):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = group_norm(x, gamma, beta, groups=4)
+            dx = inner.gradient(y, x, output_gradients=upstream)
+            projection = tf.reduce_sum(dx * direction)
+        return y, outer.gradient(projection, x)
+
+    for shape in [(2, 3, 5, 16), (1, 7, 2, 16)]:
+        x, upstream, direction = (_input(rng, shape) for _ in range(3))
+        y, ddx = second_order(*(tf.constant(v, "float32") for v in (x, upstream, direction)))
+        np.testing.assert_allclose(y.numpy(), group_norm_reference(x, gamma.numpy(), beta.numpy(), 4), atol=2e-5)
+        with _keras_ops_path():
+            _, want = second_order.python_function(*(tf.constant(v) for v in (x, upstream, direction)))
+        np.testing.assert_allclose(ddx.numpy(), want.numpy(), atol=1e-4 * np.abs(want.numpy()).max())
+    assert chosen[0] == "fused"
+
+
+def test_converters_given_a_keras_model_trace_standard_ops(rng):
+    """tf2onnx and LiteRT trace the model themselves: they must get standard ops."""
+    import keras
+    import onnxruntime
+    import tf2onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = keras.Input((6, 6, 8))
+    model = keras.Model(inputs, gn_keras.GroupNormalization(groups=4)(keras.layers.Conv2D(8, 3)(inputs)))
+    x = rng.normal(size=(2, 6, 6, 8)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    spec = (tf.TensorSpec([None, 6, 6, 8], tf.float32, name="x"),)
+    onnx_model, _ = tf2onnx.convert.from_keras(model, input_signature=spec)
+    assert not any(node.op_type.startswith("GnKeras") for node in onnx_model.graph.node)
+    session = onnxruntime.InferenceSession(onnx_model.SerializeToString())
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, atol=1e-4)
+
+    interpreter = Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    runner = interpreter.get_signature_runner()
+    (lite_y,) = runner(**{next(iter(runner.get_input_details())): x}).values()
+    np.testing.assert_allclose(lite_y, expected, atol=1e-4)

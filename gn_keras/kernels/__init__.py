@@ -24,11 +24,13 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "group_norm_ops.cc")
@@ -87,8 +89,11 @@ def build():
         handle, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
         os.close(handle)
         try:
+            started = time.monotonic()
             _run_compiler([part.format(output=partial) for part in command])
             os.replace(partial, target)  # atomic: readers never see half a file
+            logging.getLogger("gn_keras").info(
+                "built the compiled kernels in %.0f s: %s", time.monotonic() - started, target)
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
