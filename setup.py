@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["gn_keras*", "models*", "train*"]),
     # The optional compiled kernels are built from source on first use.
-    package_data={"gn_keras.kernels": ["*.cc"]},
+    package_data={"gn_keras.kernels": ["*.cc", "*.h"]},
     install_requires=[
         "tensorflow~=2.20.0",
         "keras>=3.10,<4",

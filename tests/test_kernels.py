@@ -243,3 +243,9 @@ def test_converters_given_a_keras_model_trace_standard_ops(rng):
     runner = interpreter.get_signature_runner()
     (lite_y,) = runner(**{next(iter(runner.get_input_details())): x}).values()
     np.testing.assert_allclose(lite_y, expected, atol=1e-4)
+
+
+def test_build_key_covers_every_source_file():
+    folder = os.path.dirname(kernels.SOURCE)
+    on_disk = {name for name in os.listdir(folder) if name.endswith((".cc", ".h"))}
+    assert {os.path.basename(path) for path in kernels.SOURCES} == on_disk

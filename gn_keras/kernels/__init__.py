@@ -1,7 +1,8 @@
 """Building and loading the optional compiled Group Normalization kernels.
 
-This package owns ``group_norm_ops.cc``, a fused CPU forward and backward
-for channels-last tensors, and the decision whether it can be used.  The
+This package owns ``group_norm_ops.cc`` (with ``group_norm_blocks.h``), a
+fused CPU forward and backward for channels-last tensors, and the decision
+whether it can be used.  The
 kernels are optional: without a C++ compiler, or with
 ``GN_KERAS_KERNELS=off``, :func:`load` returns None and
 :mod:`gn_keras.tf_fast` runs plain TensorFlow ops (XLA-compiled in
@@ -33,7 +34,10 @@ import tempfile
 import time
 import warnings
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "group_norm_ops.cc")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "group_norm_ops.cc")
+# Every file the build reads: a change to any of them is a new build.
+SOURCES = (SOURCE, os.path.join(_HERE, "group_norm_blocks.h"))
 MODES = ("auto", "off", "require")
 
 
@@ -116,8 +120,9 @@ def _build_key(command):
     import tensorflow as tf
 
     digest = hashlib.sha256()
-    with open(SOURCE, "rb") as source:
-        digest.update(source.read())
+    for path in SOURCES:
+        with open(path, "rb") as source:
+            digest.update(source.read())
     for part in (*command, tf.__version__, platform.machine(), _cpu_flags(), _compiler_version(command[0])):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
