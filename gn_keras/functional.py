@@ -109,8 +109,9 @@ def group_norm(
     channels = _checks.channel_count(tuple(x.shape), axis, where, given_axis)
     num_groups = _checks.resolve_groups(channels, groups, group_size, where)
 
-    # TensorFlow fast path (closed-form gradient, XLA-scoped kernels): see
-    # gn_keras/tf_fast.py.  Masks and the other backends take keras.ops below.
+    # TensorFlow fast path (closed-form gradient; compiled CPU kernels, or
+    # XLA-scoped TF ops): see gn_keras/tf_fast.py.  Masks and the other
+    # backends take keras.ops below.
     if mask is None and keras.config.backend() == "tensorflow":
         from gn_keras import tf_fast
 

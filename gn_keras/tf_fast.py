@@ -1,4 +1,4 @@
-"""TensorFlow fast path for ``group_norm``: closed-form gradient, XLA-scoped kernels.
+"""TensorFlow fast path for ``group_norm``: closed-form gradient, fused kernels.
 
 This module owns how Group Normalization runs when Keras uses the TensorFlow
 backend.  The math is the paper's (§3, Eqns. 1, 2, 6, 7) and the numerics
@@ -29,7 +29,6 @@ CPU (see docs/performance.md):
   converted from them (tf2onnx cannot convert an XLA-compiled call),
   unknown spatial sizes and eager calls run the same ops plainly: nothing
   compiles at load time or per input size.
-
 * Where the optional compiled kernels of :mod:`gn_keras.kernels` are
   built, channels-last float32/bfloat16/float16 inputs on CPU run them
   instead, in eager calls and in every graph that stays in this process
