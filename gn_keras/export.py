@@ -17,8 +17,10 @@ Writes, from a Keras classifier and its preprocessing (the training run's
   the SavedModel alone.  Graphs hold standard TensorFlow ops only.
 * an ONNX file through tf2onnx (:func:`export_onnx`) and a ``.tflite`` file
   through TensorFlow's LiteRT converter (:func:`export_tflite`), both taking
-  float32 ``images`` and returning ``logits`` and ``probabilities``; LiteRT
-  gets the float32 twin of a mixed-precision model (:func:`float32_copy`).
+  float32 ``images`` and returning ``logits`` and ``probabilities``; both get
+  the float32 twin of a mixed-precision model (:func:`float32_copy`), since
+  neither runtime has 16-bit kernels for every op (ONNX Runtime has no
+  bfloat16 Conv) and their callers feed float32.
 
 Each artefact is verified right after it is written (``verify_*``): it is run
 by its own runtime (TensorFlow's SavedModel loader, ONNX Runtime, the LiteRT
@@ -148,13 +150,18 @@ def _write_extras(export_dir, model, preprocessing):
 
 @portable.portable_ops()  # never the compiled kernels in an export
 def export_onnx(model, path, preprocessing, opset=ONNX_OPSET):
-    """Write the classifier as ONNX (float32 images → logits, probabilities)."""
+    """Write the classifier as ONNX (float32 images → logits, probabilities).
+
+    A mixed-precision model is written as its float32 twin
+    (:func:`float32_copy`): ONNX Runtime rejects a bfloat16 Conv.
+    """
     import tf2onnx
 
     preprocessing = load.check_preprocessing(preprocessing, where="export_onnx")
     check_model_matches(model, preprocessing)
     spec = [image_spec(preprocessing)]
-    function = tf.function(_Endpoints(model, preprocessing).classify, input_signature=spec)
+    function = tf.function(_Endpoints(float32_copy(model), preprocessing).classify,
+                           input_signature=spec)
     tf2onnx.convert.from_function(function, input_signature=spec, opset=opset,
                                   output_path=os.fspath(path))
     return path
@@ -164,8 +171,9 @@ def float32_copy(model):
     """``model`` itself if it computes in float32, else a float32 twin.
 
     A mixed-precision model keeps float32 weights but computes in 16 bits;
-    LiteRT's builtin kernels are float32, so it is written as this twin
-    (same config with every dtype policy set to float32, same weights).
+    LiteRT's builtin kernels are float32 and ONNX Runtime has no bfloat16
+    Conv, so both files hold this twin (same config with every dtype policy
+    set to float32, same weights).
     """
     if not computes_in_16_bits(model):
         return model
@@ -207,10 +215,11 @@ def default_tolerance(model):
     to that dtype, and a runtime that orders or fuses the float32 work inside
     a layer differently can land on the neighbouring value: a relative
     difference of one eps per rounding, carried on through the later layers.
-    On the small GN classifier of tests/test_export.py the SavedModel and
-    ONNX differ from Keras by up to 1.3 eps; 8 roundings' worth leaves room
+    On the small GN classifier of tests/test_export.py the SavedModel
+    differs from Keras by up to 1.3 eps; 8 roundings' worth leaves room
     for deeper networks (7.8e-3 for float16, 6.3e-2 for bfloat16).  float32
     (8 eps ≈ 1e-6) keeps the 1e-4 floor, which reordered sums stay inside.
+    ONNX and LiteRT files hold a float32 twin and are checked at the twin's.
     """
     eps = float(ml_dtypes.finfo(_least_precise_compute_dtype(model)).eps)
     return max(DEFAULT_TOLERANCE, ROUNDINGS_ALLOWED * eps)
@@ -309,12 +318,11 @@ def verify_saved_model(export_dir, model, preprocessing, images=None, tolerance=
 
 
 def verify_onnx(path, model, preprocessing, images=None, tolerance=None):
-    """Run the ONNX file with ONNX Runtime on a fixed batch vs. Keras."""
+    """Run the ONNX file with ONNX Runtime on a fixed batch vs. Keras
+    (vs. the float32 twin of a mixed-precision model, which is what was written)."""
     import onnxruntime
 
-    images = check_batch(preprocessing) if images is None else images
-    tolerance = default_tolerance(model) if tolerance is None else tolerance
-    classes, _ = keras_reference(model, preprocessing, images)
+    images, classes, tolerance = _float32_reference(model, preprocessing, images, tolerance)
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
     values = session.run(names, {INPUT_NAME: images.astype(np.float32)})
@@ -326,10 +334,21 @@ def verify_tflite(path, model, preprocessing, images=None, tolerance=None):
     (vs. the float32 twin of a mixed-precision model, which is what was written)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    images, classes, tolerance = _float32_reference(model, preprocessing, images, tolerance)
+    runner = Interpreter(model_path=os.fspath(path)).get_signature_runner(SERVING_SIGNATURE)
+    got = runner(**{INPUT_NAME: images.astype(np.float32)})
+    return compare(os.fspath(path), got, classes, tolerance)
+
+
+def _float32_reference(model, preprocessing, images, tolerance):
+    """``(images, classes, tolerance)`` to check an export of ``float32_copy(model)``.
+
+    The twin is what the file holds, so it is the reference, at its own
+    (float32) default tolerance: a mismatch of the export itself is not
+    hidden inside a 16-bit model's allowance.
+    """
     images = check_batch(preprocessing) if images is None else images
     twin = float32_copy(model)
     tolerance = default_tolerance(twin) if tolerance is None else tolerance
     classes, _ = keras_reference(twin, preprocessing, images)
-    runner = Interpreter(model_path=os.fspath(path)).get_signature_runner(SERVING_SIGNATURE)
-    got = runner(**{INPUT_NAME: images.astype(np.float32)})
-    return compare(os.fspath(path), got, classes, tolerance)
+    return images, classes, tolerance

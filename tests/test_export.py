@@ -145,16 +145,20 @@ def test_fresh_process_loads_at_another_batch_size_with_core_ops_only(
     np.testing.assert_allclose(got["C3"], stage3, rtol=1e-5, atol=1e-5)
 
 
-def test_onnx_runtime_matches_keras(trained, rng, tmp_path):
+def _run_onnx(path, images):
+    """(logits, probabilities) of the ONNX file, run by ONNX Runtime."""
     import onnxruntime
 
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits", "probabilities"], {"images": images.astype(np.float32)})
+
+
+def test_onnx_runtime_matches_keras(trained, rng, tmp_path):
     model, _ = trained
     path = export.export_onnx(model, tmp_path / "model.onnx", PREPROCESSING)
     export.verify_onnx(path, model, PREPROCESSING)
     images = _images(rng, 7)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits, probabilities = session.run(["logits", "probabilities"],
-                                        {"images": images.astype(np.float32)})
+    logits, probabilities = _run_onnx(path, images)
     want = model(_normalize(images)).numpy().astype(np.float64)
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(probabilities, _softmax(want), rtol=1e-5, atol=1e-6)
@@ -314,3 +318,22 @@ def test_mixed_precision_model_exports_and_litert_gets_float32(rng, tmp_path):
     want = reference(_normalize(images)).numpy()
     np.testing.assert_allclose(got["logits"], want, rtol=1e-5, atol=1e-5)
     assert mixed.get_layer("stem_conv").compute_dtype == "float16"
+
+
+def test_mixed_bfloat16_model_exports_to_onnx_runtime(rng, tmp_path):
+    """ONNX Runtime has no bfloat16 Conv: the export must hold the float32 twin."""
+    mixed = _mixed_classifier(rng, "mixed_bfloat16")
+    assert mixed.get_layer("stem_conv").compute_dtype == "bfloat16"
+    path = export.export_onnx(mixed, tmp_path / "model.onnx", PREPROCESSING)
+    export.verify_onnx(path, mixed, PREPROCESSING)
+    images = _images(rng, 5)
+    logits, probabilities = _run_onnx(path, images)
+    want = mixed(_normalize(images)).numpy().astype(np.float64)
+    allowed = export.default_tolerance(mixed) * max(1.0, float(np.max(np.abs(want))))
+    np.testing.assert_allclose(logits, want, rtol=0, atol=allowed)
+    np.testing.assert_allclose(probabilities, _softmax(want), rtol=0,
+                               atol=export.default_tolerance(mixed))
+    # Closer still to the same network computing in float32, which it is.
+    reference = _small_classifier()
+    reference.set_weights(mixed.get_weights())
+    np.testing.assert_allclose(logits, reference(_normalize(images)).numpy(), rtol=1e-5, atol=1e-5)

@@ -40,7 +40,9 @@ flags.DEFINE_multi_enum("format", ["saved_model"], FORMATS,
 flags.DEFINE_float("tolerance", None, "Largest allowed |export - Keras| relative to "
                    "max(1, max |Keras|) on the check batch; default max(1e-4, 8 eps "
                    "of the model's least precise compute dtype): 1e-4 for float32, "
-                   "7.8e-3 for float16, 6.25e-2 for bfloat16.")
+                   "7.8e-3 for float16, 6.25e-2 for bfloat16 (the SavedModel); ONNX "
+                   "and LiteRT hold and are checked against the float32 twin of a "
+                   "mixed-precision model, at 1e-4.")
 flags.mark_flags_as_required(["model", "output_dir"])
 FLAGS = flags.FLAGS
 
