@@ -36,6 +36,9 @@ CPU (see docs/performance.md):
   statistics and once for the output.  Graphs that leave the process
   (SavedModels, ONNX, LiteRT: :mod:`gn_keras.portable`), graphs compiled
   whole by XLA, and machines with a GPU keep the TensorFlow ops above.
+  Graphs that leave the process run the plain forward without the custom
+  gradient: TensorFlow differentiates it (the shift is a constant that
+  cancels), so a loaded SavedModel needs no saved gradient function.
 
 Second-order gradients are supported: the gradient of the closed-form
 backward is taken by autodiff through the plain forward ops, recomputed.
@@ -73,7 +76,10 @@ def group_norm(x, gamma, beta, groups, axis, epsilon):
     layout = _Layout(channels, groups, axis, float(epsilon), len(x.shape), stats_dtype.name)
     gamma = _affine(gamma, channels, 1.0, stats_dtype)
     beta = _affine(beta, channels, 0.0, stats_dtype)
-    return _normalize_with_closed_form_gradient(x, gamma, beta, layout, _choose_kernels(x, layout))
+    implementation = _choose_kernels(x, layout)
+    if implementation is PORTABLE:
+        return _forward(x, gamma, beta, layout)[0]
+    return _normalize_with_closed_form_gradient(x, gamma, beta, layout, implementation)
 
 
 class _Layout(typing.NamedTuple):
@@ -125,6 +131,8 @@ class _Kernels(typing.NamedTuple):
 
 def _choose_kernels(x, layout):
     """The fastest implementation allowed for this call (module docstring)."""
+    if not tf.executing_eagerly() and portable.required():
+        return PORTABLE
     if _fused_allowed(x, layout) and kernels.load() is not None:
         return FUSED
     if _use_xla(x):
@@ -133,16 +141,15 @@ def _choose_kernels(x, layout):
 
 
 def _fused_allowed(x, layout):
-    """Channels last, a dtype the kernels take, CPU, and a graph that stays here."""
+    """Channels last, a dtype the kernels take, CPU, and not inside an XLA graph."""
     if layout.axis != layout.rank - 1 or x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
         return False
     if _gpu_visible():
         return False
-    if tf.executing_eagerly():
-        return True
-    if _control_flow_util.GraphOrParentsInXlaContext(_tf_ops.get_default_graph()):
-        return False  # XLA compiles the whole graph and knows no custom op
-    return not portable.required()
+    # XLA compiles a whole jit_compile graph and knows no custom op.
+    return tf.executing_eagerly() or not _control_flow_util.GraphOrParentsInXlaContext(
+        _tf_ops.get_default_graph()
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,6 +280,10 @@ def _fused_backward(x, gamma, dy, statistics, layout):
 
 
 PLAIN = _Kernels("plain", _forward, _backward)
+# Graphs that leave the process: the plain forward with TensorFlow's own
+# gradients.  A custom gradient would be saved without its Python function
+# (TF warns about it on every load), and exports rarely need gradients.
+PORTABLE = _Kernels("portable", _forward, None)
 # One trace per layout, relaxed to any batch and spatial size; TensorFlow
 # still compiles one XLA program per call site and input shape.
 XLA = _Kernels(
