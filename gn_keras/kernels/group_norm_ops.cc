@@ -18,7 +18,8 @@
 //   to write dx.
 //
 // Work is split into blocks of rows of one sample, run on TensorFlow's
-// intra-op thread pool.
+// intra-op thread pool (RunPhases in group_norm_blocks.h decides whether
+// threads take whole samples or share every pass).
 
 #include "group_norm_blocks.h"
 #include "tensorflow/core/framework/op.h"
