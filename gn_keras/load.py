@@ -6,8 +6,8 @@ by :mod:`gn_keras.export`, or a directory holding either (a training
 ``--model_dir`` or an export ``--output_dir``).  :func:`load_preprocessing`
 finds the matching ``preprocessing.json``.
 
-:func:`check_checkpoint` and :func:`check_checkpoint_file` read a training
-checkpoint in full before a run resumes from it.
+:func:`check_checkpoint_file` reads a training checkpoint in full before a
+run resumes from it (``train.checkpoints`` chooses which one).
 
 Every problem with a file (missing, truncated, of the wrong kind) raises
 :class:`ModelFileError`, a ``ValueError`` whose one-line message starts with
@@ -132,26 +132,6 @@ def _copy_weights(saved, weights, export_dir):
                 export_dir, f"variable {saved_name} {tuple(source.shape)} "
                 f"does not match weight {target.path} {tuple(target.shape)}.")
         target.assign(source.numpy())
-
-
-def check_checkpoint(directory):
-    """Read the latest checkpoint in ``directory`` in full; return its path.
-
-    Returns None when there is no checkpoint yet.  A truncated or corrupt
-    one raises :class:`ModelFileError` naming it (see
-    :func:`check_checkpoint_file`).
-    """
-    import tensorflow as tf
-
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        return None
-    try:
-        latest = tf.train.latest_checkpoint(directory)
-    except (tf.errors.OpError, ValueError) as error:
-        raise ModelFileError(directory, "cannot read the checkpoint state (corrupt?): "
-                             f"{_first_line(error)}") from None
-    return None if latest is None else check_checkpoint_file(latest)
 
 
 def check_checkpoint_file(path):

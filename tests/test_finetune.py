@@ -7,6 +7,7 @@ with our own NumPy normalization, not taken from the run's own metrics.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from sklearn.datasets import load_digits
 
 from conftest import SESSION_SEED
 from gn_keras import GroupNormalization, load
+from test_train_checkpoints import _damage, _kept_checkpoints
 from train import classify, finetune
 from train import config as config_lib
 
@@ -127,25 +129,46 @@ def test_cli_finetunes_saved_model_to_parity_beating_chance(pretrained, tmp_path
     assert isinstance(tuned.get_layer("res2_norm"), GroupNormalization)
 
 
-def test_rerun_resumes_from_checkpoint(pretrained, tmp_path):
+def test_rerun_resumes_from_checkpoint_and_skips_a_damaged_one(pretrained, tmp_path, caplog):
     run_dir, parity_dir = pretrained
+    model_dir = tmp_path / "run"
     def config(epochs):
         return config_lib.make_config(
             **COMMON, data_dir=str(parity_dir), epochs=epochs, steps_per_epoch=10,
             eval_steps=5, batch_size_per_replica=2, decay_norm_params=False,
-            model_dir=str(tmp_path / "run"))
+            model_dir=str(model_dir))
     options = finetune.FinetuneOptions(str(run_dir / "best.keras"))
     first = finetune.finetune(config(1), options)
     second = finetune.finetune(config(2), options)
     assert [record["epoch"] for record in second["epochs"]] == [0, 1]
     assert second["epochs"][0] == first["epochs"][0]  # kept, not retrained
 
-    checkpoint = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
-    data_file = f"{checkpoint}.data-00000-of-00001"
-    with open(data_file, "r+b") as handle:
-        handle.truncate(os.path.getsize(data_file) // 2)
-    with pytest.raises(load.ModelFileError, match=f"{checkpoint}: cannot read the checkpoint"):
-        finetune.finetune(config(3), options)
+    # As gn-train: a damaged newest checkpoint costs its epoch, not the run.
+    older, newest = _kept_checkpoints(model_dir)
+    _damage(newest, "truncated_data")
+    with caplog.at_level(logging.WARNING):
+        third = finetune.finetune(config(3), options)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith(f"{newest}: cannot read the checkpoint") and older in m
+               for m in warnings), warnings
+    assert [record["epoch"] for record in third["epochs"]] == [0, 1, 2]
+    assert third["epochs"][0] == first["epochs"][0]
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    iterations = tf.train.load_variable(latest, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
+    assert int(iterations) == 3 * 10
+
+    # None intact: one line from gn-finetune, as from gn-train.
+    kept = _kept_checkpoints(model_dir)
+    for prefix in kept:
+        _damage(prefix, "truncated_data")
+    done = _run_cli(f"--pretrained={run_dir / 'best.keras'}", "--dataset=folder",
+                    f"--data_dir={parity_dir}", f"--image_size={SIZE}", "--augment=none",
+                    "--warmup_epochs=0", "--epochs=4", "--steps_per_epoch=10",
+                    "--eval_steps=5", f"--model_dir={model_dir}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"gn-finetune: error: {kept[-1]}: cannot read the checkpoint"), last
+    assert f"no older checkpoint in {model_dir / 'checkpoints'} is intact" in last
 
 
 @pytest.mark.parametrize("change, pattern", [

@@ -75,7 +75,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(copy_of_run, caplog, 
     assert f"Resuming at epoch 1, step 0 from {model_dir / 'checkpoints'}" in capsys.readouterr().out
     assert [record["epoch"] for record in results["epochs"]] == [0, 1, 2]
     assert results["epochs"][0] == first["epochs"][0]
-    latest = load.check_checkpoint(model_dir / "checkpoints")
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    load.check_checkpoint_file(latest)  # the new one reads in full
     iterations = tf.train.load_variable(latest, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
     assert int(iterations) == 3 * STEPS
 

@@ -13,7 +13,8 @@ Every training flag of ``train.classify`` applies, with the paper's
 fine-tuning defaults (§4.2): ``--batch_size_per_replica=2`` and weight decay
 0 on γ and β (``--nodecay_norm_params``).  Architecture flags (``--model``,
 ``--norm``, ``--groups``, …) are refused: the network is the pre-trained one.
-Rerunning the same command resumes from the latest checkpoint.
+Rerunning the same command resumes from the latest checkpoint (the newest
+intact one, as ``gn-train`` does: see ``train.checkpoints``).
 """
 
 import dataclasses
@@ -112,9 +113,8 @@ def finetune(config, options, *, strategy=None):
     # Fail on a missing model or preprocessing.json before any data is read.
     load.resolve_model_path(options.pretrained)
     load.preprocessing_path(options.pretrained)
-    # A rerun resumes from <model_dir>/checkpoints (train.outputs layout):
-    # refuse a damaged one by its file name, not with the reader's traceback.
-    load.check_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    # A rerun resumes through classify.train's Checkpointer, which skips a
+    # damaged newest checkpoint as gn-train does (train.checkpoints).
     report = {}
     # The network comes from --pretrained; results.json records that instead
     # of the zoo's name and norm.
