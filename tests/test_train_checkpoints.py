@@ -4,7 +4,9 @@ A tiny run leaves two epoch-end checkpoints; the tests damage them the way a
 killed save or a full disk does (a data file cut short, an index file gone)
 and resume.  The newest intact checkpoint must be used, with a warning that
 names the damaged one; with none intact, the run must stop with a one-line
-error naming the file, in Python and on the command line.
+error naming the file, in Python and on the command line.  A damaged
+manager index (the ``checkpoint`` file) must not restart the run from
+scratch: the checkpoints on disk are used, and the index rewritten.
 """
 
 import logging
@@ -101,3 +103,31 @@ def test_no_intact_checkpoint_is_a_clear_error(copy_of_run):
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if f"{kept[-1]}: cannot read" in line]
     assert len(lines) == 1 and "delete that directory" in lines[0], done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("how", ["garbage", "empty", "missing", "garbage_and_newest_truncated"])
+def test_damaged_index_file_resumes_from_the_checkpoints_on_disk(copy_of_run, caplog, capsys,
+                                                                 how):
+    model_dir, first = copy_of_run
+    older, newest = _kept_checkpoints(model_dir)
+    index = model_dir / "checkpoints" / "checkpoint"
+    if how == "missing":
+        index.unlink()
+    else:  # a write cut short, or overwritten with bytes that are no text proto
+        index.write_bytes(b"" if how == "empty" else b"model_checkpoint_path: \"ck\x00\xff{")
+    if how.endswith("newest_truncated"):
+        _damage(newest, "truncated_data")
+    resumed_from = older if how.endswith("newest_truncated") else newest
+    with caplog.at_level(logging.WARNING):
+        results = classify.train(_config(model_dir, 3), build_model=tiny_model(4))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    problem = "is missing" if how == "missing" else "is unreadable"
+    assert any(m.startswith(f"{index} {problem}") and "ckpt-4, ckpt-2" in m
+               for m in warnings), warnings
+    epochs_kept = 1 if resumed_from == older else 2
+    assert (f"Resuming at epoch {epochs_kept}, step 0 from {model_dir / 'checkpoints'}"
+            in capsys.readouterr().out)
+    assert [record["epoch"] for record in results["epochs"]] == [0, 1, 2]
+    assert results["epochs"][:epochs_kept] == first["epochs"][:epochs_kept]
+    # The rewritten index lists the old files too, so the manager rotates them out.
+    assert _kept_checkpoints(model_dir) == [older, newest, str(model_dir / "checkpoints" / "ckpt-6")]

@@ -15,6 +15,14 @@ costs the steps since the previous checkpoint, not the run.  Only when no
 kept checkpoint is intact does the restore stop, with a one-line
 ``gn_keras.load.ModelFileError`` naming the file and what to do.
 
+The manager's index (the ``checkpoint`` text file) is damaged too by a
+killed write or a full disk: TensorFlow then ignores it (a run would silently
+start over) or fails on it (an empty or non-UTF-8 file).  Instead, if ``ckpt-N`` files are
+on disk but the index is missing or unreadable, the run warns naming the
+index, takes those files as the kept checkpoints (newest first, with the
+same fallback over damaged ones) and, where it writes, rewrites the index
+from them, so the manager keeps rotating the old files out.
+
 On multi-worker and TPU strategies a
 ``tf.distribute.experimental.PreemptionCheckpointHandler`` watches for a
 preemption notice and saves before the process is stopped.  Every worker
@@ -24,6 +32,7 @@ restores from the chief's.
 """
 
 import os
+import re
 import shutil
 
 import tensorflow as tf
@@ -33,6 +42,60 @@ from gn_keras import load
 from train import strategy as strategy_lib
 
 _PREEMPTIBLE = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+_INDEX_FILE = "checkpoint"  # tf.train.CheckpointManager's default latest_filename
+# A saved checkpoint's own .index file (the manager's default checkpoint_name).
+_SAVED_CHECKPOINT = re.compile(r"ckpt-(\d+)\.index")
+
+
+def _kept_checkpoints(directory):
+    """``(paths, indexed)``: the checkpoints a run may resume from, newest first.
+
+    Those the manager's index lists (``indexed``); if the index is missing
+    or unreadable, the ``ckpt-N`` found on disk, with a warning naming it.
+    """
+    index = os.path.join(directory, _INDEX_FILE)
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+        problem = "is unreadable (corrupt?)" if os.path.exists(index) else "is missing"
+    except ValueError as error:  # empty: "Invalid checkpoint state"; or not UTF-8
+        state, problem = None, f"is unreadable ({error})"
+    if state is not None and state.model_checkpoint_path:
+        latest = state.model_checkpoint_path
+        others = [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+        return [latest] + others, True
+    on_disk = _checkpoints_on_disk(directory)
+    if on_disk:
+        logging.warning("%s %s, but %d checkpoint(s) are on disk; taking them as the "
+                        "kept ones, newest first: %s.", index, problem, len(on_disk),
+                        ", ".join(os.path.basename(path) for path in on_disk))
+    return on_disk, False
+
+
+def _checkpoints_on_disk(directory):
+    """The ``ckpt-N`` prefixes whose ``.index`` file exists, highest N first."""
+    if not os.path.isdir(directory):
+        return []
+    numbers = [int(match.group(1)) for match in map(_SAVED_CHECKPOINT.fullmatch,
+                                                       os.listdir(directory)) if match]
+    return [os.path.join(directory, f"ckpt-{number}") for number in sorted(numbers, reverse=True)]
+
+
+def _rebuild_index(directory):
+    """Rewrite a missing or unreadable index from the checkpoints on disk.
+
+    Before the manager is created: it reads the index once, and would
+    otherwise forget (never delete) the older files and refuse an empty one.
+    """
+    kept, indexed = _kept_checkpoints(directory)
+    if kept and not indexed:
+        oldest_first = list(reversed(kept))
+        # The manager only manages (lists, later deletes) checkpoints newer
+        # than last_preserved_timestamp: the files' times say when they were saved.
+        times = [os.path.getmtime(f"{path}.index") for path in oldest_first]
+        tf.compat.v1.train.update_checkpoint_state(
+            directory, os.path.basename(oldest_first[-1]),
+            [os.path.basename(path) for path in oldest_first],
+            all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1)
 
 
 class Checkpointer:
@@ -46,6 +109,8 @@ class Checkpointer:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                               epoch=self.epoch, step_in_epoch=self.step_in_epoch)
         self.write_directory = strategy_lib.worker_write_dir(strategy, directory)
+        if self.write_directory == directory:  # other workers only read it
+            _rebuild_index(directory)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_directory,
                                                   max_to_keep=max_to_keep)
         self._preemption = None
@@ -74,11 +139,10 @@ class Checkpointer:
         Damaged newer ones are skipped with a warning; if every kept one is
         damaged, raise the newest one's ModelFileError, saying what to do.
         """
-        state = tf.train.get_checkpoint_state(self.directory)
-        if state is None or not state.model_checkpoint_path:
+        kept, _ = _kept_checkpoints(self.directory)
+        if not kept:
             return None
-        latest = state.model_checkpoint_path
-        kept = [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+        latest = kept[0]
         damaged = []
         for path in kept:
             try:
