@@ -113,20 +113,51 @@ def test_unknown_preset_and_field_from_python():
         config_lib.make_config(learning_rate=0.1)
 
 
+HELP_HINT = "(run with --helpfull for all flags)"
+
+
+def _run_module(module, argv):
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv], capture_output=True, text=True,
+        timeout=300, env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def _assert_one_line_usage_error(completed, program, message):
+    """Exit status 2 and a last line naming the problem; no traceback, no flag listing."""
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{program}: error: ") and message in last, completed.stderr[-3000:]
+    assert last.endswith(HELP_HINT)
+    assert "Traceback" not in completed.stderr
+    # absl's listing prints every flag's help; the help of --seed is one of them.
+    assert "flags:" not in completed.stderr and "--seed" not in completed.stderr
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--dataset=folder", "--data_dir={tmp}/missing"],
      "--data_dir='{tmp}/missing' is not a directory; expected one sub-folder of images per class"),
     (["--model=resnet9000"], "--model='resnet9000' is unknown; expected one of"),
-    (["--batch_size_per_replica=0"], "--batch_size_per_replica=0 is invalid"),
+    (["--batch_size_per_replica=-3"], "--batch_size_per_replica=-3 is invalid"),
+    (["--batch_size=-3"], "Unknown command line flag 'batch_size'"),
     (["--strategy=gpus"], "flag --strategy=gpus: value should be one of"),
+    (["resume"], "unexpected arguments: resume"),
 ])
 def test_command_line_errors_are_one_message_and_start_nothing(argv, message, tmp_path):
     model_dir = tmp_path / "run"
     argv = [a.format(tmp=tmp_path) for a in argv] + [f"--model_dir={model_dir}"]
-    completed = subprocess.run(
-        [sys.executable, "-m", "train.classify", *argv], capture_output=True, text=True,
-        timeout=300, env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert completed.returncode != 0
-    assert message.format(tmp=tmp_path) in completed.stderr
-    assert "Traceback" not in completed.stderr
+    _assert_one_line_usage_error(_run_module("train.classify", argv), "gn-train",
+                                 message.format(tmp=tmp_path))
     assert not model_dir.exists()
+
+
+@pytest.mark.parametrize("module, program, argv, message", [
+    ("train.finetune", "gn-finetune", ["--pretrained={tmp}/run", "--freeze_at=9"],
+     "--freeze_at=9 is invalid"),
+    ("train.study", "gn-study", [], "--study is required"),
+    ("train.export", "gn-export", ["--output_dir={tmp}/out"], "--model"),
+])
+def test_other_scripts_give_the_same_one_line_usage_error(module, program, argv, message,
+                                                          tmp_path):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    _assert_one_line_usage_error(_run_module(module, argv), program, message)
+    assert not list(tmp_path.iterdir())

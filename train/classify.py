@@ -8,6 +8,10 @@ Command line (absl flags, see ``train.flags``; also the ``gn-train`` script)::
 From Python, ``train(config)`` runs the same job and returns the results
 dict that is also written to ``<model_dir>/results.json``.
 
+A bad flag or argument ends this and the other scripts (``gn-finetune``,
+``gn-study``, ``gn-export``) with one line on stderr and exit status 2
+(``run_command``, ``exit_with_error``).
+
 The order of a run: config → strategy (created once) → data → model and
 optimizer (in the strategy's scope) → the loop of ``train.loop`` → the
 SavedModel.
@@ -25,11 +29,15 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from gn_keras import load  # noqa: E402
 from train import checkpoints, data, loop, outputs, steps  # noqa: E402
 from train import config as config_lib  # noqa: E402
 from train import flags as flags_lib  # noqa: E402
 from train import optimizer as optimizer_lib  # noqa: E402
 from train import strategy as strategy_lib  # noqa: E402
+
+USAGE_ERROR_STATUS = 2  # bad flags or arguments, as argparse and POSIX tools exit
+HELP_HINT = "(run with --helpfull for all flags)"
 
 
 def build_zoo_model(config, preprocessing):
@@ -192,16 +200,47 @@ def describe_outputs(results):
     return "\n".join(lines)
 
 
+def exit_with_error(program, error):
+    """End the command ``program`` with one line on stderr, no traceback.
+
+    A file that cannot be read (``gn_keras.load.ModelFileError``) exits with
+    status 1; any other error (an exception or a message) is taken as bad
+    flags or arguments: status 2 and a pointer to --helpfull.  Not absl's
+    ``app.UsageError``, which prints the whole flag listing above the one
+    line that matters.
+    """
+    if isinstance(error, load.ModelFileError):
+        sys.exit(f"{program}: error: {error}")
+    sys.stderr.write(f"{program}: error: {error} {HELP_HINT}\n")
+    sys.exit(USAGE_ERROR_STATUS)
+
+
+def run_command(main, program):
+    """``app.run(main)`` with flag-parsing errors reported by ``exit_with_error``.
+
+    Also checks that no positional argument is left over.
+    """
+    def parse(argv):
+        try:
+            remaining = flags.FLAGS(argv)
+        except flags.Error as error:  # an unknown flag, a bad enum or type
+            exit_with_error(program, error)
+        if len(remaining) > 1:
+            exit_with_error(program, f"unexpected arguments: {' '.join(remaining[1:])}")
+        return remaining
+
+    app.run(main, flags_parser=parse)
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # run_command allows no positional arguments
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # progress bar and summary only
     try:
         config = flags_lib.config_from_flags(flags.FLAGS)
         results = train(config)
-    except ValueError as error:  # bad flags, paths or data: one clear line
-        raise app.UsageError(str(error)) from None
+    except ValueError as error:  # bad flags, paths or data; a damaged file
+        exit_with_error("gn-train", error)
     print(describe_outputs(results))
 
 
@@ -212,7 +251,7 @@ def run():
     # in train.flags, so register them for whatever script is running.
     for name in flags_lib.flag_names():
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-    app.run(main)
+    run_command(main, "gn-train")
 
 
 if __name__ == "__main__":

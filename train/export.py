@@ -23,9 +23,10 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from gn_keras import export, load
+from train import classify
 
 FORMATS = ("saved_model", "onnx", "tflite")
 
@@ -81,8 +82,7 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # classify.run_command allows no positional arguments
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines hide the result
     try:
@@ -100,7 +100,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``gn-export``)."""
-    app.run(main)
+    classify.run_command(main, "gn-export")
 
 
 if __name__ == "__main__":

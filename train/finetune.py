@@ -18,11 +18,9 @@ intact one, as ``gn-train`` does: see ``train.checkpoints``).
 """
 
 import dataclasses
-import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from gn_keras import convert, load, transfer
 from gn_keras.frozen_bn import FrozenBatchNormalization
@@ -154,15 +152,14 @@ def define_flags(flag_values=flags.FLAGS):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # classify.run_command allows no positional arguments
     values = flags.FLAGS
     try:
         config = config_from_flags(values)
         options = FinetuneOptions(values.pretrained, values.freeze_at, values.freeze_bn)
         results = finetune(config, options)
-    except ValueError as error:  # includes gn_keras.load.ModelFileError
-        sys.exit(f"gn-finetune: error: {error}")
+    except ValueError as error:  # bad flags; a missing or damaged file
+        classify.exit_with_error("gn-finetune", error)
     if results.get("outputs"):
         print(classify.describe_outputs(results))
         print(f"  fine-tuning:    {os.path.join(config.model_dir, FINETUNE_FILE)}")
@@ -171,7 +168,7 @@ def main(argv):
 def run():
     """Console entry point ``gn-finetune``."""
     define_flags(flags.FLAGS)
-    app.run(main)
+    classify.run_command(main, "gn-finetune")
 
 
 if __name__ == "__main__":

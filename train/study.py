@@ -17,8 +17,9 @@ same command skips finished runs and resumes a half-finished one.
 import dataclasses
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from train import classify
 from train import config as config_lib
 from train import flags as flags_lib
 from train import studies
@@ -99,13 +100,12 @@ def run_from_flags(flag_values=flags.FLAGS, command=""):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # classify.run_command allows no positional arguments
     command = "python -m train.study " + " ".join(sys.argv[1:])
     try:
         outcome = run_from_flags(flags.FLAGS, command=command)
-    except ValueError as error:  # bad flags or a conflicting out_dir: one clear line
-        raise app.UsageError(str(error)) from None
+    except ValueError as error:  # bad flags, a conflicting out_dir, a damaged file
+        classify.exit_with_error("gn-study", error)
     runs = outcome.runs
     print(f"Trained {len(runs.trained)} run(s), skipped {len(runs.skipped)} finished "
           f"one(s); report: {outcome.report_path}")
@@ -114,7 +114,7 @@ def main(argv):
 def run():
     """Console entry point ``gn-study``."""
     define_study_flags(flags.FLAGS)
-    app.run(main)
+    classify.run_command(main, "gn-study")
 
 
 if __name__ == "__main__":
