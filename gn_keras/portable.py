@@ -1,11 +1,21 @@
-"""When a traced graph must hold standard TensorFlow ops only.
+"""Which traced graphs may hold the compiled kernels, and which must not.
 
-The fast path (:mod:`gn_keras.tf_fast`) uses the optional compiled kernels
-of :mod:`gn_keras.kernels` in graphs that run in this process: Keras
-``fit``, ``evaluate`` and ``predict``, and the user's own ``tf.function``.
-A graph that leaves the process must not contain them: a SavedModel would
-not load where the kernels are not built, and converters (tf2onnx, LiteRT)
-know only standard ops.  Such graphs are recognised here:
+The compiled kernels of :mod:`gn_keras.kernels` are custom ops: a graph
+that holds them runs only where they are built.  TensorFlow reuses a
+function's trace wherever the function goes next, so the decision is made
+when tracing, from what is known then.  :mod:`gn_keras.tf_fast` uses the
+kernels only in eager calls and in graphs that cannot reasonably leave the
+process:
+
+* graphs traced under a recording ``GradientTape`` (training steps);
+* graphs traced by Keras's own ``fit``/``evaluate``/``predict`` loops
+  (:func:`keras_loop_on_stack`).
+
+A ``tf.function`` of the user's without a tape (an inference or serving
+function) runs standard ops, because TF may reuse its trace for an export
+later (``get_concrete_function`` before ``tf.saved_model.save``, tf2onnx's
+``from_function``).  And :func:`required` recognises graphs being traced
+for export, which never hold the kernels (nor a custom gradient):
 
 * anything traced inside :func:`portable_ops` (the export helpers of
   :mod:`gn_keras.export` use it);
@@ -14,9 +24,6 @@ know only standard ops.  Such graphs are recognised here:
   converter is on the call stack (Keras's ``ExportArchive`` traces its
   endpoints before it enters ``tf.saved_model.save``, so the save context
   alone would miss ``model.export``).
-
-A concrete function the user traces by hand and saves later must be traced
-inside :func:`portable_ops`; the README says so.
 """
 
 import contextlib
@@ -25,6 +32,8 @@ import threading
 
 from tensorflow.python.saved_model import save_context  # no public query
 
+# Keras's TensorFlow training loops: their graphs run in this process only.
+KERAS_LOOP_MODULES = ("keras.src.backend.tensorflow.trainer",)
 # Modules that trace graphs to write them out or convert them.
 EXPORTER_MODULES = (
     "keras.src.export",
@@ -39,14 +48,16 @@ _state = threading.local()
 
 @contextlib.contextmanager
 def portable_ops():
-    """Trace graphs with standard TensorFlow ops only (no compiled kernels).
+    """Trace graphs for export: standard TensorFlow ops, no custom gradient.
 
-    Use it around a ``get_concrete_function`` (or any trace) whose graph you
-    will save or convert yourself::
+    Needed only for a training function (traced under a tape) that you will
+    save or convert yourself; inference functions never hold the kernels::
 
         with gn_keras.portable_ops():
-            concrete = serve.get_concrete_function(spec)
-        tf.saved_model.save(module, path, signatures=concrete)
+            concrete = train_step.get_concrete_function(spec)
+
+    TF reuses an existing trace, so the function must be traced for the
+    first time inside the block.
     """
     depth = getattr(_state, "depth", 0)
     _state.depth = depth + 1
@@ -63,13 +74,21 @@ def required():
     return _exporter_on_stack()
 
 
+def keras_loop_on_stack():
+    """Whether Keras's ``fit``/``evaluate``/``predict`` is tracing this graph."""
+    return _module_on_stack(KERAS_LOOP_MODULES)
+
+
 def _exporter_on_stack():
-    frame = sys._getframe(1)
+    return _module_on_stack(EXPORTER_MODULES)
+
+
+def _module_on_stack(prefixes):
+    frame = sys._getframe(2)
     for _ in range(_MAX_FRAMES):
         if frame is None:
             return False
-        module = frame.f_globals.get("__name__", "")
-        if module.startswith(EXPORTER_MODULES):
+        if frame.f_globals.get("__name__", "").startswith(prefixes):
             return True
         frame = frame.f_back
     return False

@@ -31,11 +31,12 @@ CPU (see docs/performance.md):
   compiles at load time or per input size.
 * Where the optional compiled kernels of :mod:`gn_keras.kernels` are
   built, channels-last float32/bfloat16/float16 inputs on CPU run them
-  instead, in eager calls and in every graph that stays in this process
-  (training and inference alike); they read the input once for the
-  statistics and once for the output.  Graphs that leave the process
-  (SavedModels, ONNX, LiteRT: :mod:`gn_keras.portable`), graphs compiled
-  whole by XLA, and machines with a GPU keep the TensorFlow ops above.
+  instead, in eager calls, training graphs and the graphs of Keras's
+  ``fit``/``evaluate``/``predict``; they read the input once for the
+  statistics and once for the output.  The user's own inference
+  functions, graphs that leave the process (SavedModels, ONNX, LiteRT;
+  see :mod:`gn_keras.portable`), graphs compiled whole by XLA, and
+  machines with a GPU keep the TensorFlow ops above.
   Graphs that leave the process run the plain forward without the custom
   gradient: TensorFlow differentiates it (the shift is a constant that
   cancels), so a loaded SavedModel needs no saved gradient function.
@@ -141,15 +142,21 @@ def _choose_kernels(x, layout):
 
 
 def _fused_allowed(x, layout):
-    """Channels last, a dtype the kernels take, CPU, and not inside an XLA graph."""
+    """Channels last, a dtype the kernels take, CPU, and a graph that stays here.
+
+    In graphs: not inside XLA (it compiles the whole graph and knows no
+    custom op), and only training graphs or Keras's own loops
+    (:mod:`gn_keras.portable` says why).
+    """
     if layout.axis != layout.rank - 1 or x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
         return False
     if _gpu_visible():
         return False
-    # XLA compiles a whole jit_compile graph and knows no custom op.
-    return tf.executing_eagerly() or not _control_flow_util.GraphOrParentsInXlaContext(
-        _tf_ops.get_default_graph()
-    )
+    if tf.executing_eagerly():
+        return True
+    if _control_flow_util.GraphOrParentsInXlaContext(_tf_ops.get_default_graph()):
+        return False
+    return _tape_record.could_possibly_record() or portable.keras_loop_on_stack()
 
 
 @functools.lru_cache(maxsize=None)

@@ -116,39 +116,45 @@ def _compile_command(output):
 
 
 def _build_key(command):
-    """Changes with the source, the command, TensorFlow, the compiler and the CPU."""
+    """Changes with the sources, the command, TensorFlow and the CPU.
+
+    Not with the compiler's version: a cached library must load on a
+    machine (a slim Docker image, say) that has no compiler at all.
+    """
     import tensorflow as tf
 
     digest = hashlib.sha256()
     for path in SOURCES:
         with open(path, "rb") as source:
             digest.update(source.read())
-    for part in (*command, tf.__version__, platform.machine(), _cpu_flags(), _compiler_version(command[0])):
+    for part in (*command, tf.__version__, platform.machine(), _cpu_features()):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
 
-def _cpu_flags():
+# /proc/cpuinfo lines naming the CPU and its instruction sets (x86, ARM).
+_CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+
+
+def _cpu_features():
     # -march=native: a cache shared between different CPUs must not mix builds.
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
-            return next((line for line in info if line.startswith("flags")), "")
+            found = {}
+            for line in info:
+                field = line.split(":", 1)[0].strip()
+                if field in _CPU_FIELDS:
+                    found.setdefault(field, line.strip())
+            return "\n".join(found[field] for field in sorted(found))
     except OSError:
         return platform.processor()
-
-
-def _compiler_version(compiler):
-    try:
-        return subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise KernelBuildError(f"no working C++ compiler {compiler!r}: {error}") from error
 
 
 def _run_compiler(command):
     try:
         result = subprocess.run(command, capture_output=True, text=True)
     except OSError as error:
-        raise KernelBuildError(f"cannot run {command[0]!r}: {error}") from error
+        raise KernelBuildError(f"no working C++ compiler {command[0]!r}: {error}") from error
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         raise KernelBuildError(f"compiling {SOURCE} failed:\n{tail}")

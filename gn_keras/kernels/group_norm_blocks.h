@@ -67,8 +67,10 @@ struct Layout {
 };
 
 // About 16K elements per block: a block of float32 stays in L2 between the
-// two sweeps that compute its statistics.
+// two sweeps that compute its statistics.  At most 256 rows, so that each
+// channel's float32 block sum adds few terms even when channels are few.
 constexpr int64_t kBlockElements = 16384;
+constexpr int64_t kMaxRowsPerBlock = 256;
 
 inline tensorflow::Status MakeLayout(const Tensor& x, int64_t groups, Layout* layout) {
   if (x.dims() < 2) {
@@ -84,7 +86,8 @@ inline tensorflow::Status MakeLayout(const Tensor& x, int64_t groups, Layout* la
   }
   l.groups = groups;
   l.width = l.c / groups;
-  l.rows_per_block = std::max<int64_t>(1, std::min<int64_t>(l.a, kBlockElements / std::max<int64_t>(l.c, 1)));
+  l.rows_per_block = std::max<int64_t>(
+      1, std::min({l.a, kMaxRowsPerBlock, kBlockElements / std::max<int64_t>(l.c, 1)}));
   l.blocks_per_sample = l.a == 0 ? 0 : (l.a + l.rows_per_block - 1) / l.rows_per_block;
   return tensorflow::OkStatus();
 }
