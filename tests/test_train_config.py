@@ -155,6 +155,8 @@ def test_command_line_errors_are_one_message_and_start_nothing(argv, message, tm
      "--freeze_at=9 is invalid"),
     ("train.study", "gn-study", [], "--study is required"),
     ("train.export", "gn-export", ["--output_dir={tmp}/out"], "--model"),
+    ("train.export", "gn-export", ["--model={tmp}/m.keras", "--output_dir={tmp}/out", "--tolerance=0"],
+     "--tolerance must be > 0"),
 ])
 def test_other_scripts_give_the_same_one_line_usage_error(module, program, argv, message,
                                                           tmp_path):

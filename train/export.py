@@ -44,6 +44,8 @@ flags.DEFINE_float("tolerance", None, "Largest allowed |export - Keras| relative
                    "7.8e-3 for float16, 6.25e-2 for bfloat16 (the SavedModel); ONNX "
                    "and LiteRT hold and are checked against the float32 twin of a "
                    "mixed-precision model, at 1e-4.")
+flags.register_validator("tolerance", lambda value: value is None or value > 0,
+                         message="--tolerance must be > 0 (it bounds a relative difference)")
 flags.mark_flags_as_required(["model", "output_dir"])
 FLAGS = flags.FLAGS
 
