@@ -75,6 +75,10 @@ def test_sigkill_mid_epoch_then_rerun_loses_and_repeats_nothing(rng, tmp_path):
     epoch_lines = [line for line in second.stdout.replace("\r", "\n").splitlines()
                    if line.startswith("Epoch ")]
     assert epoch_lines == [f"Epoch {e + 1}/{EPOCHS}" for e in range(epoch, EPOCHS)]
+    # stdout is a pipe: one plain progress line per epoch, no terminal codes.
+    assert "\x1b[" not in second.stdout and "\r" not in second.stdout
+    progress_lines = [line for line in second.stdout.splitlines() if line.startswith(f"{STEPS}/{STEPS} - ")]
+    assert len(progress_lines) == EPOCHS - epoch
 
     results = json.load(open(os.path.join(model_dir, "results.json")))
     assert [r["epoch"] for r in results["epochs"]] == list(range(EPOCHS))

@@ -21,6 +21,7 @@ attempt stored, keyed by epoch.
 """
 
 import dataclasses
+import sys
 import time
 
 import keras
@@ -47,7 +48,7 @@ def _train_epoch(runner, pipeline, checkpointer, outputs, plan, epoch, first_ste
     iterator = iter(dataset)
     runner.reset(runner.train_metrics)
     progress = keras.utils.Progbar(plan.steps_per_epoch, stateful_metrics=["lr"],
-                                   verbose=1 if outputs.is_chief else 0)
+                                   verbose=_progress_verbosity(outputs.is_chief))
     started = time.perf_counter()
     for step in range(first_step, plan.steps_per_epoch):
         global_step = epoch * plan.steps_per_epoch + step
@@ -65,6 +66,17 @@ def _train_epoch(runner, pipeline, checkpointer, outputs, plan, epoch, first_ste
     seconds = time.perf_counter() - started
     trained = plan.steps_per_epoch - first_step
     return runner.results(runner.train_metrics), trained * plan.global_batch_size / seconds
+
+
+def _progress_verbosity(is_chief):
+    """A live bar on a terminal; one plain line per epoch in a log file.
+
+    Keras's bar redraws itself with control codes whenever ``posix`` is
+    imported, terminal or not, which fills redirected logs with them.
+    """
+    if not is_chief:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 def evaluate(runner, pipeline, eval_steps):
