@@ -22,7 +22,6 @@ into a per-user cache, so later processes only load it.
 """
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import logging
@@ -170,6 +169,11 @@ def _cache_dir():
 
 @contextlib.contextmanager
 def _exclusive(lock_path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the rename still keeps builds whole
+        yield
+        return
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
