@@ -2,6 +2,19 @@
 
 from setuptools import find_packages, setup
 
+# The repo keeps models/ and train/ at the top, but they install inside the one
+# gn_keras namespace: top-level "models" or "train" packages would clash with
+# the many research repos that ship their own.
+SUBPACKAGES = {"models": "gn_keras.models", "train": "gn_keras.train"}
+
+
+def _packages():
+    packages = find_packages(include=["gn_keras", "gn_keras.*"])
+    for folder, name in SUBPACKAGES.items():
+        packages += [name] + [f"{name}.{sub}" for sub in find_packages(where=folder)]
+    return packages
+
+
 setup(
     name="gn-keras",
     version="0.1.0",
@@ -9,7 +22,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["gn_keras*", "models*", "train*"]),
+    packages=_packages(),
+    package_dir={name: folder for folder, name in SUBPACKAGES.items()},
     # The optional compiled kernels are built from source on first use.
     package_data={"gn_keras.kernels": ["*.cc", "*.h"]},
     install_requires=[
@@ -23,16 +37,19 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "gn-train=train.classify:run",
-            "gn-export=train.export:run",
-            "gn-finetune=train.finetune:run",
-            "gn-study=train.study:run",
+            "gn-train=gn_keras.train.classify:run",
+            "gn-export=gn_keras.train.export:run",
+            "gn-finetune=gn_keras.train.finetune:run",
+            "gn-study=gn_keras.train.study:run",
         ],
     },
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-timeout",
+            # Lint and format check; pinned so that a new release cannot
+            # reformat the tree under CI.
+            "ruff==0.17.6",
             # Other Keras backends, so the layer is checked on them too.
             "jax[cpu]",
             "torch==2.13.0",

@@ -54,25 +54,39 @@ from absl import app, flags  # noqa: E402
 from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 
 from gn_keras import GroupNormalization  # noqa: E402
-from train import outputs  # noqa: E402
+from gn_keras.train import outputs  # noqa: E402
 
 SHAPES = ((8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024), (2, 56, 56, 256))
 GROUPS = 32
 EPSILON = 1e-5
 # Ratio columns: (numerator, denominator, target) per mode; see the issue.
 RATIOS = {
-    "forward": (("ours", "keras_gn", None), ("ours", "keras_bn", None),
-                ("ours", "torch_gn", None), ("ours", "copy", 3.0)),
-    "forward_backward": (("ours", "keras_gn", 0.5), ("ours", "keras_bn", 1.0),
-                         ("ours", "torch_gn", 1.0), ("ours_tf_ops", "keras_gn", None)),
+    "forward": (
+        ("ours", "keras_gn", None),
+        ("ours", "keras_bn", None),
+        ("ours", "torch_gn", None),
+        ("ours", "copy", 3.0),
+    ),
+    "forward_backward": (
+        ("ours", "keras_gn", 0.5),
+        ("ours", "keras_bn", 1.0),
+        ("ours", "torch_gn", 1.0),
+        ("ours_tf_ops", "keras_gn", None),
+    ),
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                  "Input dtype; bfloat16 runs the Keras layers under mixed_bfloat16.")
+flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "Input dtype; bfloat16 runs the Keras layers under mixed_bfloat16.",
+)
 flags.DEFINE_integer("repeats", 30, "Timed calls per contender, shape and mode.", lower_bound=3)
 flags.DEFINE_bool("quick", False, "Smoke run: 5 repeats and only the 2x56x56x256 shape.")
-flags.DEFINE_string("output", None, "JSON path; default bench/results/layer_speed_<dtype>[_quick].json.")
+flags.DEFINE_string(
+    "output", None, "JSON path; default bench/results/layer_speed_<dtype>[_quick].json."
+)
 
 
 def _keras_contender(layer, x, dy, training=None, kernels="require"):
@@ -170,11 +184,14 @@ def _contenders(shape, dtype, rng):
     contenders = {
         "ours": _keras_contender(GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy),
         "ours_tf_ops": _keras_contender(
-            GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy, kernels="off"),
+            GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy, kernels="off"
+        ),
         "keras_gn": _keras_contender(
-            keras.layers.GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy),
+            keras.layers.GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy
+        ),
         "keras_bn": _keras_contender(
-            keras.layers.BatchNormalization(epsilon=EPSILON, dtype=policy), x, dy, training=True),
+            keras.layers.BatchNormalization(epsilon=EPSILON, dtype=policy), x, dy, training=True
+        ),
         "copy": _copy_contender(x),
     }
     torch_pair = _torch_contender(x_np, dy_np, dtype)
@@ -198,14 +215,21 @@ def _interleaved_medians(calls, repeats):
             calls[name]()
             cpu[name].append(1e3 * (time.process_time() - cpu_start))
             wall[name].append(1e3 * (time.perf_counter() - wall_start))
-    return {name: {**_summary(wall[name]), "cpu_median_ms": statistics.median(cpu[name])}
-            for name in names}
+    return {
+        name: {**_summary(wall[name]), "cpu_median_ms": statistics.median(cpu[name])}
+        for name in names
+    }
 
 
 def _summary(values):
     quartiles = statistics.quantiles(values, n=4)
-    return {"median_ms": statistics.median(values), "q1_ms": quartiles[0],
-            "q3_ms": quartiles[2], "min_ms": min(values), "repeats": len(values)}
+    return {
+        "median_ms": statistics.median(values),
+        "q1_ms": quartiles[0],
+        "q3_ms": quartiles[2],
+        "min_ms": min(values),
+        "repeats": len(values),
+    }
 
 
 def _ratios(mode, medians, key):
@@ -227,8 +251,11 @@ def measure(shapes, dtype, repeats, seed=0):
         for index, mode in enumerate(("forward", "forward_backward")):
             calls = {name: pair[index] for name, pair in contenders.items()}
             medians = _interleaved_medians(calls, repeats)
-            row[mode] = {"times": medians, "ratios": _ratios(mode, medians, "median_ms"),
-                         "cpu_ratios": _ratios(mode, medians, "cpu_median_ms")}
+            row[mode] = {
+                "times": medians,
+                "ratios": _ratios(mode, medians, "median_ms"),
+                "cpu_ratios": _ratios(mode, medians, "cpu_median_ms"),
+            }
         results.append(row)
         print(f"measured {'x'.join(map(str, shape))}", flush=True)
     return results
@@ -236,9 +263,14 @@ def measure(shapes, dtype, repeats, seed=0):
 
 def format_table(results, mode, clock="wall"):
     """A Markdown table: one row per shape, medians in ms then the ratios."""
-    time_key, ratio_key = {"wall": ("median_ms", "ratios"), "cpu": ("cpu_median_ms", "cpu_ratios")}[clock]
-    names = [n for n in ("ours", "ours_tf_ops", "keras_gn", "keras_bn", "torch_gn", "copy")
-             if n in results[0][mode]["times"]]
+    time_key, ratio_key = {"wall": ("median_ms", "ratios"), "cpu": ("cpu_median_ms", "cpu_ratios")}[
+        clock
+    ]
+    names = [
+        n
+        for n in ("ours", "ours_tf_ops", "keras_gn", "keras_bn", "torch_gn", "copy")
+        if n in results[0][mode]["times"]
+    ]
     ratio_names = list(results[0][mode][ratio_key])
     header = ["shape"] + [f"{n} ms" for n in names] + ratio_names
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -246,13 +278,18 @@ def format_table(results, mode, clock="wall"):
         times = [f"{row[mode]['times'][n][time_key]:.2f}" for n in names]
         ratios = [_ratio_cell(row[mode][ratio_key][r]) for r in ratio_names]
         lines.append("| " + " | ".join(["x".join(map(str, row["shape"]))] + times + ratios) + " |")
-    targets = ", ".join(f"{r} <= {t}" for r, t in
-                        ((r, results[0][mode][ratio_key][r]["target"]) for r in ratio_names) if t)
+    targets = ", ".join(
+        f"{r} <= {t}"
+        for r, t in ((r, results[0][mode][ratio_key][r]["target"]) for r in ratio_names)
+        if t
+    )
     return "\n".join(lines) + (f"\n\ntargets: {targets}" if targets else "")
 
 
 def _ratio_cell(entry):
-    ok = "" if entry["target"] is None else (" ok" if entry["ratio"] <= entry["target"] else " MISS")
+    ok = (
+        "" if entry["target"] is None else (" ok" if entry["ratio"] <= entry["target"] else " MISS")
+    )
     return f"{entry['ratio']:.2f}{ok}"
 
 
@@ -260,22 +297,31 @@ def main(argv):
     del argv
     shapes = SHAPES[-1:] if FLAGS.quick else SHAPES
     repeats = 5 if FLAGS.quick else FLAGS.repeats
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     machine = machine_info()
     results = measure(shapes, FLAGS.dtype, repeats)
     report = {
-        "benchmark": "layer_speed", "date_utc": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
-        "dtype": FLAGS.dtype, "groups": GROUPS, "epsilon": EPSILON, "repeats": repeats,
-        "machine": machine, "results": results,
+        "benchmark": "layer_speed",
+        "date_utc": started.isoformat(timespec="seconds"),
+        "seconds": round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
+        "dtype": FLAGS.dtype,
+        "groups": GROUPS,
+        "epsilon": EPSILON,
+        "repeats": repeats,
+        "machine": machine,
+        "results": results,
     }
     for mode in ("forward", "forward_backward"):
         for clock in ("wall", "cpu"):
-            print(f"\n{mode}, {clock} clock ({FLAGS.dtype}, median of {repeats}, ms)\n\n"
-                  f"{format_table(results, mode, clock)}")
+            print(
+                f"\n{mode}, {clock} clock ({FLAGS.dtype}, median of {repeats}, ms)\n\n"
+                f"{format_table(results, mode, clock)}"
+            )
     output = FLAGS.output or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
-        f"layer_speed_{FLAGS.dtype}{'_quick' if FLAGS.quick else ''}.json")
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"layer_speed_{FLAGS.dtype}{'_quick' if FLAGS.quick else ''}.json",
+    )
     os.makedirs(os.path.dirname(output), exist_ok=True)
     outputs.write_json_atomically(output, report)
     print(f"\nwrote {output}")

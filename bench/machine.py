@@ -26,9 +26,13 @@ def cpu_model():
 def machine_info():
     """CPU, core count, software versions and the load average right now."""
     info = {
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "tensorflow": tf.__version__,
-        "keras": keras.__version__, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     from gn_keras import kernels

@@ -32,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GN_KERAS_KERNELS", "require")
 
 import datetime  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -41,9 +40,11 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 
-from train import classify  # noqa: E402
-from train import config as config_lib  # noqa: E402
-from train import outputs  # noqa: E402
+from gn_keras.train import (
+    classify,  # noqa: E402
+    outputs,  # noqa: E402
+)
+from gn_keras.train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 10, "Timed steps per contender.", lower_bound=1)
@@ -52,10 +53,17 @@ flags.DEFINE_integer("batch_size", 8, "Images per step.", lower_bound=1)
 flags.DEFINE_integer("image_size", 112, "Square input size.", lower_bound=32)
 flags.DEFINE_list("norms", ["bn", "gn", "keras_gn"], "Normalizations to compare.")
 flags.DEFINE_list("pipelines", ["synthetic", "digits"], "Input pipelines to measure.")
-flags.DEFINE_enum("mixed_precision", "float32", list(config_lib.PRECISIONS),
-                  "Keras dtype policy of every contender.")
-flags.DEFINE_string("json", None, "Where to write the results (default: "
-                    "bench/results/train_throughput_<mixed_precision>.json).")
+flags.DEFINE_enum(
+    "mixed_precision",
+    "float32",
+    list(config_lib.PRECISIONS),
+    "Keras dtype policy of every contender.",
+)
+flags.DEFINE_string(
+    "json",
+    None,
+    "Where to write the results (default: bench/results/train_throughput_<mixed_precision>.json).",
+)
 
 RATIOS = (("gn", "bn"), ("gn", "keras_gn"))
 
@@ -68,10 +76,19 @@ def contender(norm, pipeline, batch_size, image_size, mixed_precision):
     """
     config = config_lib.make_config(
         mixed_precision=mixed_precision,
-        model="resnet50", norm=norm, groups=32, dataset=pipeline, image_size=image_size,
-        batch_size_per_replica=batch_size, num_classes=1000 if pipeline == "synthetic" else None,
-        weight_decay=1e-4, lr_reference_batch=256, warmup_epochs=0, lr_schedule="constant",
-        strategy="one_device")
+        model="resnet50",
+        norm=norm,
+        groups=32,
+        dataset=pipeline,
+        image_size=image_size,
+        batch_size_per_replica=batch_size,
+        num_classes=1000 if pipeline == "synthetic" else None,
+        weight_decay=1e-4,
+        lr_reference_batch=256,
+        warmup_epochs=0,
+        lr_schedule="constant",
+        strategy="one_device",
+    )
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     run = classify.prepare(config, strategy)
     iterator = iter(strategy.distribute_datasets_from_function(run.pipeline.train_dataset_fn(0)))
@@ -106,9 +123,13 @@ def summarize(times, batch_size):
     rows = {}
     for name, measured in times.items():
         wall, cpu = statistics.median(measured["wall"]), statistics.median(measured["cpu"])
-        rows[name] = {"median_step_s": wall, "median_cpu_step_s": cpu,
-                      "images_per_sec": batch_size / wall, "steps": len(measured["wall"]),
-                      "first_step_s": measured["first"]}
+        rows[name] = {
+            "median_step_s": wall,
+            "median_cpu_step_s": cpu,
+            "images_per_sec": batch_size / wall,
+            "steps": len(measured["wall"]),
+            "first_step_s": measured["first"],
+        }
     return rows
 
 
@@ -119,46 +140,69 @@ def ratios(rows, pipeline):
         if top and bottom:
             found[f"{pipeline}: {numerator}/{denominator}"] = {
                 "wall": top["median_step_s"] / bottom["median_step_s"],
-                "cpu": top["median_cpu_step_s"] / bottom["median_cpu_step_s"]}
+                "cpu": top["median_cpu_step_s"] / bottom["median_cpu_step_s"],
+            }
     return found
 
 
 def table(rows, found):
-    lines = ["| pipeline/norm | median step s | CPU s/step | images/s | first step s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| pipeline/norm | median step s | CPU s/step | images/s | first step s |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['median_step_s']:.3f} | {row['median_cpu_step_s']:.3f} "
-                     f"| {row['images_per_sec']:.1f} | {row['first_step_s']:.1f} |")
+        lines.append(
+            f"| {name} | {row['median_step_s']:.3f} | {row['median_cpu_step_s']:.3f} "
+            f"| {row['images_per_sec']:.1f} | {row['first_step_s']:.1f} |"
+        )
     lines += ["", "| step-time ratio | wall | CPU |", "|---|---|---|"]
-    lines += [f"| {name} | {value['wall']:.2f} | {value['cpu']:.2f} |"
-              for name, value in found.items()]
+    lines += [
+        f"| {name} | {value['wall']:.2f} | {value['cpu']:.2f} |" for name, value in found.items()
+    ]
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     machine = machine_info()
     keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
-    calls = {f"{pipeline}/{norm}": contender(norm, pipeline, FLAGS.batch_size, FLAGS.image_size,
-                                             FLAGS.mixed_precision)
-             for pipeline in FLAGS.pipelines for norm in FLAGS.norms}
+    calls = {
+        f"{pipeline}/{norm}": contender(
+            norm, pipeline, FLAGS.batch_size, FLAGS.image_size, FLAGS.mixed_precision
+        )
+        for pipeline in FLAGS.pipelines
+        for norm in FLAGS.norms
+    }
     rows = summarize(interleaved_times(calls, FLAGS.steps, FLAGS.warmup_steps), FLAGS.batch_size)
     found = {}
     for pipeline in FLAGS.pipelines:
         found.update(ratios(rows, pipeline))
-    print(f"ResNet-50, {FLAGS.mixed_precision}, batch {FLAGS.batch_size}, {FLAGS.image_size} px, "
-          f"{FLAGS.steps} steps; "
-          f"{started:%Y-%m-%d %H:%M} UTC on {machine['cpu']} ({machine['logical_cpus']} CPUs)")
+    print(
+        f"ResNet-50, {FLAGS.mixed_precision}, batch {FLAGS.batch_size}, {FLAGS.image_size} px, "
+        f"{FLAGS.steps} steps; "
+        f"{started:%Y-%m-%d %H:%M} UTC on {machine['cpu']} ({machine['logical_cpus']} CPUs)"
+    )
     print(table(rows, found))
-    report = {"date": started.isoformat(), "machine": machine,
-              "settings": {"model": "resnet50", "batch_size": FLAGS.batch_size,
-                           "image_size": FLAGS.image_size, "steps": FLAGS.steps,
-                           "mixed_precision": FLAGS.mixed_precision,
-                           "warmup_steps": FLAGS.warmup_steps},
-              "results": rows, "ratios": found}
-    path = FLAGS.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                      f"train_throughput_{FLAGS.mixed_precision}.json")
+    report = {
+        "date": started.isoformat(),
+        "machine": machine,
+        "settings": {
+            "model": "resnet50",
+            "batch_size": FLAGS.batch_size,
+            "image_size": FLAGS.image_size,
+            "steps": FLAGS.steps,
+            "mixed_precision": FLAGS.mixed_precision,
+            "warmup_steps": FLAGS.warmup_steps,
+        },
+        "results": rows,
+        "ratios": found,
+    }
+    path = FLAGS.json or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"train_throughput_{FLAGS.mixed_precision}.json",
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     outputs.write_json_atomically(path, report)
     print(f"wrote {path}")

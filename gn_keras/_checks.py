@@ -60,8 +60,7 @@ def check_groups_arguments(groups, group_size, where):
 def check_epsilon(epsilon, where):
     if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not epsilon > 0:
         raise ValueError(
-            f"{where}: argument `epsilon` must be a positive number, got "
-            f"epsilon={epsilon!r}."
+            f"{where}: argument `epsilon` must be a positive number, got epsilon={epsilon!r}."
         )
 
 
@@ -74,9 +73,7 @@ def normalize_axis(axis, shape, where):
             f"shape {tuple(shape)} of rank {rank}."
         )
     if not _is_integer(axis):
-        raise ValueError(
-            f"{where}: argument `axis` must be an integer, got axis={axis!r}."
-        )
+        raise ValueError(f"{where}: argument `axis` must be an integer, got axis={axis!r}.")
     if not -rank <= axis < rank:
         raise ValueError(
             f"{where}: axis={axis} is out of range for an input of rank {rank} "
@@ -115,8 +112,7 @@ def resolve_groups(channels, groups, group_size, where):
     if group_size is not None:
         if group_size > channels or channels % group_size:
             raise ValueError(
-                f"{where}: group_size={group_size} does not divide the "
-                f"{channels} channels."
+                f"{where}: group_size={group_size} does not divide the {channels} channels."
             )
         from_size = channels // group_size
         if not groups_is_default(groups):
@@ -136,7 +132,5 @@ def resolve_groups(channels, groups, group_size, where):
             "groups must be at most the channel count."
         )
     if channels % groups:
-        raise ValueError(
-            f"{where}: {groups} groups do not divide {channels} channels."
-        )
+        raise ValueError(f"{where}: {groups} groups do not divide {channels} channels.")
     return int(groups)

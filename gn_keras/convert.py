@@ -104,8 +104,11 @@ def _rebuild(model, replace, keep_norm_weights=True):
         return new
 
     clone = keras.models.clone_model(
-        model, input_tensors=_named_inputs(model), clone_function=clone_function,
-        call_function=_call_with_accepted_kwargs, recursive=True,
+        model,
+        input_tensors=_named_inputs(model),
+        clone_function=clone_function,
+        call_function=_call_with_accepted_kwargs,
+        recursive=True,
     )
     for old, new, replaced in pairs:
         _carry_weights(old, new, replaced, keep_norm_weights)
@@ -114,7 +117,9 @@ def _rebuild(model, replace, keep_norm_weights=True):
 
 def _check_model(model, where):
     if not isinstance(model, keras.Model):
-        raise ValueError(f"{where}: argument `model` must be a keras.Model, got {type(model).__name__}.")
+        raise ValueError(
+            f"{where}: argument `model` must be a keras.Model, got {type(model).__name__}."
+        )
 
 
 def freeze_batchnorm(model):
@@ -132,10 +137,15 @@ def freeze_batchnorm(model):
             return None
         return FrozenBatchNormalization(axis=layer.axis, epsilon=layer.epsilon, name=layer.name)
 
-    found = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    found = [
+        layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     if not found:
-        _LOG.warning("freeze_batchnorm: model %r has no BatchNormalization layer; "
-                     "returning an unchanged copy.", model.name)
+        _LOG.warning(
+            "freeze_batchnorm: model %r has no BatchNormalization layer; "
+            "returning an unchanged copy.",
+            model.name,
+        )
     return _rebuild(model, replace)
 
 

@@ -65,13 +65,15 @@ def check_model_matches(model, preprocessing):
         shapes = [tuple(tensor.shape) for tensor in model.inputs]
         raise ValueError(
             f"model {model.name!r} takes inputs {shapes} but preprocessing "
-            f"gives images of shape (None, {', '.join(map(str, expected))}).")
+            f"gives images of shape (None, {', '.join(map(str, expected))})."
+        )
     classes = model.outputs[0].shape[-1]
     wanted = preprocessing.get("num_classes")
     if len(model.outputs[0].shape) != 2 or (wanted is not None and classes != wanted):
         raise ValueError(
             f"model {model.name!r} outputs shape {tuple(model.outputs[0].shape)} "
-            f"but preprocessing says num_classes={wanted}.")
+            f"but preprocessing says num_classes={wanted}."
+        )
 
 
 def image_spec(preprocessing, dtype=tf.float32):
@@ -127,8 +129,7 @@ def export_saved_model(model, export_dir, preprocessing, verify=True, tolerance=
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SERVING_SIGNATURE, endpoints.classify, [image_spec(preprocessing)])
-    archive.add_endpoint(UINT8_SIGNATURE, endpoints.classify,
-                         [image_spec(preprocessing, tf.uint8)])
+    archive.add_endpoint(UINT8_SIGNATURE, endpoints.classify, [image_spec(preprocessing, tf.uint8)])
     archive.add_endpoint(FEATURES_SIGNATURE, endpoints.features, [image_spec(preprocessing)])
     # The ordered weights let gn_keras.load rebuild a trainable Keras model.
     archive.add_variable_collection(load.VARIABLES_COLLECTION, model.weights)
@@ -160,10 +161,12 @@ def export_onnx(model, path, preprocessing, opset=ONNX_OPSET):
     preprocessing = load.check_preprocessing(preprocessing, where="export_onnx")
     check_model_matches(model, preprocessing)
     spec = [image_spec(preprocessing)]
-    function = tf.function(_Endpoints(float32_copy(model), preprocessing).classify,
-                           input_signature=spec)
-    tf2onnx.convert.from_function(function, input_signature=spec, opset=opset,
-                                  output_path=os.fspath(path))
+    function = tf.function(
+        _Endpoints(float32_copy(model), preprocessing).classify, input_signature=spec
+    )
+    tf2onnx.convert.from_function(
+        function, input_signature=spec, opset=opset, output_path=os.fspath(path)
+    )
     return path
 
 
@@ -240,12 +243,14 @@ def export_tflite(model, path, preprocessing):
     twin = float32_copy(model)
     archive = keras.export.ExportArchive()
     archive.track(twin)
-    archive.add_endpoint(SERVING_SIGNATURE, _Endpoints(twin, preprocessing).classify,
-                         [image_spec(preprocessing)])
+    archive.add_endpoint(
+        SERVING_SIGNATURE, _Endpoints(twin, preprocessing).classify, [image_spec(preprocessing)]
+    )
     with tempfile.TemporaryDirectory() as staging:
         archive.write_out(staging, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
-            staging, signature_keys=[SERVING_SIGNATURE])
+            staging, signature_keys=[SERVING_SIGNATURE]
+        )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
     with open(path, "wb") as handle:
@@ -283,17 +288,22 @@ def compare(artefact, got, want, tolerance=DEFAULT_TOLERANCE):
     report = {}
     for name, expected in want.items():
         if name not in got:
-            raise ExportMismatchError(f"{artefact}: output {name!r} is missing (has {sorted(got)}).")
+            raise ExportMismatchError(
+                f"{artefact}: output {name!r} is missing (has {sorted(got)})."
+            )
         actual = np.asarray(got[name], np.float64)
         if actual.shape != expected.shape:
             raise ExportMismatchError(
-                f"{artefact}: output {name!r} has shape {actual.shape}, Keras gives {expected.shape}.")
+                f"{artefact}: output {name!r} has shape {actual.shape}, "
+                f"Keras gives {expected.shape}."
+            )
         error = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
         allowed = tolerance * max(1.0, float(np.max(np.abs(expected))))
         if not error <= allowed:
             raise ExportMismatchError(
                 f"{artefact}: output {name!r} differs from Keras by {error:.3g} "
-                f"(allowed {allowed:.3g}).")
+                f"(allowed {allowed:.3g})."
+            )
         report[name] = error
     return report
 

@@ -64,8 +64,11 @@ class FrozenBatchNormalization(keras.layers.Layer):
 
     def _frozen(self, name, channels, initializer):
         return self.add_weight(
-            shape=(channels,), name=name, initializer=initializer,
-            trainable=False, autocast=False,
+            shape=(channels,),
+            name=name,
+            initializer=initializer,
+            trainable=False,
+            autocast=False,
         )
 
     def call(self, inputs):

@@ -53,7 +53,9 @@ def _broadcast_shape(rank, axis, groups, channels):
 
 def _moments(xg, reduce_axes, mask, axis):
     if mask is None:
-        first = tuple(slice(0, 1) if i in reduce_axes else slice(None) for i in range(len(xg.shape)))
+        first = tuple(
+            slice(0, 1) if i in reduce_axes else slice(None) for i in range(len(xg.shape))
+        )
         shift = ops.stop_gradient(xg[first])
         mean = shift + ops.mean(xg - shift, axis=reduce_axes, keepdims=True)
         variance = ops.mean(ops.square(xg - mean), axis=reduce_axes, keepdims=True)

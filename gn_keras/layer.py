@@ -97,24 +97,45 @@ class GroupNormalization(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={axis: channels})
         # autocast=False keeps γ/β in float32 under a mixed policy: they
         # enter the float32 statistics, not the 16-bit tensor.
-        self.gamma = self._add_affine("gamma", channels, self.scale, self.gamma_initializer,
-                                      self.gamma_regularizer, self.gamma_constraint)
-        self.beta = self._add_affine("beta", channels, self.center, self.beta_initializer,
-                                     self.beta_regularizer, self.beta_constraint)
+        self.gamma = self._add_affine(
+            "gamma",
+            channels,
+            self.scale,
+            self.gamma_initializer,
+            self.gamma_regularizer,
+            self.gamma_constraint,
+        )
+        self.beta = self._add_affine(
+            "beta",
+            channels,
+            self.center,
+            self.beta_initializer,
+            self.beta_regularizer,
+            self.beta_constraint,
+        )
         super().build(input_shape)
 
     def _add_affine(self, name, channels, enabled, initializer, regularizer, constraint):
         if not enabled:
             return None
         return self.add_weight(
-            shape=(channels,), name=name, initializer=initializer,
-            regularizer=regularizer, constraint=constraint, autocast=False,
+            shape=(channels,),
+            name=name,
+            initializer=initializer,
+            regularizer=regularizer,
+            constraint=constraint,
+            autocast=False,
         )
 
     def call(self, inputs, mask=None):
         return group_norm(
-            inputs, gamma=self.gamma, beta=self.beta, groups=self._resolved_groups,
-            axis=self.axis, epsilon=self.epsilon, mask=mask,
+            inputs,
+            gamma=self.gamma,
+            beta=self.beta,
+            groups=self._resolved_groups,
+            axis=self.axis,
+            epsilon=self.epsilon,
+            mask=mask,
         )
 
     def compute_output_shape(self, input_shape):
@@ -122,20 +143,22 @@ class GroupNormalization(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "groups": None if self.groups is None else int(self.groups),
-            "group_size": self.group_size,
-            "axis": self.axis,
-            "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
-            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": keras.constraints.serialize(self.beta_constraint),
-            "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
-        })
+        config.update(
+            {
+                "groups": None if self.groups is None else int(self.groups),
+                "group_size": self.group_size,
+                "axis": self.axis,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+            }
+        )
         if self.group_size is not None and _checks.groups_is_default(self.groups):
             config["groups"] = None  # group_size decided; don't freeze a fake 32
         return config

@@ -59,8 +59,10 @@ def resolve_model_path(source):
     if os.path.isfile(source):
         if not source.endswith(".keras"):
             raise ModelFileError(
-                source, "not a .keras file; give a .keras file, a SavedModel "
-                "directory, or a training/export directory that holds one.")
+                source,
+                "not a .keras file; give a .keras file, a SavedModel "
+                "directory, or a training/export directory that holds one.",
+            )
         return source
     if is_saved_model_dir(source):
         return source
@@ -69,8 +71,10 @@ def resolve_model_path(source):
         if os.path.isfile(candidate) or is_saved_model_dir(candidate):
             return candidate
     raise ModelFileError(
-        source, "directory holds no model: looked for saved_model.pb and "
-        f"for {', '.join(MODEL_CANDIDATES)}.")
+        source,
+        "directory holds no model: looked for saved_model.pb and "
+        f"for {', '.join(MODEL_CANDIDATES)}.",
+    )
 
 
 def load_model(source):
@@ -88,8 +92,10 @@ def _load_keras_file(path):
         return keras.saving.load_model(path, compile=False)
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
         raise ModelFileError(
-            path, f"cannot read the Keras model (truncated or not a .keras "
-            f"archive?): {_first_line(error)}") from None
+            path,
+            f"cannot read the Keras model (truncated or not a .keras "
+            f"archive?): {_first_line(error)}",
+        ) from None
 
 
 def load_exported_model(export_dir):
@@ -99,23 +105,28 @@ def load_exported_model(export_dir):
     config_path = os.path.join(export_dir, EXTRA_DIR, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise ModelFileError(
-            export_dir, f"SavedModel has no {EXTRA_DIR}/{CONFIG_FILE}, so it "
+            export_dir,
+            f"SavedModel has no {EXTRA_DIR}/{CONFIG_FILE}, so it "
             "was not written by gn_keras.export and its Keras layers cannot "
             "be rebuilt; wrap it in keras.layers.TFSMLayer to fine-tune its "
-            "variables (docs/transfer.md).")
+            "variables (docs/transfer.md).",
+        )
     try:
         with open(config_path, encoding="utf-8") as handle:
             model = keras.models.model_from_json(handle.read())
         restored = tf.saved_model.load(export_dir)
     except Exception as error:  # protobuf, checkpoint and JSON errors alike
         raise ModelFileError(
-            export_dir, "cannot read the SavedModel (truncated or "
-            f"incomplete?): {_first_line(error)}") from None
+            export_dir,
+            f"cannot read the SavedModel (truncated or incomplete?): {_first_line(error)}",
+        ) from None
     saved = getattr(restored, VARIABLES_COLLECTION, None)
     if saved is None:
         raise ModelFileError(
-            export_dir, f"SavedModel has no '{VARIABLES_COLLECTION}' "
-            "collection to restore the Keras weights from.")
+            export_dir,
+            f"SavedModel has no '{VARIABLES_COLLECTION}' "
+            "collection to restore the Keras weights from.",
+        )
     _copy_weights(list(saved), model.weights, export_dir)
     return model
 
@@ -123,14 +134,17 @@ def load_exported_model(export_dir):
 def _copy_weights(saved, weights, export_dir):
     if len(saved) != len(weights):
         raise ModelFileError(
-            export_dir, f"holds {len(saved)} model variables but the rebuilt "
-            f"model has {len(weights)} weights.")
+            export_dir,
+            f"holds {len(saved)} model variables but the rebuilt model has {len(weights)} weights.",
+        )
     for source, target in zip(saved, weights):
         saved_name = source.name.split(":")[0]
         if saved_name != target.path or tuple(source.shape) != tuple(target.shape):
             raise ModelFileError(
-                export_dir, f"variable {saved_name} {tuple(source.shape)} "
-                f"does not match weight {target.path} {tuple(target.shape)}.")
+                export_dir,
+                f"variable {saved_name} {tuple(source.shape)} "
+                f"does not match weight {target.path} {tuple(target.shape)}.",
+            )
         target.assign(source.numpy())
 
 
@@ -149,8 +163,8 @@ def check_checkpoint_file(path):
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError) as error:
         raise ModelFileError(
-            path, "cannot read the checkpoint (truncated or "
-            f"corrupt?): {_first_line(error)}") from None
+            path, f"cannot read the checkpoint (truncated or corrupt?): {_first_line(error)}"
+        ) from None
     return path
 
 
@@ -171,8 +185,8 @@ def preprocessing_path(source):
         if os.path.isfile(candidate):
             return candidate
     raise ModelFileError(
-        source, f"no {PREPROCESSING_FILE} found in {' or '.join(folders)}; "
-        "pass one explicitly.")
+        source, f"no {PREPROCESSING_FILE} found in {' or '.join(folders)}; pass one explicitly."
+    )
 
 
 def load_preprocessing(source):
@@ -202,8 +216,11 @@ def check_preprocessing(spec, where="preprocessing"):
     if missing:
         raise ValueError(f"{where}: preprocessing lacks the keys {missing}.")
     size, channels = spec["image_size"], spec["channels"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2
-            and all(isinstance(s, int) and s > 0 for s in size)):
+    if not (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(s, int) and s > 0 for s in size)
+    ):
         raise ValueError(f"{where}: `image_size` must be [H, W] positive integers, got {size!r}.")
     if not isinstance(channels, int) or channels <= 0:
         raise ValueError(f"{where}: `channels` must be a positive integer, got {channels!r}.")
@@ -212,12 +229,14 @@ def check_preprocessing(spec, where="preprocessing"):
         if not (isinstance(values, (list, tuple)) and len(values) == channels):
             raise ValueError(
                 f"{where}: `{key}` must list {channels} numbers (one per "
-                f"channel), got {key}={values!r}.")
+                f"channel), got {key}={values!r}."
+            )
     if any(not value > 0 for value in spec["std"]):
         raise ValueError(f"{where}: `std` must be positive, got std={spec['std']!r}.")
     data_format = spec.get("data_format", "channels_last")
     if data_format != "channels_last":
         raise ValueError(
             f"{where}: only data_format='channels_last' is exported, got "
-            f"data_format={data_format!r}.")
+            f"data_format={data_format!r}."
+        )
     return dict(spec, image_size=list(size), data_format=data_format)

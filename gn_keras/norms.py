@@ -67,8 +67,12 @@ def _gamma_initializer(zero_init):
 
 def _batch_norm(factory, axis, zero_init, name, **extra):
     return keras.layers.BatchNormalization(
-        axis=axis, momentum=factory.momentum, epsilon=factory.epsilon,
-        gamma_initializer=_gamma_initializer(zero_init), name=name, **extra,
+        axis=axis,
+        momentum=factory.momentum,
+        epsilon=factory.epsilon,
+        gamma_initializer=_gamma_initializer(zero_init),
+        name=name,
+        **extra,
     )
 
 
@@ -78,8 +82,13 @@ def _sync_batch_norm(factory, axis, zero_init, name):
 
 def _batch_renorm(factory, axis, zero_init, name):
     return _batch_norm(
-        factory, axis, zero_init, name, renorm=True,
-        renorm_clipping=dict(RENORM_CLIPPING), renorm_momentum=factory.momentum,
+        factory,
+        axis,
+        zero_init,
+        name,
+        renorm=True,
+        renorm_clipping=dict(RENORM_CLIPPING),
+        renorm_momentum=factory.momentum,
     )
 
 
@@ -93,8 +102,12 @@ def _group_norm(factory, axis, zero_init, name, groups=None, group_size=None):
     if groups is None and group_size is None:
         groups, group_size = factory.groups, factory.group_size
     return GroupNormalization(
-        groups=groups, group_size=group_size, axis=axis, epsilon=factory.epsilon,
-        gamma_initializer=_gamma_initializer(zero_init), name=name,
+        groups=groups,
+        group_size=group_size,
+        axis=axis,
+        epsilon=factory.epsilon,
+        gamma_initializer=_gamma_initializer(zero_init),
+        name=name,
     )
 
 
@@ -108,8 +121,11 @@ def _instance_norm(factory, axis, zero_init, name):
 
 def _keras_group_norm(factory, axis, zero_init, name):
     return keras.layers.GroupNormalization(
-        groups=int(factory.groups), axis=axis, epsilon=factory.epsilon,
-        gamma_initializer=_gamma_initializer(zero_init), name=name,
+        groups=int(factory.groups),
+        axis=axis,
+        epsilon=factory.epsilon,
+        gamma_initializer=_gamma_initializer(zero_init),
+        name=name,
     )
 
 
@@ -167,7 +183,9 @@ class NormFactory:
     def conv_class(self, rank):
         """The convolution class this kind pairs with, for ``rank`` 2 or 3."""
         if rank not in (2, 3):
-            raise ValueError(f"NormFactory.conv_class: argument `rank` must be 2 or 3, got rank={rank!r}.")
+            raise ValueError(
+                f"NormFactory.conv_class: argument `rank` must be 2 or 3, got rank={rank!r}."
+            )
         return _CONVS[self._conv_style][rank]
 
     def conv(self, rank, filters, kernel_size, zero_init=False, **conv_kwargs):
@@ -190,10 +208,13 @@ class NormFactory:
 
 
 def _check_momentum(momentum, where):
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0 <= momentum < 1
+    ):
         raise ValueError(
-            f"{where}: argument `momentum` must be a number in [0, 1), got "
-            f"momentum={momentum!r}."
+            f"{where}: argument `momentum` must be a number in [0, 1), got momentum={momentum!r}."
         )
 
 

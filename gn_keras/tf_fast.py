@@ -159,7 +159,7 @@ def _fused_allowed(x, layout):
     return _tape_record.could_possibly_record() or portable.keras_loop_on_stack()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gpu_visible():
     return bool(tf.config.list_logical_devices("GPU"))
 
@@ -233,7 +233,9 @@ def _channel_sum(t5):
     if not _is_one(before):
         sums = tf.matmul(tf.ones([n, 1, before], t5.dtype), sums)
     if not _is_one(after):
-        sums = tf.matmul(tf.reshape(sums, [n, groups * width, after]), tf.ones([n, after, 1], t5.dtype))
+        sums = tf.matmul(
+            tf.reshape(sums, [n, groups * width, after]), tf.ones([n, after, 1], t5.dtype)
+        )
     return tf.reshape(sums, [n, 1, groups, width, 1])
 
 
@@ -266,7 +268,11 @@ def _backward(x, gamma, dy, statistics, layout):
     # the variance contribute to dx.
     mean_gdy = tf.reduce_sum(gamma5 * sum_dy, axis=3, keepdims=True) / count
     mean_gdy_xhat = tf.reduce_sum(gamma5 * sum_dy_centred, axis=3, keepdims=True) * inv_std / count
-    dx5 = (inv_std * gamma5) * dy5 - (inv_std * inv_std * mean_gdy_xhat) * centred - inv_std * mean_gdy
+    dx5 = (
+        (inv_std * gamma5) * dy5
+        - (inv_std * inv_std * mean_gdy_xhat) * centred
+        - inv_std * mean_gdy
+    )
     dx = tf.cast(tf.reshape(dx5, tf.shape(x)), x.dtype)
     return dx, dgamma, dbeta
 

@@ -55,7 +55,9 @@ def _producers(model):
 
 def _is_softmax(layer):
     activation = getattr(layer, "activation", None)
-    return isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
+    return (
+        isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
+    )
 
 
 def find_head(model):
@@ -68,7 +70,8 @@ def find_head(model):
     if len(model.outputs) != 1:
         raise HeadNotFoundError(
             f"model {model.name!r} has {len(model.outputs)} outputs; a "
-            "classifier with a single (batch, classes) output is needed.")
+            "classifier with a single (batch, classes) output is needed."
+        )
     made_by = _producers(model)
     layer = made_by.get(id(model.outputs[0]))
     ends_in_softmax = False
@@ -79,7 +82,8 @@ def find_head(model):
         raise HeadNotFoundError(
             f"model {model.name!r} does not end in a Dense classifier on "
             f"pooled features (found {type(layer).__name__}); build it with a "
-            "classification head (include_top=True).")
+            "classification head (include_top=True)."
+        )
     return layer, layer.input, ends_in_softmax or _is_softmax(layer)
 
 
@@ -133,7 +137,8 @@ def replace_head(model, num_classes, name="finetune_logits"):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(
             f"replace_head: argument `num_classes` must be an integer >= 2, "
-            f"got num_classes={num_classes!r}.")
+            f"got num_classes={num_classes!r}."
+        )
     _, pooled, _ = find_head(model)
     logits = keras.layers.Dense(num_classes, name=name)(pooled)
     return keras.Model(model.input, logits, name=model.name)
@@ -148,7 +153,8 @@ def freeze_stages(model, freeze_at):
     if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= 5:
         raise ValueError(
             f"freeze_stages: argument `freeze_at` must be an integer in 0..5, "
-            f"got freeze_at={freeze_at!r}.")
+            f"got freeze_at={freeze_at!r}."
+        )
     if freeze_at == 0:
         return []
     endpoints = stage_endpoints(model)
@@ -156,7 +162,8 @@ def freeze_stages(model, freeze_at):
     if key not in endpoints:
         raise ValueError(
             f"freeze_stages: freeze_at={freeze_at} needs the stage endpoint "
-            f"{key}, but model {model.name!r} only names {sorted(endpoints) or 'none'}.")
+            f"{key}, but model {model.name!r} only names {sorted(endpoints) or 'none'}."
+        )
     upstream = keras.Model(model.input, endpoints[key])
     frozen = []
     for layer in upstream.layers:

@@ -89,10 +89,15 @@ class _NormalizedKernel:
         super().build(input_shape)
         initializer = self.gain_initializer
         if initializer is None:
+
             def initializer(shape, dtype=None):
                 return ops.cast(kernel_norms(self.kernel), dtype)
+
         self.gain = self.add_weight(
-            shape=(self.filters,), name="gain", initializer=initializer, trainable=True,
+            shape=(self.filters,),
+            name="gain",
+            initializer=initializer,
+            trainable=True,
         )
 
     def _scaled(self, kernel):

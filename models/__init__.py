@@ -1,6 +1,6 @@
 """The model zoo: ResNets, CIFAR ResNets, VGG-16 and ResNet-50 I3D, any norm.
 
-    import models
+    from gn_keras import models
     model = models.build("resnet50", norm="gn", groups=32)
     models.available()             # model names
     gn_keras.norms.available()     # norm names
@@ -13,8 +13,8 @@ across norms and between ``resnet50`` and ``resnet50_i3d``; see
 :mod:`models.common` for the naming scheme and the paper's initialization.
 """
 
-from models.endpoints import feature_endpoints, feature_extractor
-from models.inflate import inflate_2d_to_3d
-from models.registry import available, build
+from gn_keras.models.endpoints import feature_endpoints, feature_extractor
+from gn_keras.models.inflate import inflate_2d_to_3d
+from gn_keras.models.registry import available, build
 
 __all__ = ["available", "build", "feature_endpoints", "feature_extractor", "inflate_2d_to_3d"]

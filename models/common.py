@@ -90,14 +90,21 @@ class Builder:
         kernel, strides = self.kernel(kernel, temporal), self.kernel(strides)
         x, padding = self._pad(x, kernel, strides, name)
         layer = self.norm.conv(
-            self.rank, filters, kernel, zero_init=zero_init, strides=strides,
-            padding=padding, data_format=self.data_format,
-            kernel_initializer=he_normal_fan_out(), name=f"{name}_conv",
+            self.rank,
+            filters,
+            kernel,
+            zero_init=zero_init,
+            strides=strides,
+            padding=padding,
+            data_format=self.data_format,
+            kernel_initializer=he_normal_fan_out(),
+            name=f"{name}_conv",
         )
         return layer(x)
 
-    def conv_norm(self, x, filters, kernel, strides=1, name=None, temporal=1, relu=True,
-                  last_in_block=False):
+    def conv_norm(
+        self, x, filters, kernel, strides=1, name=None, temporal=1, relu=True, last_in_block=False
+    ):
         """conv → norm (→ ReLU); a block's last unit gets the zero-γ start."""
         zero_init = last_in_block and self.zero_init_residual
         x = self.conv(x, filters, kernel, strides, name, temporal, zero_init)

@@ -19,6 +19,7 @@ def _weighted_layers(model):
 def _repeat_in_time(frames):
     def inflate(kernel):
         return ops.repeat(ops.expand_dims(kernel, 0), frames, axis=0) / frames
+
     return inflate
 
 
@@ -51,7 +52,10 @@ def inflate_2d_to_3d(model2d, model3d):
         )
     for name, target in layers3d.items():
         source = layers2d[name]
-        if isinstance(target, keras.layers.Conv3D) and len(target.kernel.shape) == len(source.kernel.shape) + 1:
+        if (
+            isinstance(target, keras.layers.Conv3D)
+            and len(target.kernel.shape) == len(source.kernel.shape) + 1
+        ):
             copy_conv_weights(source, target, _repeat_in_time(target.kernel.shape[0]))
         elif len(source.weights) == len(target.weights):
             _copy_same_shapes(source, target)

@@ -13,8 +13,8 @@ import numbers
 import keras
 
 from gn_keras import _checks, norms
-from models import resnet, resnet3d, resnet_cifar, vgg
-from models.common import DATA_FORMATS, POOLINGS, TEMPORAL_PADDINGS, Builder, model_input
+from gn_keras.models import resnet, resnet3d, resnet_cifar, vgg
+from gn_keras.models.common import DATA_FORMATS, POOLINGS, TEMPORAL_PADDINGS, Builder, model_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,17 +92,22 @@ def _check_choice(name, argument, value, choices):
 def _check_arguments(name, num_classes, include_top, zero_init_residual, options):
     if not isinstance(name, str) or name not in _MODELS:
         raise ValueError(
-            f"models.build: unknown model name={name!r}; valid names are "
-            f"{', '.join(available())}."
+            f"models.build: unknown model name={name!r}; valid names are {', '.join(available())}."
         )
     if include_top and not _is_positive_int(num_classes):
         raise ValueError(
             f"models.build({name!r}): argument `num_classes` must be a positive "
             f"integer, got num_classes={num_classes!r}."
         )
-    for argument, value in (("include_top", include_top), ("zero_init_residual", zero_init_residual)):
+    for argument, value in (
+        ("include_top", include_top),
+        ("zero_init_residual", zero_init_residual),
+    ):
         if not isinstance(value, bool):
-            raise ValueError(f"models.build({name!r}): argument `{argument}` must be True or False, got {value!r}.")
+            raise ValueError(
+                f"models.build({name!r}): argument `{argument}` must be True or False, "
+                f"got {value!r}."
+            )
     unknown = sorted(set(options) - set(_MODELS[name].options))
     if unknown:
         raise ValueError(
@@ -111,9 +116,20 @@ def _check_arguments(name, num_classes, include_top, zero_init_residual, options
         )
 
 
-def build(name, *, norm="gn", num_classes=1000, input_shape=None, groups=_checks.DEFAULT_GROUPS,
-          group_size=None, zero_init_residual=True, data_format="channels_last",
-          include_top=True, pooling="avg", **options):
+def build(
+    name,
+    *,
+    norm="gn",
+    num_classes=1000,
+    input_shape=None,
+    groups=_checks.DEFAULT_GROUPS,
+    group_size=None,
+    zero_init_residual=True,
+    data_format="channels_last",
+    include_top=True,
+    pooling="avg",
+    **options,
+):
     """Build zoo model ``name`` with normalization ``norm``.
 
     Args:
@@ -146,6 +162,11 @@ def build(name, *, norm="gn", num_classes=1000, input_shape=None, groups=_checks
     builder = Builder(factory, spec.rank, data_format, zero_init_residual, temporal_padding)
     inputs = model_input(shape)
     outputs = spec.build_fn(
-        builder, inputs, include_top=include_top, num_classes=num_classes, pooling=pooling, **options
+        builder,
+        inputs,
+        include_top=include_top,
+        num_classes=num_classes,
+        pooling=pooling,
+        **options,
     )
     return keras.Model(inputs, outputs, name=f"{name}_{norm.replace('+', '_')}")

@@ -20,7 +20,7 @@ The block and stage functions take a temporal kernel so the I3D model
 
 import keras
 
-from models.common import mark_endpoint
+from gn_keras.models.common import mark_endpoint
 
 # depth -> (block type, blocks per stage)
 DEPTHS = {

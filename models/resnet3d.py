@@ -26,7 +26,7 @@ the 2D model. ``temporal_padding="zeros"`` reproduces SlowFast's padding.
 
 import keras
 
-from models.resnet import DEPTHS, STAGE_WIDTHS, bottleneck_block, head, stage, stem
+from gn_keras.models.resnet import DEPTHS, STAGE_WIDTHS, bottleneck_block, head, stage, stem
 
 STEM_TEMPORAL_KERNEL = 5
 # Per stage, the temporal kernels cycled over its blocks (SlowFast's "i3d").
@@ -49,5 +49,7 @@ def build_resnet50_i3d(builder, inputs, *, include_top, num_classes, pooling):
         x = stage(builder, x, bottleneck_block, count, width, strides, index, kernels)
         if index == 2:
             pool = (TEMPORAL_POOL, 1, 1)
-            x = keras.layers.MaxPooling3D(pool, pool, data_format=builder.data_format, name="res2_tpool")(x)
+            x = keras.layers.MaxPooling3D(
+                pool, pool, data_format=builder.data_format, name="res2_tpool"
+            )(x)
     return head(builder, x, include_top, num_classes, pooling)

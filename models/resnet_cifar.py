@@ -17,7 +17,7 @@ Names follow :mod:`models.resnet`: stem ``conv1``, stages ``res2``..``res4``
 (endpoints ``C2``..``C4``), classifier ``logits``.
 """
 
-from models.resnet import basic_block, head, stage
+from gn_keras.models.resnet import basic_block, head, stage
 
 DEPTHS = (20, 32, 44, 56, 110)
 STAGE_WIDTHS = (16, 32, 64)
@@ -27,10 +27,15 @@ def blocks_per_stage(depth):
     return (depth - 2) // 6
 
 
-def build_resnet_cifar(builder, inputs, *, depth, include_top, num_classes, pooling,
-                       width_multiplier=1):
+def build_resnet_cifar(
+    builder, inputs, *, depth, include_top, num_classes, pooling, width_multiplier=1
+):
     """The CIFAR ResNet of ``depth`` (one of :data:`DEPTHS`)."""
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, int) or width_multiplier < 1:
+    if (
+        isinstance(width_multiplier, bool)
+        or not isinstance(width_multiplier, int)
+        or width_multiplier < 1
+    ):
         raise ValueError(
             f"resnet{depth}: argument `width_multiplier` must be a positive "
             f"integer, got width_multiplier={width_multiplier!r}."

@@ -16,7 +16,11 @@ def run_python(code, *, env=None, timeout=300, cwd=None):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     completed = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if completed.returncode != 0:
         raise AssertionError(

@@ -20,8 +20,11 @@ def test_layer_speed_quick_reports_every_contender(tmp_path):
     output = tmp_path / "layer_speed.json"
     completed = subprocess.run(
         [sys.executable, os.path.join(BENCH, "layer_speed.py"), "--quick", f"--output={output}"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["machine"]["logical_cpus"] == os.cpu_count()
@@ -45,7 +48,8 @@ def test_layer_speed_quick_reports_every_contender(tmp_path):
             for ratio_name, ratio in row[mode][clock].items():
                 numerator, denominator = ratio_name.split("/")
                 assert ratio["ratio"] == pytest.approx(
-                    times[numerator][key] / times[denominator][key], rel=1e-12)
+                    times[numerator][key] / times[denominator][key], rel=1e-12
+                )
     assert "ours/copy" in row["forward"]["ratios"]
     assert "ours/keras_gn" in row["forward_backward"]["ratios"]
 
@@ -54,11 +58,22 @@ def test_train_throughput_smallest_run_reports_steps_and_ratios(tmp_path):
     """One timed ResNet-50 step per contender at 32 px: the report holds together."""
     output = tmp_path / "train_throughput.json"
     completed = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "train_throughput.py"), "--steps=2", "--warmup_steps=1",
-         "--batch_size=2", "--image_size=32", "--norms=gn,bn", "--pipelines=synthetic",
-         f"--json={output}"],
-        capture_output=True, text=True, timeout=900,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        [
+            sys.executable,
+            os.path.join(BENCH, "train_throughput.py"),
+            "--steps=2",
+            "--warmup_steps=1",
+            "--batch_size=2",
+            "--image_size=32",
+            "--norms=gn,bn",
+            "--pipelines=synthetic",
+            f"--json={output}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["machine"]["gn_keras_kernels"] == {"setting": "require", "loaded": True}
@@ -68,4 +83,5 @@ def test_train_throughput_smallest_run_reports_steps_and_ratios(tmp_path):
         assert row["steps"] == 2 and 0 < row["median_step_s"] and 0 < row["first_step_s"]
     ratio = report["ratios"]["synthetic: gn/bn"]
     assert ratio["wall"] == pytest.approx(
-        rows["synthetic/gn"]["median_step_s"] / rows["synthetic/bn"]["median_step_s"], rel=1e-12)
+        rows["synthetic/gn"]["median_step_s"] / rows["synthetic/bn"]["median_step_s"], rel=1e-12
+    )

@@ -12,13 +12,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_models import train_step
 
-import models
-from gn_keras import convert, norms
+from gn_keras import convert, models, norms
 from gn_keras.frozen_bn import FrozenBatchNormalization
 from gn_keras.layer import GroupNormalization
 from gn_keras.weight_convs import WNConv2D, WSConv2D, standardize_kernel
-from test_models import train_step
 
 
 def _images(rng, batch=4, size=32):
@@ -34,8 +33,9 @@ def _trained_bn_model(rng):
 
 
 def _keras_resnet50():
-    return keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10,
-                                       classifier_activation=None)
+    return keras.applications.ResNet50(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None
+    )
 
 
 def test_freeze_keeps_inference_outputs_and_statistics_stay_put(rng):
@@ -45,7 +45,9 @@ def test_freeze_keeps_inference_outputs_and_statistics_stay_put(rng):
     np.testing.assert_array_equal(frozen(x, training=False), model(x, training=False))
     # In training mode BN* still applies the moving statistics.
     np.testing.assert_array_equal(frozen(x, training=True), model(x, training=False))
-    frozen_layers = [layer for layer in frozen.layers if isinstance(layer, FrozenBatchNormalization)]
+    frozen_layers = [
+        layer for layer in frozen.layers if isinstance(layer, FrozenBatchNormalization)
+    ]
     assert len(frozen_layers) == 20
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in frozen.layers)
     statistics = [v.numpy().copy() for layer in frozen_layers for v in layer.weights]
@@ -59,13 +61,17 @@ def test_freeze_keeps_inference_outputs_and_statistics_stay_put(rng):
 
 def test_freeze_works_on_keras_applications_resnet50(rng):
     model = _keras_resnet50()
-    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x = _images(rng)
     model.fit(x, rng.integers(0, 10, 4), epochs=2, verbose=0)
     frozen = convert.freeze_batchnorm(model)
     np.testing.assert_array_equal(frozen(x, training=False), model(x, training=False))
     assert [layer.name for layer in frozen.layers] == [layer.name for layer in model.layers]
-    epsilons = {layer.epsilon for layer in frozen.layers if isinstance(layer, FrozenBatchNormalization)}
+    epsilons = {
+        layer.epsilon for layer in frozen.layers if isinstance(layer, FrozenBatchNormalization)
+    }
     assert epsilons == {model.get_layer("conv1_bn").epsilon}
 
 
@@ -96,7 +102,11 @@ def test_swap_keras_resnet50_to_gn_trains_one_step(rng):
     before = [v.numpy().copy() for v in swapped.trainable_variables]
     loss = train_step(swapped, x, rng.integers(0, 10, 4))
     assert np.isfinite(loss)
-    unchanged = [v.path for v, old in zip(swapped.trainable_variables, before) if np.array_equal(v.numpy(), old)]
+    unchanged = [
+        v.path
+        for v, old in zip(swapped.trainable_variables, before)
+        if np.array_equal(v.numpy(), old)
+    ]
     assert unchanged == []
 
 
@@ -106,11 +116,14 @@ def test_swap_keeps_affine_weights_unless_told_not_to(rng):
     fresh = convert.swap_norm(model, "gn", groups=16, keep_norm_weights=False)
     old_gamma = model.get_layer("res3_block1_a_norm").gamma.numpy()
     np.testing.assert_array_equal(kept.get_layer("res3_block1_a_norm").gamma, old_gamma)
-    np.testing.assert_array_equal(fresh.get_layer("res3_block1_a_norm").gamma, np.ones_like(old_gamma))
+    np.testing.assert_array_equal(
+        fresh.get_layer("res3_block1_a_norm").gamma, np.ones_like(old_gamma)
+    )
     # BN -> BN* via swap carries the moving statistics: the same as freezing.
     x = _images(rng)
-    np.testing.assert_array_equal(convert.swap_norm(model, "frozen_bn")(x, training=True),
-                                  model(x, training=False))
+    np.testing.assert_array_equal(
+        convert.swap_norm(model, "frozen_bn")(x, training=True), model(x, training=False)
+    )
 
 
 def test_swap_to_weight_convs_keeps_or_standardizes_the_kernels(rng):
@@ -130,12 +143,18 @@ def test_swap_to_weight_convs_keeps_or_standardizes_the_kernels(rng):
     ws_conv = with_ws.get_layer("conv2_block1_1_conv")
     assert isinstance(ws_conv, WSConv2D)
     kernel = model.get_layer("conv2_block1_1_conv").kernel.numpy().astype(np.float64)
-    standardized = (kernel - kernel.mean(axis=(0, 1, 2))) / np.sqrt(kernel.var(axis=(0, 1, 2)) + 1e-10)
-    np.testing.assert_allclose(standardize_kernel(ws_conv.kernel), standardized, rtol=1e-4, atol=1e-5)
+    standardized = (kernel - kernel.mean(axis=(0, 1, 2))) / np.sqrt(
+        kernel.var(axis=(0, 1, 2)) + 1e-10
+    )
+    np.testing.assert_allclose(
+        standardize_kernel(ws_conv.kernel), standardized, rtol=1e-4, atol=1e-5
+    )
 
     back = convert.swap_norm(with_wn, "bn")
     assert type(back.get_layer("conv1_conv")) is keras.layers.Conv2D
-    np.testing.assert_allclose(back.get_layer("conv2_block1_1_conv")(inputs), plain, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        back.get_layer("conv2_block1_1_conv")(inputs), plain, rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("kind", norms.available())

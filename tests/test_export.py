@@ -18,16 +18,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import SESSION_SEED
-from gn_keras import GroupNormalization
-from gn_keras import export, load, transfer
 from subprocess_utils import run_python
+
+from gn_keras import GroupNormalization, export, load, transfer
 
 SIZE, CHANNELS, CLASSES = 12, 3, 4
 PREPROCESSING = {
-    "image_size": [SIZE, SIZE], "channels": CHANNELS, "mean": [125.3, 123.0, 113.9],
-    "std": [63.0, 62.1, 66.7], "data_format": "channels_last", "num_classes": CLASSES,
+    "image_size": [SIZE, SIZE],
+    "channels": CHANNELS,
+    "mean": [125.3, 123.0, 113.9],
+    "std": [63.0, 62.1, 66.7],
+    "data_format": "channels_last",
+    "num_classes": CLASSES,
     "class_names": None,
 }
 
@@ -65,8 +68,10 @@ def trained(tmp_path_factory):
     rng = np.random.default_rng([SESSION_SEED, zlib.crc32(b"test_export.trained")])
     keras.utils.set_random_seed(int(rng.integers(2**31)))
     model = _small_classifier()
-    model.compile(optimizer=keras.optimizers.SGD(0.05),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     images = _images(rng, 32)
     model.fit(_normalize(images), rng.integers(0, CLASSES, 32), epochs=2, batch_size=8, verbose=0)
     export_dir = tmp_path_factory.mktemp("export") / "saved_model"
@@ -79,8 +84,13 @@ def _saved_model_cli(*args):
     """TensorFlow's own CLI: the console script installed beside python."""
     cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable))
     cli = cli or shutil.which("saved_model_cli")
-    done = subprocess.run([cli, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run(
+        [cli, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -95,16 +105,26 @@ def test_saved_model_cli_show_and_run_give_keras_top1(trained, rng, tmp_path):
     images = _images(rng, 6)
     want = np.argmax(model(_normalize(images)).numpy(), axis=-1)
     np.save(tmp_path / "images.npy", images)
-    _saved_model_cli("run", "--dir", str(export_dir), "--tag_set", "serve",
-                     "--signature_def", "serving_uint8", "--inputs",
-                     f"images={tmp_path / 'images.npy'}", "--outdir", str(tmp_path / "out"))
+    _saved_model_cli(
+        "run",
+        "--dir",
+        str(export_dir),
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_uint8",
+        "--inputs",
+        f"images={tmp_path / 'images.npy'}",
+        "--outdir",
+        str(tmp_path / "out"),
+    )
     np.testing.assert_array_equal(np.argmax(np.load(tmp_path / "out" / "logits.npy"), -1), want)
     np.testing.assert_array_equal(
-        np.argmax(np.load(tmp_path / "out" / "probabilities.npy"), -1), want)
+        np.argmax(np.load(tmp_path / "out" / "probabilities.npy"), -1), want
+    )
 
 
-def test_fresh_process_loads_at_another_batch_size_with_core_ops_only(
-        trained, rng, tmp_path):
+def test_fresh_process_loads_at_another_batch_size_with_core_ops_only(trained, rng, tmp_path):
     model, export_dir = trained
     images = _images(rng, 5)  # the export traced and verified a batch of 3
     np.save(tmp_path / "images.npy", images)
@@ -117,7 +137,7 @@ def test_fresh_process_loads_at_another_batch_size_with_core_ops_only(
         from tensorflow.core.protobuf import saved_model_pb2
         from tensorflow.python.framework import op_def_registry
         proto = saved_model_pb2.SavedModel()
-        proto.ParseFromString(open({str(export_dir / 'saved_model.pb')!r}, "rb").read())
+        proto.ParseFromString(open({str(export_dir / "saved_model.pb")!r}, "rb").read())
         ops = set()
         for graph in proto.meta_graphs:
             ops |= {{node.op for node in graph.graph_def.node}}
@@ -125,10 +145,10 @@ def test_fresh_process_loads_at_another_batch_size_with_core_ops_only(
                 ops |= {{node.op for node in function.node_def}}
         assert "Conv2D" in ops and "Rsqrt" in ops, sorted(ops)
         loaded = tf.saved_model.load({str(export_dir)!r})
-        images = np.load({str(tmp_path / 'images.npy')!r})
+        images = np.load({str(tmp_path / "images.npy")!r})
         outputs = loaded.signatures["serving_uint8"](images=tf.constant(images))
         features = loaded.signatures["features"](images=tf.constant(images, tf.float32))
-        np.savez({str(tmp_path / 'out.npz')!r}, logits=outputs["logits"].numpy(),
+        np.savez({str(tmp_path / "out.npz")!r}, logits=outputs["logits"].numpy(),
                  probabilities=outputs["probabilities"].numpy(),
                  pooled=features["pooled"].numpy(), C3=features["C3"].numpy())
         print(sorted(op for op in ops if op_def_registry.get(op) is None))
@@ -194,8 +214,10 @@ def test_saved_model_rebuilds_into_trainable_keras_model(trained, rng):
     gammas = [w for w in rebuilt.trainable_weights if w.path.endswith("gamma")]
     assert len(gammas) == 2
     before = [g.numpy().copy() for g in gammas]
-    rebuilt.compile(optimizer=keras.optimizers.SGD(0.1),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rebuilt.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     rebuilt.train_on_batch(x, rng.integers(0, CLASSES, 3))
     assert all(np.any(g.numpy() != b) for g, b in zip(gammas, before))
 
@@ -210,19 +232,30 @@ def test_softmax_model_gets_log_probability_logits(rng, tmp_path):
     export.export_saved_model(model, tmp_path / "sm", PREPROCESSING)
     images = _images(rng, 2)
     got = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_uint8"](
-        images=tf.constant(images))
+        images=tf.constant(images)
+    )
     probabilities = model(_normalize(images)).numpy()
     np.testing.assert_allclose(got["probabilities"].numpy(), probabilities, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(_softmax(got["logits"].numpy().astype(np.float64)), probabilities,
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        _softmax(got["logits"].numpy().astype(np.float64)), probabilities, rtol=1e-4, atol=1e-7
+    )
 
 
-@pytest.mark.parametrize("change, pattern", [
-    ({"image_size": [SIZE + 2, SIZE]}, r"takes inputs .*12, 12, 3.* but preprocessing gives .*14, 12, 3"),
-    ({"num_classes": CLASSES + 1}, r"outputs shape \(None, 4\) but preprocessing says num_classes=5"),
-    ({"std": [1.0, 0.0, 1.0]}, r"`std` must be positive"),
-    ({"mean": [0.0, 0.0]}, r"`mean` must list 3 numbers"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (
+            {"image_size": [SIZE + 2, SIZE]},
+            r"takes inputs .*12, 12, 3.* but preprocessing gives .*14, 12, 3",
+        ),
+        (
+            {"num_classes": CLASSES + 1},
+            r"outputs shape \(None, 4\) but preprocessing says num_classes=5",
+        ),
+        ({"std": [1.0, 0.0, 1.0]}, r"`std` must be positive"),
+        ({"mean": [0.0, 0.0]}, r"`mean` must list 3 numbers"),
+    ],
+)
 def test_mismatched_preprocessing_is_a_clear_error(trained, tmp_path, change, pattern):
     model, _ = trained
     with pytest.raises(ValueError, match=pattern):
@@ -252,10 +285,11 @@ def test_missing_and_truncated_files_name_the_file(trained, tmp_path):
 
 def test_features_of_a_zoo_model(rng):
     """The features signature's endpoints, for a network of the zoo."""
-    import models
+    from gn_keras import models
 
-    zoo = models.build("resnet20", norm="gn", groups=8, num_classes=CLASSES,
-                       input_shape=(SIZE, SIZE, CHANNELS))
+    zoo = models.build(
+        "resnet20", norm="gn", groups=8, num_classes=CLASSES, input_shape=(SIZE, SIZE, CHANNELS)
+    )
     features = transfer.feature_model(zoo)
     assert list(features.output) == ["pooled", "C1", "C2", "C3", "C4"]
     x = _normalize(_images(rng, 2))
@@ -275,7 +309,9 @@ def _mixed_classifier(rng, policy):
         mixed = _small_classifier()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    mixed.set_weights([rng.normal(0, 0.5, size=w.shape).astype("float32") for w in mixed.get_weights()])
+    mixed.set_weights(
+        [rng.normal(0, 0.5, size=w.shape).astype("float32") for w in mixed.get_weights()]
+    )
     return mixed
 
 
@@ -287,19 +323,27 @@ def _epsilon(dtype):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_16_bit_model_verifies_with_a_tolerance_from_its_epsilon(rng, tmp_path, monkeypatch, policy):
+def test_16_bit_model_verifies_with_a_tolerance_from_its_epsilon(
+    rng, tmp_path, monkeypatch, policy
+):
     mixed = _mixed_classifier(rng, policy)
     eps = _epsilon(mixed.get_layer("stem_conv").compute_dtype)
-    assert export.default_tolerance(mixed) == pytest.approx(export.ROUNDINGS_ALLOWED * eps, rel=1e-6)
+    assert export.default_tolerance(mixed) == pytest.approx(
+        export.ROUNDINGS_ALLOWED * eps, rel=1e-6
+    )
     assert export.default_tolerance(_small_classifier()) == export.DEFAULT_TOLERANCE
     report = export.export_saved_model(mixed, tmp_path / "sm", PREPROCESSING)  # verifies
     assert set(report) == {"serving_default", "serving_uint8", "features"}
     # An explicit tolerance wins over the default in every comparison.
     used = []
     original = export.compare
-    monkeypatch.setattr(export, "compare",
-                        lambda artefact, got, want, tolerance: used.append(tolerance)
-                        or original(artefact, got, want, tolerance))
+    monkeypatch.setattr(
+        export,
+        "compare",
+        lambda artefact, got, want, tolerance: (
+            used.append(tolerance) or original(artefact, got, want, tolerance)
+        ),
+    )
     export.verify_saved_model(tmp_path / "sm", mixed, PREPROCESSING, tolerance=0.5)
     assert used == [0.5] * 3
 
@@ -314,7 +358,8 @@ def test_mixed_precision_model_exports_and_litert_gets_float32(rng, tmp_path):
 
     images = _images(rng, 3)
     got = Interpreter(model_path=str(path)).get_signature_runner("serving_default")(
-        images=images.astype(np.float32))
+        images=images.astype(np.float32)
+    )
     want = reference(_normalize(images)).numpy()
     np.testing.assert_allclose(got["logits"], want, rtol=1e-5, atol=1e-5)
     assert mixed.get_layer("stem_conv").compute_dtype == "float16"
@@ -331,8 +376,9 @@ def test_mixed_bfloat16_model_exports_to_onnx_runtime(rng, tmp_path):
     want = mixed(_normalize(images)).numpy().astype(np.float64)
     allowed = export.default_tolerance(mixed) * max(1.0, float(np.max(np.abs(want))))
     np.testing.assert_allclose(logits, want, rtol=0, atol=allowed)
-    np.testing.assert_allclose(probabilities, _softmax(want), rtol=0,
-                               atol=export.default_tolerance(mixed))
+    np.testing.assert_allclose(
+        probabilities, _softmax(want), rtol=0, atol=export.default_tolerance(mixed)
+    )
     # Closer still to the same network computing in float32, which it is.
     reference = _small_classifier()
     reference.set_weights(mixed.get_weights())

@@ -1,4 +1,4 @@
-"""``python -m train.export`` end to end, in a subprocess as a user runs it."""
+"""``python -m gn_keras.train.export`` end to end, in a subprocess as a user runs it."""
 
 import json
 import os
@@ -14,8 +14,13 @@ from gn_keras import GroupNormalization
 
 SIZE, CLASSES = 10, 3
 PREPROCESSING = {
-    "image_size": [SIZE, SIZE], "channels": 1, "mean": [40.0], "std": [30.0],
-    "data_format": "channels_last", "num_classes": CLASSES, "class_names": ["a", "b", "c"],
+    "image_size": [SIZE, SIZE],
+    "channels": 1,
+    "mean": [40.0],
+    "std": [30.0],
+    "data_format": "channels_last",
+    "num_classes": CLASSES,
+    "class_names": ["a", "b", "c"],
 }
 
 
@@ -24,8 +29,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_export(*args):
     return subprocess.run(
-        [sys.executable, "-m", "train.export", *args], capture_output=True, text=True,
-        timeout=300, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        [sys.executable, "-m", "gn_keras.train.export", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 
 
@@ -51,8 +60,14 @@ def test_export_command_writes_verified_artefacts(tmp_path, rng):
     done = _run_export(f"--model={run_dir}", f"--output_dir={out}", "--format=onnx")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "onnx: verified" in done.stdout
-    for name in ("saved_model/saved_model.pb", "model.keras", "preprocessing.json",
-                 "model.onnx", "check_images.npy", "export_report.json"):
+    for name in (
+        "saved_model/saved_model.pb",
+        "model.keras",
+        "preprocessing.json",
+        "model.onnx",
+        "check_images.npy",
+        "export_report.json",
+    ):
         assert (out / name).exists(), name
     assert not (out / "model.tflite").exists()
     images = np.load(out / "check_images.npy")
@@ -60,8 +75,9 @@ def test_export_command_writes_verified_artefacts(tmp_path, rng):
     logits = model(normalized.astype(np.float32)).numpy()
     report = json.loads((out / "export_report.json").read_text())
     assert report["check_top1"] == np.argmax(logits, -1).tolist()
-    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     onnx_logits = session.run(["logits"], {"images": images.astype(np.float32)})[0]
     np.testing.assert_allclose(onnx_logits, logits, rtol=1e-5, atol=1e-5)
 
@@ -79,7 +95,8 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, rng, problem):
         source.write_bytes(data[: len(data) * 2 // 3])
     else:
         (run_dir / "preprocessing.json").write_text(
-            json.dumps({**PREPROCESSING, "num_classes": 10}))
+            json.dumps({**PREPROCESSING, "num_classes": 10})
+        )
         expected = "outputs shape (None, 3) but preprocessing says num_classes=10"
     done = _run_export(f"--model={source}", f"--output_dir={tmp_path / 'out'}")
     assert done.returncode == 1

@@ -18,10 +18,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from gn_keras import GroupNormalization, group_norm, tf_fast
 from gn_reference import group_norm_reference
 from subprocess_utils import run_python
+
+from gn_keras import GroupNormalization, group_norm, tf_fast
 
 # (shape, axis, groups): ranks 2-5, channels last, first and in the middle.
 CASES = [
@@ -64,8 +64,11 @@ def _under_tape(function, *args):
 def _xla_compiled_calls(concrete_function):
     """Functions the graph calls with ``jit_compile=True``."""
     library = concrete_function.graph.as_graph_def().library.function
-    return [f.signature.name for f in library
-            if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+    return [
+        f.signature.name
+        for f in library
+        if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b
+    ]
 
 
 @pytest.fixture(params=["compiled", "tf_ops"])
@@ -141,13 +144,16 @@ def test_only_training_graphs_with_static_sizes_call_xla(rng, monkeypatch):
     dynamic = training.get_concrete_function(dynamic)
     # The unmarked graph handles any size and agrees with the reference.
     x = _input(rng, (3, 4, 9, 8)).astype("float32")
-    np.testing.assert_allclose(dynamic(tf.constant(x)).numpy(), group_norm_reference(x, groups=4),
-                               rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(
+        dynamic(tf.constant(x)).numpy(), group_norm_reference(x, groups=4), rtol=2e-5, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape,axis,groups", CASES)
-def test_closed_form_gradients_match_keras_ops_autodiff(rng, keras_ops_path, mode, shape, axis, groups):
+def test_closed_form_gradients_match_keras_ops_autodiff(
+    rng, keras_ops_path, mode, shape, axis, groups
+):
     x = tf.constant(_input(rng, shape))
     gamma, beta = (tf.constant(v) for v in _affine(rng, shape[axis], True))
     upstream = tf.constant(rng.normal(size=shape))
@@ -183,9 +189,13 @@ def test_float32_gradients_match_float64(rng, keras_ops_path, mode):
     x, upstream = _input(rng, shape), rng.normal(size=shape)
     gamma, beta = _affine(rng, 32, True)
     normalize = lambda x, g, b: group_norm(x, g, b, groups=groups, axis=axis)  # noqa: E731
-    fast = _gradients(normalize, *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)), mode)
+    fast = _gradients(
+        normalize, *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)), mode
+    )
     with keras_ops_path():
-        reference = _gradients(normalize, *(tf.constant(v) for v in (x, gamma, beta, upstream)), "eager")
+        reference = _gradients(
+            normalize, *(tf.constant(v) for v in (x, gamma, beta, upstream)), "eager"
+        )
     for ours, theirs in zip(fast, reference):
         scale = np.abs(theirs).max()
         np.testing.assert_allclose(ours, theirs, atol=2e-5 * scale)
@@ -223,8 +233,11 @@ def test_mean_1e4_std_1_in_float32(rng, mode):
     x = (1e4 + rng.normal(size=(2, 6, 6, 16))).astype("float32")
     gamma, beta = _affine(rng, 16, True)
     expected = group_norm_reference(x, gamma, beta, groups=4)
-    y = _run(mode, lambda x: group_norm(x, gamma.astype("float32"), beta.astype("float32"), groups=4),
-             tf.constant(x))
+    y = _run(
+        mode,
+        lambda x: group_norm(x, gamma.astype("float32"), beta.astype("float32"), groups=4),
+        tf.constant(x),
+    )
     # The keras.ops reference is limited to ~1e-3 here by rounding μ itself.
     np.testing.assert_allclose(y.numpy(), expected, atol=1e-5)
 
@@ -254,13 +267,22 @@ def test_low_precision_graph_statistics_in_float32(rng, dtype):
         return y, tape.gradient(y, [x, gamma, beta], output_gradients=upstream)
 
     y, (dx, dgamma, dbeta) = step(x)
-    assert (y.dtype, dx.dtype, dgamma.dtype, dbeta.dtype) == (x.dtype, x.dtype, tf.float32, tf.float32)
+    assert (y.dtype, dx.dtype, dgamma.dtype, dbeta.dtype) == (
+        x.dtype,
+        x.dtype,
+        tf.float32,
+        tf.float32,
+    )
     representable = tf.cast(x, tf.float64).numpy()
     expected = group_norm_reference(representable, gamma.numpy(), beta.numpy(), groups=4)
     tolerance = 3e-2 if dtype == "bfloat16" else 3e-3
     np.testing.assert_allclose(tf.cast(y, tf.float64).numpy(), expected, atol=tolerance)
-    np.testing.assert_allclose(dbeta.numpy(), tf.reduce_sum(tf.cast(upstream, tf.float32), [0, 1, 2]).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        dbeta.numpy(),
+        tf.reduce_sum(tf.cast(upstream, tf.float32), [0, 1, 2]).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def _small_model(policy="float32"):
@@ -269,14 +291,19 @@ def _small_model(policy="float32"):
     h = keras.layers.Conv2D(16, 3, padding="same", dtype=policy)(inputs)
     h = GroupNormalization(groups=4, dtype=policy)(h)
     h = keras.layers.Activation("relu", dtype=policy)(h)
-    outputs = keras.layers.Dense(5, dtype=policy)(keras.layers.GlobalAveragePooling2D(dtype=policy)(h))
+    outputs = keras.layers.Dense(5, dtype=policy)(
+        keras.layers.GlobalAveragePooling2D(dtype=policy)(h)
+    )
     return keras.Model(inputs, outputs)
 
 
 def _fit(x, labels, jit_compile, policy="float32"):
     model = _small_model(policy)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit_compile,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        jit_compile=jit_compile,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     history = model.fit(x, labels, batch_size=4, epochs=2, shuffle=False, verbose=0)
     return history.history["loss"], model.get_weights()
 
@@ -311,7 +338,11 @@ def _non_standard_parts(saved_model_pb):
     found = []
     for graph in (meta.graph_def for meta in saved.meta_graphs):
         nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-        found += [n.op for n in nodes if n.op.startswith(("Xla", "_Xla", "GnKeras")) or "_XlaCompile" in n.attr]
+        found += [
+            n.op
+            for n in nodes
+            if n.op.startswith(("Xla", "_Xla", "GnKeras")) or "_XlaCompile" in n.attr
+        ]
         found += [f.signature.name for f in graph.library.function if "_XlaMustCompile" in f.attr]
     return found
 
@@ -349,18 +380,22 @@ def test_mirrored_strategy_fit_matches_one_device(rng, tmp_path):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "labels.npy", labels)
     output = tmp_path / "weights.npz"
-    run_python(f"""
+    run_python(
+        f"""
         import numpy as np, tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        two_cpus = [tf.config.LogicalDeviceConfiguration()] * 2
+        tf.config.set_logical_device_configuration(cpu, two_cpus)
         import test_fast_path as t
-        x, labels = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'labels.npy')!r})
+        x, labels = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "labels.npy")!r})
         with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
             loss, weights = t._fit(x, labels, jit_compile=False)
         np.savez({str(output)!r}, *weights)
-    """, cwd=str(tmp_path), env={"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
+    """,
+        cwd=str(tmp_path),
+        env={"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))},
+    )
     _, single = _fit(x, labels, jit_compile=False)
     mirrored = np.load(output)
     for i, weights in enumerate(single):
         np.testing.assert_allclose(mirrored[f"arr_{i}"], weights, rtol=1e-4, atol=1e-5)
-

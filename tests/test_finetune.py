@@ -17,19 +17,20 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SESSION_SEED
 from PIL import Image
 from sklearn.datasets import load_digits
-
-from conftest import SESSION_SEED
-from gn_keras import GroupNormalization, load
 from test_train_checkpoints import _damage, _kept_checkpoints
-from train import classify, finetune
-from train import config as config_lib
+
+from gn_keras import GroupNormalization, load
+from gn_keras.train import classify, finetune
+from gn_keras.train import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
-COMMON = dict(dataset="folder", image_size=SIZE, augment="none", warmup_epochs=0.0,
-              log_every_steps=1000)
+COMMON = dict(
+    dataset="folder", image_size=SIZE, augment="none", warmup_epochs=0.0, log_every_steps=1000
+)
 
 
 def _write_folders(root):
@@ -51,8 +52,7 @@ def _tiny_gn_network(config, preprocessing):
     x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
     x = GroupNormalization(groups=4, name="conv1_norm")(x)
     x = keras.layers.ReLU(name="conv1_relu")(x)
-    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False,
-                            name="res2_conv")(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="res2_conv")(x)
     x = GroupNormalization(groups=8, name="res2_norm")(x)
     x = keras.layers.ReLU(name="C2")(x)
     x = keras.layers.Flatten(name="pool")(x)
@@ -67,8 +67,15 @@ def pretrained(tmp_path_factory):
     digits_dir, parity_dir = _write_folders(root)
     seed = zlib.crc32(f"{SESSION_SEED}-pretrain".encode()) % 2**31
     config = config_lib.make_config(
-        **COMMON, data_dir=str(digits_dir), epochs=3, batch_size_per_replica=32,
-        base_lr=0.1, lr_reference_batch=32, seed=seed, model_dir=str(root / "digits_run"))
+        **COMMON,
+        data_dir=str(digits_dir),
+        epochs=3,
+        batch_size_per_replica=32,
+        base_lr=0.1,
+        lr_reference_batch=32,
+        seed=seed,
+        model_dir=str(root / "digits_run"),
+    )
     results = classify.train(config, build_model=_tiny_gn_network)
     assert results["final_top1_error"] < 0.3  # a real digits model to start from
     return root / "digits_run", parity_dir
@@ -94,19 +101,34 @@ def _accuracy(model, preprocessing, images, labels):
 
 
 def _run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "train.finetune", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return subprocess.run(
+        [sys.executable, "-m", "gn_keras.train.finetune", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 def test_cli_finetunes_saved_model_to_parity_beating_chance(pretrained, tmp_path):
     run_dir, parity_dir = pretrained
     out = tmp_path / "parity_run"
-    done = _run_cli(f"--pretrained={run_dir / 'saved_model'}", "--dataset=folder",
-                    f"--data_dir={parity_dir}", f"--image_size={SIZE}", "--augment=none",
-                    "--epochs=1", "--steps_per_epoch=150", "--base_lr=0.01",
-                    "--lr_reference_batch=2",
-                    "--warmup_epochs=0", "--freeze_at=1", "--freeze_bn", f"--model_dir={out}")
+    done = _run_cli(
+        f"--pretrained={run_dir / 'saved_model'}",
+        "--dataset=folder",
+        f"--data_dir={parity_dir}",
+        f"--image_size={SIZE}",
+        "--augment=none",
+        "--epochs=1",
+        "--steps_per_epoch=150",
+        "--base_lr=0.01",
+        "--lr_reference_batch=2",
+        "--warmup_epochs=0",
+        "--freeze_at=1",
+        "--freeze_bn",
+        f"--model_dir={out}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # A GN model has no BN: --freeze_bn warns and the run goes on.
     assert "no BatchNormalization layer" in done.stderr
@@ -124,19 +146,29 @@ def test_cli_finetunes_saved_model_to_parity_beating_chance(pretrained, tmp_path
     for name in ("conv1_conv", "conv1_norm"):  # frozen by --freeze_at=1
         for before, after in zip(start.get_layer(name).weights, tuned.get_layer(name).weights):
             np.testing.assert_array_equal(before.numpy(), after.numpy())
-    assert not np.array_equal(start.get_layer("res2_norm").weights[0].numpy(),
-                              tuned.get_layer("res2_norm").weights[0].numpy())
+    assert not np.array_equal(
+        start.get_layer("res2_norm").weights[0].numpy(),
+        tuned.get_layer("res2_norm").weights[0].numpy(),
+    )
     assert isinstance(tuned.get_layer("res2_norm"), GroupNormalization)
 
 
 def test_rerun_resumes_from_checkpoint_and_skips_a_damaged_one(pretrained, tmp_path, caplog):
     run_dir, parity_dir = pretrained
     model_dir = tmp_path / "run"
+
     def config(epochs):
         return config_lib.make_config(
-            **COMMON, data_dir=str(parity_dir), epochs=epochs, steps_per_epoch=10,
-            eval_steps=5, batch_size_per_replica=2, decay_norm_params=False,
-            model_dir=str(model_dir))
+            **COMMON,
+            data_dir=str(parity_dir),
+            epochs=epochs,
+            steps_per_epoch=10,
+            eval_steps=5,
+            batch_size_per_replica=2,
+            decay_norm_params=False,
+            model_dir=str(model_dir),
+        )
+
     options = finetune.FinetuneOptions(str(run_dir / "best.keras"))
     first = finetune.finetune(config(1), options)
     second = finetune.finetune(config(2), options)
@@ -149,8 +181,9 @@ def test_rerun_resumes_from_checkpoint_and_skips_a_damaged_one(pretrained, tmp_p
     with caplog.at_level(logging.WARNING):
         third = finetune.finetune(config(3), options)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(m.startswith(f"{newest}: cannot read the checkpoint") and older in m
-               for m in warnings), warnings
+    assert any(
+        m.startswith(f"{newest}: cannot read the checkpoint") and older in m for m in warnings
+    ), warnings
     assert [record["epoch"] for record in third["epochs"]] == [0, 1, 2]
     assert third["epochs"][0] == first["epochs"][0]
     latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
@@ -161,26 +194,41 @@ def test_rerun_resumes_from_checkpoint_and_skips_a_damaged_one(pretrained, tmp_p
     kept = _kept_checkpoints(model_dir)
     for prefix in kept:
         _damage(prefix, "truncated_data")
-    done = _run_cli(f"--pretrained={run_dir / 'best.keras'}", "--dataset=folder",
-                    f"--data_dir={parity_dir}", f"--image_size={SIZE}", "--augment=none",
-                    "--warmup_epochs=0", "--epochs=4", "--steps_per_epoch=10",
-                    "--eval_steps=5", f"--model_dir={model_dir}")
+    done = _run_cli(
+        f"--pretrained={run_dir / 'best.keras'}",
+        "--dataset=folder",
+        f"--data_dir={parity_dir}",
+        f"--image_size={SIZE}",
+        "--augment=none",
+        "--warmup_epochs=0",
+        "--epochs=4",
+        "--steps_per_epoch=10",
+        "--eval_steps=5",
+        f"--model_dir={model_dir}",
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"gn-finetune: error: {kept[-1]}: cannot read the checkpoint"), last
     assert f"no older checkpoint in {model_dir / 'checkpoints'} is intact" in last
 
 
-@pytest.mark.parametrize("change, pattern", [
-    ({"num_classes": 5}, r"--num_classes=5 but --dataset=folder has 2 classes"),
-    ({"image_size": 24}, r"takes images of shape \(16, 16, 3\) but --dataset=folder "
-                         r"with --image_size=24 gives \(24, 24, 3\)"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"num_classes": 5}, r"--num_classes=5 but --dataset=folder has 2 classes"),
+        (
+            {"image_size": 24},
+            r"takes images of shape \(16, 16, 3\) but --dataset=folder "
+            r"with --image_size=24 gives \(24, 24, 3\)",
+        ),
+    ],
+)
 def test_mismatch_with_the_data_is_a_clear_error(pretrained, tmp_path, change, pattern):
     run_dir, parity_dir = pretrained
     values = {**COMMON, **change}
-    config = config_lib.make_config(**values, data_dir=str(parity_dir), epochs=1,
-                                    model_dir=str(tmp_path / "run"))
+    config = config_lib.make_config(
+        **values, data_dir=str(parity_dir), epochs=1, model_dir=str(tmp_path / "run")
+    )
     with pytest.raises(ValueError, match=pattern):
         finetune.finetune(config, finetune.FinetuneOptions(str(run_dir)))
 
@@ -207,7 +255,8 @@ def test_missing_pretrained_model_is_one_line_error(tmp_path):
     done = _run_cli(f"--pretrained={missing}", f"--model_dir={tmp_path / 'out'}")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"gn-finetune: error: {missing}: no such file or directory.")
+        f"gn-finetune: error: {missing}: no such file or directory."
+    )
 
 
 def test_tfsm_layer_gives_trainable_gn_variables(pretrained, rng):
@@ -228,21 +277,35 @@ def test_tfsm_layer_gives_trainable_gn_variables(pretrained, rng):
 
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(features(tf.constant(images))["pooled"] * projection)
-    got = dict(zip((w.name.split(":")[0] for w in features.trainable_weights),
-                   tape.gradient(loss, features.trainable_weights)))
+    got = dict(
+        zip(
+            (w.name.split(":")[0] for w in features.trainable_weights),
+            tape.gradient(loss, features.trainable_weights),
+        )
+    )
     with tf.GradientTape() as tape:
         reference = tf.reduce_sum(pooled(normalized) * projection)
-    want = dict(zip((w.path.replace("/", "_") for w in pooled.trainable_weights),
-                    tape.gradient(reference, pooled.trainable_weights)))
+    want = dict(
+        zip(
+            (w.path.replace("/", "_") for w in pooled.trainable_weights),
+            tape.gradient(reference, pooled.trainable_weights),
+        )
+    )
     np.testing.assert_allclose(float(loss), float(reference), rtol=1e-5)
     assert sorted(got) == sorted(want) and "res2_norm_gamma" in got
     for name, gradient in want.items():
-        np.testing.assert_allclose(got[name].numpy(), gradient.numpy(), rtol=1e-4,
-                                   atol=1e-5 * float(np.max(np.abs(gradient.numpy()))))
+        np.testing.assert_allclose(
+            got[name].numpy(),
+            gradient.numpy(),
+            rtol=1e-4,
+            atol=1e-5 * float(np.max(np.abs(gradient.numpy()))),
+        )
 
     gamma = next(w for w in features.trainable_weights if w.name.startswith("res2_norm_gamma"))
     before = gamma.numpy().copy()
     keras.optimizers.SGD(0.1).apply_gradients(
-        [(got[w.name.split(":")[0]], w) for w in features.trainable_weights])
-    np.testing.assert_allclose(gamma.numpy(), before - 0.1 * got["res2_norm_gamma"].numpy(),
-                               rtol=1e-6, atol=1e-7)
+        [(got[w.name.split(":")[0]], w) for w in features.trainable_weights]
+    )
+    np.testing.assert_allclose(
+        gamma.numpy(), before - 0.1 * got["res2_norm_gamma"].numpy(), rtol=1e-6, atol=1e-7
+    )

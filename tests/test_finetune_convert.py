@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from gn_keras import GroupNormalization, convert, load, transfer
 from gn_keras.frozen_bn import FrozenBatchNormalization
-from train import config as config_lib
-from train import finetune
+from gn_keras.train import config as config_lib
+from gn_keras.train import finetune
 
 SIZE = 8
 
@@ -43,7 +43,9 @@ def test_freeze_batchnorm_keeps_outputs_and_statistics(rng):
     frozen = convert.freeze_batchnorm(model)
     assert isinstance(frozen.get_layer("conv1_bn"), FrozenBatchNormalization)
     assert isinstance(frozen.get_layer("res2_gn"), GroupNormalization)
-    for before, after in zip(model.get_layer("res2_gn").weights, frozen.get_layer("res2_gn").weights):
+    for before, after in zip(
+        model.get_layer("res2_gn").weights, frozen.get_layer("res2_gn").weights
+    ):
         np.testing.assert_array_equal(before.numpy(), after.numpy())
     x = rng.normal(size=(4, SIZE, SIZE, 3)).astype("float32")
     reference = model(x, training=False).numpy()  # Keras's own BN inference
@@ -56,7 +58,8 @@ def test_freeze_batchnorm_keeps_outputs_and_statistics(rng):
     optimizer = keras.optimizers.SGD(0.1)
     with tf.GradientTape() as tape:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
-            rng.integers(0, 5, 4), frozen(x, training=True))
+            rng.integers(0, 5, 4), frozen(x, training=True)
+        )
     variables = frozen.trainable_variables
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
     for before, after in zip(statistics, frozen.get_layer("conv1_bn").weights):
@@ -67,9 +70,15 @@ def test_freeze_batchnorm_keeps_outputs_and_statistics(rng):
 def test_finetune_builder_freezes_bn_keeps_gn_and_replaces_head(rng, tmp_path):
     model = _mixed_model(rng)
     model.save(tmp_path / "best.keras")
-    preprocessing = {"image_size": [SIZE, SIZE], "channels": 3, "mean": [120.0] * 3,
-                     "std": [60.0] * 3, "data_format": "channels_last", "num_classes": 2,
-                     "class_names": None}
+    preprocessing = {
+        "image_size": [SIZE, SIZE],
+        "channels": 3,
+        "mean": [120.0] * 3,
+        "std": [60.0] * 3,
+        "data_format": "channels_last",
+        "num_classes": 2,
+        "class_names": None,
+    }
     (tmp_path / "preprocessing.json").write_text(json.dumps(preprocessing))
     report = {}
     options = finetune.FinetuneOptions(str(tmp_path), freeze_at=1, freeze_bn=True)
@@ -83,8 +92,9 @@ def test_finetune_builder_freezes_bn_keeps_gn_and_replaces_head(rng, tmp_path):
     x = rng.normal(size=(3, SIZE, SIZE, 3)).astype("float32")
     backbone = keras.Model(model.input, model.get_layer("pool").output)
     tuned_backbone = keras.Model(tuned.input, tuned.get_layer("pool").output)
-    np.testing.assert_array_equal(tuned_backbone(x, training=True).numpy(),
-                                  backbone(x, training=False).numpy())
+    np.testing.assert_array_equal(
+        tuned_backbone(x, training=True).numpy(), backbone(x, training=False).numpy()
+    )
     assert load.load_preprocessing(tmp_path)["num_classes"] == 2
 
 
@@ -95,9 +105,13 @@ def test_keras_resnet50_endpoints_and_swap_norm_to_gn_that_trains(rng):
     head, pooled, ends_in_softmax = transfer.find_head(resnet)
     assert head.name == "predictions" and ends_in_softmax and pooled.shape == (None, 2048)
     endpoints = transfer.stage_endpoints(resnet)
-    for key, name in (("C1", "pool1_pool"), ("C2", "conv2_block3_out"),
-                      ("C3", "conv3_block4_out"), ("C4", "conv4_block6_out"),
-                      ("C5", "conv5_block3_out")):
+    for key, name in (
+        ("C1", "pool1_pool"),
+        ("C2", "conv2_block3_out"),
+        ("C3", "conv3_block4_out"),
+        ("C4", "conv4_block6_out"),
+        ("C5", "conv5_block3_out"),
+    ):
         assert endpoints[key] is resnet.get_layer(name).output
     batchnorms = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in resnet.layers)
     gn = convert.swap_norm(resnet, "gn", groups=32)

@@ -15,11 +15,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from gn_reference import group_norm_reference
+from subprocess_utils import run_python
 
 import gn_keras
 from gn_keras import group_norm, kernels, tf_fast
-from gn_reference import group_norm_reference
-from subprocess_utils import run_python
 
 # (shape, groups): rows per block = 16384 // C, so these have 5, 6 and 2
 # blocks per sample, the last one short.
@@ -35,7 +35,9 @@ def chosen(monkeypatch):
     """Names of the implementations ``group_norm`` picks, call by call."""
     names = []
     original = tf_fast._choose_kernels
-    monkeypatch.setattr(tf_fast, "_choose_kernels", lambda *a: names.append(original(*a).name) or original(*a))
+    monkeypatch.setattr(
+        tf_fast, "_choose_kernels", lambda *a: names.append(original(*a).name) or original(*a)
+    )
     return names
 
 
@@ -78,17 +80,19 @@ def test_without_a_compiler_auto_falls_back_and_require_fails(rng, tmp_path):
     np.save(tmp_path / "x.npy", x)
     code = f"""
         import warnings, numpy as np, gn_keras
-        x = np.load({str(tmp_path / 'x.npy')!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             y = gn_keras.group_norm(x, groups=4)
         print([str(w.message) for w in caught if "compiled kernels" in str(w.message)])
-        np.save({str(tmp_path / 'y.npy')!r}, np.asarray(y))
+        np.save({str(tmp_path / "y.npy")!r}, np.asarray(y))
     """
     env = {"CXX": str(tmp_path / "no-such-compiler"), "GN_KERAS_CACHE_DIR": str(tmp_path / "cache")}
     printed = run_python(code, env={**env, "GN_KERAS_KERNELS": "auto"})
     assert "no working C++ compiler" in printed
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), group_norm_reference(x, groups=4), atol=2e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy"), group_norm_reference(x, groups=4), atol=2e-5
+    )
     with pytest.raises(AssertionError, match="KernelBuildError: GN_KERAS_KERNELS=require"):
         run_python(code, env={**env, "GN_KERAS_KERNELS": "require"})
 
@@ -104,7 +108,9 @@ def test_values_and_gradients_across_blocks(rng, chosen, shape, groups):
             y = group_norm(x, gamma, beta, groups=groups)
         return [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
 
-    ours = tf.function(forward_backward)(*(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)))
+    ours = tf.function(forward_backward)(
+        *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream))
+    )
     assert chosen == ["fused"]
     with _keras_ops_path():
         reference = forward_backward(*(tf.constant(v) for v in (x, gamma, beta, upstream)))
@@ -117,10 +123,14 @@ def test_values_and_gradients_across_blocks(rng, chosen, shape, groups):
 def test_16_bit_inputs_round_once_from_float32(rng, chosen, dtype, tolerance):
     shape, groups = BLOCK_CASES[0]
     x = tf.constant(_input(rng, shape), dtype)
-    gamma, beta = (tf.constant(v, "float32") for v in (rng.normal(1, 0.3, 64), rng.normal(0, 0.3, 64)))
+    gamma, beta = (
+        tf.constant(v, "float32") for v in (rng.normal(1, 0.3, 64), rng.normal(0, 0.3, 64))
+    )
     y = group_norm(x, gamma, beta, groups=groups)
     assert chosen == ["fused"] and y.dtype == x.dtype
-    expected = group_norm_reference(tf.cast(x, tf.float64).numpy(), gamma.numpy(), beta.numpy(), groups)
+    expected = group_norm_reference(
+        tf.cast(x, tf.float64).numpy(), gamma.numpy(), beta.numpy(), groups
+    )
     np.testing.assert_allclose(tf.cast(y, tf.float64).numpy(), expected, atol=tolerance)
 
 
@@ -158,7 +168,9 @@ def test_training_graphs_keras_loops_and_eager_use_the_kernels(rng, chosen):
             y = group_norm(x, groups=4)
         return tape.gradient(y, x)
 
-    assert {"GnKerasGroupNorm", "GnKerasGroupNormGrad"} <= _op_types(training.get_concrete_function(spec))
+    assert {"GnKerasGroupNorm", "GnKerasGroupNormGrad"} <= _op_types(
+        training.get_concrete_function(spec)
+    )
     group_norm(tf.ones([1, 2, 2, 8]), groups=4)  # eager
     import keras
 
@@ -166,39 +178,54 @@ def test_training_graphs_keras_loops_and_eager_use_the_kernels(rng, chosen):
     model = keras.Model(inputs, gn_keras.GroupNormalization(groups=4)(inputs))
     del chosen[:]  # building the model traces a symbolic call
     x = _input(rng, (3, 5, 5, 8)).astype("float32")
-    np.testing.assert_allclose(model.predict(x, verbose=0), group_norm_reference(x, groups=4), atol=2e-5)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), group_norm_reference(x, groups=4), atol=2e-5
+    )
     assert chosen == ["fused"]
 
 
 def test_user_inference_functions_hold_standard_ops_even_when_reused(rng, chosen):
     """TF reuses a trace: a serving function called once may be exported or
     compiled by XLA later, so it never holds the kernels."""
-    serve = tf.function(lambda x: group_norm(x, groups=4), input_signature=[tf.TensorSpec([None, 5, 5, 8])])
+    serve = tf.function(
+        lambda x: group_norm(x, groups=4), input_signature=[tf.TensorSpec([None, 5, 5, 8])]
+    )
     x = tf.constant(_input(rng, (2, 5, 5, 8)), tf.float32)
     serve(x)
     with gn_keras.portable_ops():
         assert not any(op.startswith("GnKeras") for op in _op_types(serve.get_concrete_function()))
     doubled = tf.function(lambda x: serve(x) * 2, jit_compile=True)
-    np.testing.assert_allclose(doubled(x).numpy(), 2 * group_norm_reference(x.numpy(), groups=4), atol=4e-5)
+    np.testing.assert_allclose(
+        doubled(x).numpy(), 2 * group_norm_reference(x.numpy(), groups=4), atol=4e-5
+    )
     assert set(chosen) == {"plain"}
 
 
 def test_other_inputs_and_portable_graphs_use_tensorflow_ops(chosen):
-    normalize = tf.function(lambda x, axis: _under_tape(lambda x: group_norm(x, groups=4, axis=axis), x))
+    normalize = tf.function(
+        lambda x, axis: _under_tape(lambda x: group_norm(x, groups=4, axis=axis), x)
+    )
     cases = [
         (tf.TensorSpec([None, 8, 5, 5]), 1),  # channels first
         (tf.TensorSpec([None, 5, 5, 8], tf.float64), -1),  # float64
     ]
     for spec, axis in cases:
-        assert not any(op.startswith("GnKeras") for op in _op_types(normalize.get_concrete_function(spec, axis)))
+        assert not any(
+            op.startswith("GnKeras")
+            for op in _op_types(normalize.get_concrete_function(spec, axis))
+        )
     with gn_keras.portable_ops():
         portable = tf.function(lambda x: _under_tape(lambda x: group_norm(x, groups=4), x))
         concrete = portable.get_concrete_function(tf.TensorSpec([None, 5, 5, 8]))
     assert not any(op.startswith("GnKeras") for op in _op_types(concrete))
 
-    whole_xla = tf.function(lambda x: _under_tape(lambda x: group_norm(x, groups=4), x), jit_compile=True)
+    whole_xla = tf.function(
+        lambda x: _under_tape(lambda x: group_norm(x, groups=4), x), jit_compile=True
+    )
     x = tf.random.normal([2, 5, 5, 8])
-    np.testing.assert_allclose(whole_xla(x).numpy(), group_norm_reference(x.numpy(), groups=4), atol=2e-5)
+    np.testing.assert_allclose(
+        whole_xla(x).numpy(), group_norm_reference(x.numpy(), groups=4), atol=2e-5
+    )
     assert chosen == ["xla", "xla", "portable", "xla"]
 
 
@@ -212,19 +239,25 @@ def test_saved_model_traced_in_save_context_holds_standard_ops(rng, tmp_path):
     module = tf.Module()
     module.layer = gn_keras.GroupNormalization(groups=4)
     module.layer.build((None, 5, 5, 8))
-    module.serve = tf.function(lambda x: module.layer(x), input_signature=[tf.TensorSpec([None, 5, 5, 8])])
+    module.serve = tf.function(
+        lambda x: module.layer(x), input_signature=[tf.TensorSpec([None, 5, 5, 8])]
+    )
     tf.saved_model.save(module, str(tmp_path))
     with open(tmp_path / "saved_model.pb", "rb") as saved:
         assert b"GnKeras" not in saved.read()
     x = _input(rng, (2, 5, 5, 8)).astype("float32")
     reloaded = tf.saved_model.load(str(tmp_path))
-    np.testing.assert_allclose(reloaded.serve(x).numpy(), group_norm_reference(x, groups=4), atol=2e-5)
+    np.testing.assert_allclose(
+        reloaded.serve(x).numpy(), group_norm_reference(x, groups=4), atol=2e-5
+    )
 
 
 def test_unknown_spatial_sizes_and_second_order(rng, chosen):
     """Any spatial size through one trace; second order through the recomputed forward."""
     spec = tf.TensorSpec([None, None, None, 16])
-    gamma, beta = (tf.constant(v, "float32") for v in (rng.normal(1, 0.5, 16), rng.normal(0, 0.5, 16)))
+    gamma, beta = (
+        tf.constant(v, "float32") for v in (rng.normal(1, 0.5, 16), rng.normal(0, 0.5, 16))
+    )
 
     @tf.function(input_signature=[spec, spec, spec])
     def second_order(x, upstream, direction):
@@ -240,10 +273,16 @@ def test_unknown_spatial_sizes_and_second_order(rng, chosen):
     for shape in [(2, 3, 5, 16), (1, 7, 2, 16)]:
         x, upstream, direction = (_input(rng, shape) for _ in range(3))
         y, ddx = second_order(*(tf.constant(v, "float32") for v in (x, upstream, direction)))
-        np.testing.assert_allclose(y.numpy(), group_norm_reference(x, gamma.numpy(), beta.numpy(), 4), atol=2e-5)
+        np.testing.assert_allclose(
+            y.numpy(), group_norm_reference(x, gamma.numpy(), beta.numpy(), 4), atol=2e-5
+        )
         with _keras_ops_path():
-            _, want = second_order.python_function(*(tf.constant(v) for v in (x, upstream, direction)))
-        np.testing.assert_allclose(ddx.numpy(), want.numpy(), atol=1e-4 * np.abs(want.numpy()).max())
+            _, want = second_order.python_function(
+                *(tf.constant(v) for v in (x, upstream, direction))
+            )
+        np.testing.assert_allclose(
+            ddx.numpy(), want.numpy(), atol=1e-4 * np.abs(want.numpy()).max()
+        )
     assert chosen[0] == "fused"
 
 
@@ -255,7 +294,9 @@ def test_converters_given_a_keras_model_trace_standard_ops(rng):
     from ai_edge_litert.interpreter import Interpreter
 
     inputs = keras.Input((6, 6, 8))
-    model = keras.Model(inputs, gn_keras.GroupNormalization(groups=4)(keras.layers.Conv2D(8, 3)(inputs)))
+    model = keras.Model(
+        inputs, gn_keras.GroupNormalization(groups=4)(keras.layers.Conv2D(8, 3)(inputs))
+    )
     x = rng.normal(size=(2, 6, 6, 8)).astype("float32")
     expected = model.predict(x, verbose=0)
     spec = (tf.TensorSpec([None, 6, 6, 8], tf.float32, name="x"),)
@@ -264,7 +305,9 @@ def test_converters_given_a_keras_model_trace_standard_ops(rng):
     session = onnxruntime.InferenceSession(onnx_model.SerializeToString())
     np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, atol=1e-4)
 
-    interpreter = Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    interpreter = Interpreter(
+        model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    )
     runner = interpreter.get_signature_runner()
     (lite_y,) = runner(**{next(iter(runner.get_input_details())): x}).values()
     np.testing.assert_allclose(lite_y, expected, atol=1e-4)
@@ -282,7 +325,9 @@ def test_16_bit_output_is_the_rounded_float32_result(rng):
     for dtype in (tf.bfloat16, tf.float16):
         narrow = tf.cast(x, dtype)
         wide = group_norm(tf.cast(narrow, tf.float32), groups=8)
-        np.testing.assert_array_equal(group_norm(narrow, groups=8).numpy(), tf.cast(wide, dtype).numpy())
+        np.testing.assert_array_equal(
+            group_norm(narrow, groups=8).numpy(), tf.cast(wide, dtype).numpy()
+        )
 
 
 def test_thread_schedules_agree_bitwise(rng):
@@ -298,7 +343,7 @@ def test_thread_schedules_agree_bitwise(rng):
         return y.numpy(), tape.gradient(y, x, output_gradients=upstream).numpy()
 
     together = values_and_dx(x, upstream)
-    alone = [values_and_dx(x[i:i + 1], upstream[i:i + 1]) for i in range(2)]
+    alone = [values_and_dx(x[i : i + 1], upstream[i : i + 1]) for i in range(2)]
     for index in range(2):
         np.testing.assert_array_equal(together[index], np.concatenate([a[index] for a in alone]))
 

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from gn_reference import group_norm_reference, numeric_gradient
 
 from gn_keras import GroupNormalization, group_norm
-from gn_reference import group_norm_reference, numeric_gradient
 
 # (shape, axis, groups, group_size): ranks 2-5, odd sizes, both data formats.
 CASES = [
@@ -89,17 +89,25 @@ def test_gradients_match_finite_differences(rng, shape, axis, groups, affine):
         args = {"x": x, "gamma": gamma, "beta": beta, **override}
         return group_norm_reference(args["x"], args["gamma"], args["beta"], groups, axis)
 
-    np.testing.assert_allclose(grads[0], numeric_gradient(lambda v: ref(x=v), x, weights), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        grads[0], numeric_gradient(lambda v: ref(x=v), x, weights), rtol=1e-5, atol=1e-6
+    )
     if affine:
-        np.testing.assert_allclose(grads[1], numeric_gradient(lambda v: ref(gamma=v), gamma, weights), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(grads[2], numeric_gradient(lambda v: ref(beta=v), beta, weights), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            grads[1], numeric_gradient(lambda v: ref(gamma=v), gamma, weights), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            grads[2], numeric_gradient(lambda v: ref(beta=v), beta, weights), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_float32_layer_gradients_match_float64(rng):
     x = _random_input(rng, (2, 4, 5, 8))
     layer = GroupNormalization(groups=2)
     layer.build(x.shape)
-    layer.set_weights([rng.normal(1, 0.3, 8).astype("float32"), rng.normal(0, 0.3, 8).astype("float32")])
+    layer.set_weights(
+        [rng.normal(1, 0.3, 8).astype("float32"), rng.normal(0, 0.3, 8).astype("float32")]
+    )
     weights = rng.normal(size=x.shape)
 
     def gradients(dtype):
@@ -122,7 +130,9 @@ def test_groups_one_equals_layer_normalization(rng):
     np.testing.assert_allclose(ours(x).numpy(), keras_ln(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape,axis,groups", [((2, 6, 7, 16), -1, 4), ((2, 16, 5), 1, 8), ((3, 9, 12), -1, -1)])
+@pytest.mark.parametrize(
+    "shape,axis,groups", [((2, 6, 7, 16), -1, 4), ((2, 16, 5), 1, 8), ((3, 9, 12), -1, -1)]
+)
 def test_matches_keras_group_normalization(rng, shape, axis, groups):
     x = _random_input(rng, shape).astype("float32")
     channels = shape[axis]

@@ -36,7 +36,11 @@ def test_construction_errors(kwargs, message):
         ({"groups": 32}, (None, 4, 4, 48), "32 groups do not divide 48 channels"),
         ({"groups": 64}, (None, 4, 4, 48), "64 groups exceed the 48 channels"),
         ({"group_size": 5}, (None, 4, 4, 48), "group_size=5 does not divide the 48 channels"),
-        ({"groups": 8, "group_size": 16}, (None, 4, 4, 64), "groups=8 and group_size=16 disagree for 64 channels"),
+        (
+            {"groups": 8, "group_size": 16},
+            (None, 4, 4, 64),
+            "groups=8 and group_size=16 disagree for 64 channels",
+        ),
         ({"groups": 4}, (None, 4, 4, None), "channel dimension (axis=-1)"),
         ({"groups": 4, "axis": 4}, (None, 4, 4, 8), "axis=4 is out of range"),
         ({"groups": 4, "axis": -5}, (None, 4, 4, 8), "axis=-5 is out of range"),

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from gn_reference import group_norm_reference
 
 from gn_keras import GroupNormalization, group_norm
-from gn_reference import group_norm_reference
 
 
 @pytest.fixture
@@ -59,7 +59,9 @@ def test_layer_propagates_mask(rng):
     np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+@pytest.mark.parametrize(
+    "name,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]
+)
 def test_mixed_precision_policy(rng, policy, name, compute):
     policy(name)
     layer = GroupNormalization(groups=4)
@@ -70,7 +72,9 @@ def test_mixed_precision_policy(rng, policy, name, compute):
     assert layer.compute_dtype == compute
     cast_input = tf.cast(tf.cast(x, compute), tf.float64).numpy()
     tolerance = 2e-2 if compute == "bfloat16" else 3e-3
-    np.testing.assert_allclose(tf.cast(y, tf.float64).numpy(), group_norm_reference(cast_input, groups=4), atol=tolerance)
+    np.testing.assert_allclose(
+        tf.cast(y, tf.float64).numpy(), group_norm_reference(cast_input, groups=4), atol=tolerance
+    )
 
 
 def test_mixed_float16_extreme_inputs_train(rng, policy):
@@ -96,7 +100,9 @@ def test_dynamic_shapes_in_tf_function(rng, jit_compile):
 
     for shape in [(1, 3, 5, 8), (3, 7, 2, 8)]:
         x = rng.normal(size=shape).astype("float32") + 2
-        np.testing.assert_allclose(normalize(x).numpy(), group_norm_reference(x, groups=4), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            normalize(x).numpy(), group_norm_reference(x, groups=4), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_jit_compiled_training_step_matches_eager(rng):
@@ -113,8 +119,11 @@ def test_jit_compiled_training_step_matches_eager(rng):
     for jit in (False, True):
         model = keras.models.clone_model(reference)
         model.set_weights(initial)
-        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            jit_compile=jit,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         loss = model.train_on_batch(data, labels)
         results[jit] = (loss, model.get_weights())
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5)
@@ -124,17 +133,32 @@ def test_jit_compiled_training_step_matches_eager(rng):
 
 def test_config_round_trip_keeps_every_argument():
     layer = GroupNormalization(
-        groups=None, group_size=4, axis=1, epsilon=3e-4, center=False, scale=True,
-        beta_initializer="ones", gamma_initializer=keras.initializers.Constant(0.5),
-        beta_regularizer="l2", gamma_regularizer=keras.regularizers.L1(0.01),
-        beta_constraint="non_neg", gamma_constraint=keras.constraints.MaxNorm(2.0),
+        groups=None,
+        group_size=4,
+        axis=1,
+        epsilon=3e-4,
+        center=False,
+        scale=True,
+        beta_initializer="ones",
+        gamma_initializer=keras.initializers.Constant(0.5),
+        beta_regularizer="l2",
+        gamma_regularizer=keras.regularizers.L1(0.01),
+        beta_constraint="non_neg",
+        gamma_constraint=keras.constraints.MaxNorm(2.0),
         name="gn_custom",
     )
     config = layer.get_config()
     clone = GroupNormalization.from_config(config)
     assert clone.get_config() == config
-    for key, value in {"groups": None, "group_size": 4, "axis": 1, "epsilon": 3e-4, "center": False,
-                       "scale": True, "name": "gn_custom"}.items():
+    for key, value in {
+        "groups": None,
+        "group_size": 4,
+        "axis": 1,
+        "epsilon": 3e-4,
+        "center": False,
+        "scale": True,
+        "name": "gn_custom",
+    }.items():
         assert config[key] == value, key
     assert isinstance(clone.gamma_regularizer, keras.regularizers.L1)
     assert isinstance(clone.gamma_constraint, keras.constraints.MaxNorm)

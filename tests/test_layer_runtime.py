@@ -5,11 +5,10 @@ import importlib.util
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-
-from gn_keras import GroupNormalization
 from gn_reference import group_norm_reference
 from subprocess_utils import run_python
+
+from gn_keras import GroupNormalization
 
 
 def _small_model():
@@ -33,9 +32,9 @@ def test_keras_file_loads_in_fresh_process_with_safe_mode(rng, tmp_path):
     run_python(f"""
         import numpy as np, keras
         import gn_keras  # registers the layer; no custom_objects below
-        model = keras.saving.load_model({str(tmp_path / 'model.keras')!r}, safe_mode=True)
+        model = keras.saving.load_model({str(tmp_path / "model.keras")!r}, safe_mode=True)
         assert type(model.get_layer("gn")).__name__ == "GroupNormalization"
-        np.save({str(tmp_path / 'y.npy')!r}, model(np.load({str(tmp_path / 'x.npy')!r})).numpy())
+        np.save({str(tmp_path / "y.npy")!r}, model(np.load({str(tmp_path / "x.npy")!r})).numpy())
     """)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x).numpy(), rtol=1e-6, atol=1e-6)
 
@@ -50,18 +49,23 @@ def test_saved_model_export_keeps_dynamic_batch(rng, tmp_path):
     np.save(tmp_path / "x.npy", other)
     run_python(f"""
         import numpy as np, tensorflow as tf
-        loaded = tf.saved_model.load({str(tmp_path / 'sm')!r})
+        loaded = tf.saved_model.load({str(tmp_path / "sm")!r})
         spec = loaded.signatures["serving_default"].structured_input_signature[1]
         assert list(spec.values())[0].shape[0] is None, spec
-        np.save({str(tmp_path / 'y.npy')!r}, loaded.serve(np.load({str(tmp_path / 'x.npy')!r})).numpy())
+        served = loaded.serve(np.load({str(tmp_path / "x.npy")!r}))
+        np.save({str(tmp_path / "y.npy")!r}, served.numpy())
     """)
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(other).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy"), model(other).numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
 def test_other_keras_backends_match_reference(rng, tmp_path, backend, module):
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"Keras backend {backend!r} needs the {module!r} package, which is not installed")
+        pytest.skip(
+            f"Keras backend {backend!r} needs the {module!r} package, which is not installed"
+        )
     x = rng.normal(size=(2, 5, 7, 12)) * 2 + 1
     gamma, beta = rng.normal(size=12), rng.normal(size=12)
     # 4 channels per group: the one-step sample still has 4 valid values per
@@ -71,7 +75,8 @@ def test_other_keras_backends_match_reference(rng, tmp_path, backend, module):
     mask = np.arange(6)[None] < np.array([[6], [3], [1]])
     for name, value in dict(x=x, gamma=gamma, beta=beta, seq=seq, mask=mask).items():
         np.save(tmp_path / f"{name}.npy", value)
-    out = run_python(f"""
+    out = run_python(
+        f"""
         import numpy as np, keras
         from gn_keras import GroupNormalization, group_norm
         assert keras.backend.backend() == {backend!r}
@@ -79,14 +84,24 @@ def test_other_keras_backends_match_reference(rng, tmp_path, backend, module):
         layer = GroupNormalization(groups=3)
         layer.build((None, 5, 7, 12))
         layer.set_weights([load("gamma").astype("float32"), load("beta").astype("float32")])
-        np.save({str(tmp_path / 'y.npy')!r}, keras.ops.convert_to_numpy(layer(load("x").astype("float32"))))
+        y = keras.ops.convert_to_numpy(layer(load("x").astype("float32")))
+        np.save({str(tmp_path / "y.npy")!r}, y)
         masked = group_norm(load("seq"), groups=2, mask=load("mask"))
-        np.save({str(tmp_path / 'ym.npy')!r}, keras.ops.convert_to_numpy(masked))
+        np.save({str(tmp_path / "ym.npy")!r}, keras.ops.convert_to_numpy(masked))
         print("backend", keras.backend.backend())
-    """, env={"KERAS_BACKEND": backend})
+    """,
+        env={"KERAS_BACKEND": backend},
+    )
     assert f"backend {backend}" in out
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), group_norm_reference(x, gamma, beta, 3), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.load(tmp_path / "ym.npy"), group_norm_reference(seq, groups=2, mask=mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy"), group_norm_reference(x, gamma, beta, 3), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "ym.npy"),
+        group_norm_reference(seq, groups=2, mask=mask),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_mirrored_strategy_matches_one_device(rng, tmp_path):
@@ -95,7 +110,8 @@ def test_mirrored_strategy_matches_one_device(rng, tmp_path):
     run_python(f"""
         import numpy as np, tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        two_cpus = [tf.config.LogicalDeviceConfiguration()] * 2
+        tf.config.set_logical_device_configuration(cpu, two_cpus)
         from gn_keras import GroupNormalization
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
@@ -104,8 +120,9 @@ def test_mirrored_strategy_matches_one_device(rng, tmp_path):
             inputs = keras.Input((6, 6, 3))
             h = GroupNormalization(groups=4)(keras.layers.Conv2D(8, 3, padding="same")(inputs))
             model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
-        x = np.load({str(tmp_path / 'x.npy')!r})
-        dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(4))
+        x = np.load({str(tmp_path / "x.npy")!r})
+        batches = tf.data.Dataset.from_tensor_slices(x).batch(4)
+        dataset = strategy.experimental_distribute_dataset(batches)
 
         @tf.function
         def replica_step(batch):
@@ -116,9 +133,10 @@ def test_mirrored_strategy_matches_one_device(rng, tmp_path):
 
         y, grads = strategy.run(replica_step, args=(next(iter(dataset)),))
         assert len(strategy.experimental_local_results(y)) == 2
-        np.save({str(tmp_path / 'y_mirrored.npy')!r}, np.concatenate([t.numpy() for t in strategy.experimental_local_results(y)]))
+        local = strategy.experimental_local_results(y)
+        np.save({str(tmp_path / "y_mirrored.npy")!r}, np.concatenate([t.numpy() for t in local]))
         summed = [strategy.reduce("SUM", g, axis=None).numpy() for g in grads]
-        np.save({str(tmp_path / 'y_single.npy')!r}, model(x).numpy())
+        np.save({str(tmp_path / "y_single.npy")!r}, model(x).numpy())
         with tf.GradientTape() as tape:
             single = model(x)
             loss = tf.reduce_sum(single * single)
@@ -126,4 +144,9 @@ def test_mirrored_strategy_matches_one_device(rng, tmp_path):
         for a, b in zip(summed, single_grads):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-5)
     """)
-    np.testing.assert_allclose(np.load(tmp_path / "y_mirrored.npy"), np.load(tmp_path / "y_single.npy"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y_mirrored.npy"),
+        np.load(tmp_path / "y_single.npy"),
+        rtol=1e-6,
+        atol=1e-6,
+    )

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import models
-from gn_keras import norms, transfer
+from gn_keras import models, norms, transfer
 
 ALL_NORMS = norms.available()
 # Kinds whose γ (or WN's gain) can start the residual branch at exactly 0.
@@ -26,7 +25,9 @@ def train_step(model, x, labels, learning_rate=0.1):
     optimizer = keras.optimizers.SGD(learning_rate)
     with tf.GradientTape() as tape:
         logits = model(x, training=True)
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        )
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply(gradients, model.trainable_variables)
     return float(loss)
@@ -40,7 +41,11 @@ def check_forward_and_training(model, x, num_classes, rng):
     before = [v.numpy().copy() for v in model.trainable_variables]
     loss = train_step(model, x, rng.integers(0, num_classes, x.shape[0]))
     assert np.isfinite(loss)
-    frozen = [v.path for v, old in zip(model.trainable_variables, before) if np.array_equal(v.numpy(), old)]
+    frozen = [
+        v.path
+        for v, old in zip(model.trainable_variables, before)
+        if np.array_equal(v.numpy(), old)
+    ]
     assert frozen == []
 
 
@@ -53,8 +58,14 @@ def random_images(rng, size, batch=2, channels_first=False):
 @pytest.mark.parametrize("norm", ALL_NORMS)
 @pytest.mark.parametrize("name,size,extra", [("resnet18", 64, {}), ("resnet20", 32, NARROW)])
 def test_every_norm_builds_runs_and_trains(rng, name, size, extra, norm):
-    model = models.build(name, norm=norm, num_classes=5, input_shape=(size, size, 3),
-                         zero_init_residual=False, **extra)
+    model = models.build(
+        name,
+        norm=norm,
+        num_classes=5,
+        input_shape=(size, size, 3),
+        zero_init_residual=False,
+        **extra,
+    )
     check_forward_and_training(model, random_images(rng, size), 5, rng)
 
 
@@ -80,19 +91,34 @@ def test_zero_init_makes_every_residual_branch_exactly_zero(rng, norm):
 def test_zero_init_in_bottleneck_and_cifar_blocks_and_the_switch(rng, name, extra):
     x = random_images(rng, 32)
     for zero_init in (True, False):
-        model = models.build(name, num_classes=4, input_shape=(32, 32, 3),
-                             zero_init_residual=zero_init, **extra)
+        model = models.build(
+            name, num_classes=4, input_shape=(32, 32, 3), zero_init_residual=zero_init, **extra
+        )
         peak = max(np.abs(b).max() for b in _residual_branches(model)(x, training=False))
         assert (peak == 0) == zero_init
 
 
 def test_names_are_deterministic_and_shared_across_norms():
     def names(norm):
-        return [layer.name for layer in models.build("resnet18", norm=norm, input_shape=(32, 32, 3)).layers]
+        return [
+            layer.name
+            for layer in models.build("resnet18", norm=norm, input_shape=(32, 32, 3)).layers
+        ]
+
     model_names = names("gn")
     assert model_names == names("gn") == names("bn")
-    for expected in ("conv1_conv", "conv1_norm", "pool1", "res2_block1_a_conv", "res3_block1_proj_norm",
-                     "res5_block2_b_norm", "C2", "C5", "avg_pool", "logits"):
+    for expected in (
+        "conv1_conv",
+        "conv1_norm",
+        "pool1",
+        "res2_block1_a_conv",
+        "res3_block1_proj_norm",
+        "res5_block2_b_norm",
+        "C2",
+        "C5",
+        "avg_pool",
+        "logits",
+    ):
         assert expected in model_names
 
 
@@ -106,8 +132,12 @@ def test_feature_endpoints_give_the_stage_outputs(rng):
     assert features["C3"].shape == (2, 8, 8, 512) and features["C5"].shape == (2, 2, 2, 2048)
     # C5 is the map the head pools: averaged and fed to the fc, it gives the logits.
     pooled = np.asarray(features["C5"]).mean(axis=(1, 2))
-    np.testing.assert_allclose(model.get_layer("logits")(pooled), model(x, training=False), rtol=1e-5, atol=1e-6)
-    vgg = models.build("vgg16", norm="none", input_shape=(32, 32, 3), include_top=False, pooling=None)
+    np.testing.assert_allclose(
+        model.get_layer("logits")(pooled), model(x, training=False), rtol=1e-5, atol=1e-6
+    )
+    vgg = models.build(
+        "vgg16", norm="none", input_shape=(32, 32, 3), include_top=False, pooling=None
+    )
     assert list(models.feature_endpoints(vgg)) == ["C1", "C2", "C3", "C4", "C5"]
     cifar = models.build("resnet20", input_shape=(32, 32, 3), **NARROW)
     assert list(models.feature_endpoints(cifar)) == ["C2", "C3", "C4"]
@@ -126,12 +156,17 @@ def test_zoo_and_transfer_read_the_same_c_k_marks():
     stages = {name: id(tensor) for name, tensor in transfer.stage_endpoints(model).items()}
     assert list(stages) == ["C1", "C2", "C3", "C9", "C10"]
     assert stages == {**marks, "C1": id(model.get_layer("conv1_relu").output)}
-    vgg = models.build("vgg16", norm="none", input_shape=(32, 32, 3), include_top=False, pooling=None)
-    assert ({k: id(v) for k, v in transfer.stage_endpoints(vgg).items()}
-            == {k: id(v) for k, v in models.feature_endpoints(vgg).items()})
+    vgg = models.build(
+        "vgg16", norm="none", input_shape=(32, 32, 3), include_top=False, pooling=None
+    )
+    assert {k: id(v) for k, v in transfer.stage_endpoints(vgg).items()} == {
+        k: id(v) for k, v in models.feature_endpoints(vgg).items()
+    }
 
 
-@pytest.mark.parametrize("pooling,shape", [("avg", (2, 512)), ("max", (2, 512)), (None, (2, 2, 2, 512))])
+@pytest.mark.parametrize(
+    "pooling,shape", [("avg", (2, 512)), ("max", (2, 512)), (None, (2, 2, 2, 512))]
+)
 def test_include_top_false_pools_or_returns_the_map(rng, pooling, shape):
     model = models.build("resnet18", input_shape=(64, 64, 3), include_top=False, pooling=pooling)
     assert model(random_images(rng, 64)).shape == shape

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-import models
+from gn_keras import models
 
 # torchvision's resnet18 ... resnet152 (conv without bias, BN γ/β, fc).
 TORCHVISION_COUNTS = {
@@ -52,7 +52,7 @@ def _last_norm_names(model):
     for layer in model.layers:
         if isinstance(layer, keras.layers.Add):
             block = layer.name[: -len("_add")]
-            unit = "c" if f"{block}_c_norm" in {l.name for l in model.layers} else "b"
+            unit = "c" if f"{block}_c_norm" in {layer.name for layer in model.layers} else "b"
             names.add(f"{block}_{unit}_norm")
     return names
 

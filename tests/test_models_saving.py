@@ -9,8 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-import models
-from gn_keras import norms
+from gn_keras import models, norms
 
 CASES = [
     ("resnet18", "gn+ws"),

@@ -5,10 +5,9 @@
 
 import numpy as np
 import pytest
-
-import models
-from gn_keras import norms
 from test_models import check_forward_and_training, random_images
+
+from gn_keras import models, norms
 
 
 @pytest.mark.parametrize("norm", norms.available())
@@ -23,19 +22,32 @@ def _copy_weights_by_name(source, target):
             layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
-@pytest.mark.parametrize("name,norm", [("resnet18", "gn"), ("resnet50", "bn"), ("vgg16", "gn+ws"),
-                                       ("resnet20", "wn")])
+@pytest.mark.parametrize(
+    "name,norm", [("resnet18", "gn"), ("resnet50", "bn"), ("vgg16", "gn+ws"), ("resnet20", "wn")]
+)
 def test_channels_first_matches_channels_last(rng, name, norm):
-    last = models.build(name, norm=norm, num_classes=4, input_shape=(32, 32, 3), group_size=8,
-                        groups=None, zero_init_residual=False)
-    first = models.build(name, norm=norm, num_classes=4, input_shape=(3, 32, 32), group_size=8,
-                         groups=None, zero_init_residual=False, data_format="channels_first")
+    last = models.build(
+        name,
+        norm=norm,
+        num_classes=4,
+        input_shape=(32, 32, 3),
+        group_size=8,
+        groups=None,
+        zero_init_residual=False,
+    )
+    first = models.build(
+        name,
+        norm=norm,
+        num_classes=4,
+        input_shape=(3, 32, 32),
+        group_size=8,
+        groups=None,
+        zero_init_residual=False,
+        data_format="channels_first",
+    )
     _copy_weights_by_name(last, first)
     x = random_images(rng, 32)
-    np.testing.assert_allclose(first(np.moveaxis(x, -1, 1), training=False), last(x, training=False),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        first(np.moveaxis(x, -1, 1), training=False), last(x, training=False), rtol=1e-4, atol=1e-4
+    )
     check_forward_and_training(first, np.moveaxis(x, -1, 1), 4, rng)
-
-
-
-

@@ -8,11 +8,11 @@ model gives the 2D model's logits.
 import keras
 import numpy as np
 import pytest
-
-import models
 from gn_reference import group_norm_reference
 from test_models import check_forward_and_training
 from test_models_saving import check_keras_file_round_trip, randomize
+
+from gn_keras import models
 
 FRAMES, SIZE = 4, 32
 CLIP_SHAPE = (FRAMES, SIZE, SIZE, 3)
@@ -39,8 +39,12 @@ def test_temporal_kernels_follow_the_slowfast_i3d_layout():
         assert conv.kernel_size[0] == EXPECTED_TEMPORAL_KERNELS.get(unit, 1), conv.name
         assert conv.strides[0] == 1, conv.name
     shapes = {name: tuple(t.shape) for name, t in models.feature_endpoints(model).items()}
-    assert shapes == {"C2": (None, 4, 8, 8, 256), "C3": (None, 2, 4, 4, 512),
-                      "C4": (None, 2, 2, 2, 1024), "C5": (None, 2, 1, 1, 2048)}
+    assert shapes == {
+        "C2": (None, 4, 8, 8, 256),
+        "C3": (None, 2, 4, 4, 512),
+        "C4": (None, 2, 2, 2, 1024),
+        "C5": (None, 2, 1, 1, 2048),
+    }
 
 
 def test_group_norm_statistics_span_time_height_and_width(rng):
@@ -56,8 +60,9 @@ def test_group_norm_statistics_span_time_height_and_width(rng):
 
 @pytest.mark.parametrize("norm", ["gn", "bn", "wn"])
 def test_i3d_builds_runs_and_trains(rng, norm):
-    model = models.build("resnet50_i3d", norm=norm, num_classes=4, input_shape=CLIP_SHAPE,
-                         zero_init_residual=False)
+    model = models.build(
+        "resnet50_i3d", norm=norm, num_classes=4, input_shape=CLIP_SHAPE, zero_init_residual=False
+    )
     check_forward_and_training(model, _clip(rng), 4, rng)
 
 
@@ -70,8 +75,9 @@ def test_inflated_model_on_a_boring_clip_gives_the_2d_logits(rng, norm):
     images = rng.normal(size=(2, SIZE, SIZE, 3)).astype("float32")
     boring = np.repeat(images[:, None], FRAMES, axis=1)
     logits2d = np.asarray(model2d(images, training=False))
-    np.testing.assert_allclose(model3d(boring, training=False), logits2d,
-                               rtol=1e-4, atol=1e-4 * np.abs(logits2d).max())
+    np.testing.assert_allclose(
+        model3d(boring, training=False), logits2d, rtol=1e-4, atol=1e-4 * np.abs(logits2d).max()
+    )
     kernel2d = model2d.get_layer("res2_block1_a_conv").kernel.numpy()
     kernel3d = model3d.get_layer("res2_block1_a_conv").kernel.numpy()
     np.testing.assert_allclose(kernel3d, np.stack([kernel2d / 3] * 3), rtol=1e-6)
@@ -82,7 +88,9 @@ def test_zero_temporal_padding_breaks_the_boring_clip_identity(rng):
     # end frames see only part of each temporal kernel.
     model2d = models.build("resnet50", num_classes=6, input_shape=(SIZE, SIZE, 3))
     randomize(model2d, rng)
-    model3d = models.build("resnet50_i3d", num_classes=6, input_shape=CLIP_SHAPE, temporal_padding="zeros")
+    model3d = models.build(
+        "resnet50_i3d", num_classes=6, input_shape=CLIP_SHAPE, temporal_padding="zeros"
+    )
     models.inflate_2d_to_3d(model2d, model3d)
     images = rng.normal(size=(2, SIZE, SIZE, 3)).astype("float32")
     boring = np.repeat(images[:, None], FRAMES, axis=1)

@@ -17,14 +17,21 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-import models
-from train import config as config_lib
-from train import loop, studies
-from train import study as study_cli
-from train.studies import feature_stats, runner, specs
+from gn_keras import models
+from gn_keras.train import config as config_lib
+from gn_keras.train import loop, studies
+from gn_keras.train import study as study_cli
+from gn_keras.train.studies import feature_stats, runner, specs
 
-TINY = {"epochs": 2, "steps_per_epoch": 2, "eval_steps": 1, "image_size": 8,
-        "batch_size_per_replica": 4, "groups": 4, "log_every_steps": 1}
+TINY = {
+    "epochs": 2,
+    "steps_per_epoch": 2,
+    "eval_steps": 1,
+    "image_size": 8,
+    "batch_size_per_replica": 4,
+    "groups": 4,
+    "log_every_steps": 1,
+}
 
 
 def _tiny_config(rng, **fields):
@@ -52,8 +59,11 @@ def _read_results(run_dir):
 
 def expected_error(study_dir, key, seeds):
     """The setting's error as the table must show it: % median over seeds."""
-    errors = [100.0 * _read_results(os.path.join(study_dir, f"{key}_seed{seed}"))
-              ["median_last5_top1_error"] for seed in seeds]
+    errors = [
+        100.0
+        * _read_results(os.path.join(study_dir, f"{key}_seed{seed}"))["median_last5_top1_error"]
+        for seed in seeds
+    ]
     return float(np.median(errors))
 
 
@@ -80,8 +90,9 @@ def _interrupt_after_first_epoch(run_dir):
     for name in os.listdir(checkpoint_dir):
         if name.startswith(os.path.basename(last) + "."):
             os.remove(os.path.join(checkpoint_dir, name))
-    tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, first,
-                                               all_model_checkpoint_paths=[first])
+    tf.compat.v1.train.update_checkpoint_state(
+        checkpoint_dir, first, all_model_checkpoint_paths=[first]
+    )
     results = _read_results(run_dir)
     results["epochs"] = results["epochs"][:1]
     with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as handle:
@@ -121,9 +132,12 @@ def test_norms_study_table_figure_and_resume(rng, tmp_path):
 
     # Other settings in the same --out_dir are refused, naming the field.
     with pytest.raises(ValueError, match="epochs"):
-        studies.run_study("norms", config_lib.make_config(**{**TINY, "epochs": 3,
-                                                             "seed": config.seed}),
-                          str(tmp_path), options)
+        studies.run_study(
+            "norms",
+            config_lib.make_config(**{**TINY, "epochs": 3, "seed": config.seed}),
+            str(tmp_path),
+            options,
+        )
 
 
 def _flag_values(argv):
@@ -135,14 +149,18 @@ def _flag_values(argv):
 
 def _tiny_flags(rng):
     seed = int(rng.integers(0, 1000))
-    return seed, [f"--{name}={value}" for name, value in {**TINY, "seed": seed}.items()
-                  if name != "batch_size_per_replica"]  # the study sets it
+    return seed, [
+        f"--{name}={value}"
+        for name, value in {**TINY, "seed": seed}.items()
+        if name != "batch_size_per_replica"
+    ]  # the study sets it
 
 
 def test_batch_size_study_from_flags_scales_the_learning_rate(rng, tmp_path):
     seed, tiny = _tiny_flags(rng)
-    flag_values = _flag_values(["--study=batch_size", "--study_batch_sizes=2",
-                                f"--out_dir={tmp_path}"] + tiny)
+    flag_values = _flag_values(
+        ["--study=batch_size", "--study_batch_sizes=2", f"--out_dir={tmp_path}"] + tiny
+    )
     outcome = study_cli.run_from_flags(flag_values)
     study_dir = str(tmp_path / "batch_size")
     _assert_pngs(study_dir, ["batch_size_error.png", "batch_size_curves.png"])
@@ -158,7 +176,8 @@ def test_batch_size_study_from_flags_scales_the_learning_rate(rng, tmp_path):
         flags_used = results["flags"]
         assert flags_used["batch_size_per_replica"] == 2
         assert results["peak_learning_rate"] == pytest.approx(
-            flags_used["base_lr"] * 2 / flags_used["lr_reference_batch"])
+            flags_used["base_lr"] * 2 / flags_used["lr_reference_batch"]
+        )
 
 
 def test_groups_study_medians_over_seeds_and_marks_unbuildable_groups(rng, tmp_path):
@@ -201,12 +220,12 @@ def _stats(run_dir):
 
 
 def _checkpoints_on_disk(run_dir):
-    return [name for name in os.listdir(os.path.join(run_dir, "checkpoints"))
-            if name.endswith(".index")]
+    return [
+        name for name in os.listdir(os.path.join(run_dir, "checkpoints")) if name.endswith(".index")
+    ]
 
 
-def test_feature_stats_study_records_percentiles_live_through_a_resume(rng, tmp_path,
-                                                                       monkeypatch):
+def test_feature_stats_study_records_percentiles_live_through_a_resume(rng, tmp_path, monkeypatch):
     config = _tiny_config(rng, model="resnet20", keep_checkpoints=1)
     study_dir = str(tmp_path / "feature_stats")
     none_dir = os.path.join(study_dir, f"none_seed{config.seed}")
@@ -229,7 +248,8 @@ def test_feature_stats_study_records_percentiles_live_through_a_resume(rng, tmp_
     assert table["Δ (vs. BN)"]["BN"] == "-"
     for key, column in (("none", "none"), ("gn", "GN")):
         assert float(table["Δ (vs. BN)"][column]) == pytest.approx(
-            errors[key] - errors["bn"], abs=0.01)
+            errors[key] - errors["bn"], abs=0.01
+        )
     # Every run, the resumed one too, has one record per epoch, and no run
     # keeps more checkpoints than --keep_checkpoints.
     for run in outcome.runs.configs.values():
@@ -248,40 +268,50 @@ def test_feature_stats_study_records_percentiles_live_through_a_resume(rng, tmp_
         np.testing.assert_allclose(
             stats["epochs"][-1]["values"],
             np.percentile(np.asarray(response, np.float64), [1, 20, 80, 99]),
-            rtol=1e-5, atol=1e-5)
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_a_run_missing_feature_stats_epochs_is_refused(rng, tmp_path):
     config = _tiny_config(rng, model_dir=str(tmp_path))
     results = {"epochs": [{"epoch": 0}, {"epoch": 1}]}
-    (tmp_path / "feature_stats.json").write_text(json.dumps(
-        {"layer": "conv", "percentiles": [1, 20, 80, 99],
-         "epochs": [{"epoch": 1, "values": [0.0, 0.0, 0.0, 0.0]}]}))
+    (tmp_path / "feature_stats.json").write_text(
+        json.dumps(
+            {
+                "layer": "conv",
+                "percentiles": [1, 20, 80, 99],
+                "epochs": [{"epoch": 1, "values": [0.0, 0.0, 0.0, 0.0]}],
+            }
+        )
+    )
     with pytest.raises(ValueError, match=r"no feature statistics for epochs \[0\]"):
         feature_stats.check_recorded(config, results)
 
 
 def test_checkpoint_retention_does_not_make_a_run_different(rng, tmp_path):
     config = _tiny_config(rng, model_dir=str(tmp_path))
-    stored = {**config.as_dict(), "keep_checkpoints": config.epochs,
-              "checkpoint_every_steps": 1}
+    stored = {**config.as_dict(), "keep_checkpoints": config.epochs, "checkpoint_every_steps": 1}
     runner.check_same_settings(config, {"flags": stored})
     with pytest.raises(ValueError, match="seed"):
         runner.check_same_settings(config, {"flags": {**stored, "seed": config.seed + 1}})
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--study=norms", "--norm=bn"], "--norm cannot be set with --study=norms"),
-    (["--study=groups", "--group_size=4"], "--group_size cannot be set"),
-    (["--study=norms", "--model_dir=/tmp/x"], "--model_dir cannot be set"),
-    (["--study=norms", "--study_norms=bn,fancy"], "--study_norms: 'fancy'"),
-    (["--study=batch_size", "--study_batch_sizes=8,0"], "--study_batch_sizes='8,0'"),
-    (["--study=groups", "--study_groups=a"], "--study_groups='a'"),
-    (["--study=groups", "--study_group_sizes=4,4"], "--study_group_sizes='4,4'"),
-    (["--study=norms", "--study_norms="], "--study_norms=''"),
-    (["--study=norms", "--runs_per_config=0"], "--runs_per_config=0"),
-    ([], "--study is required"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--study=norms", "--norm=bn"], "--norm cannot be set with --study=norms"),
+        (["--study=groups", "--group_size=4"], "--group_size cannot be set"),
+        (["--study=norms", "--model_dir=/tmp/x"], "--model_dir cannot be set"),
+        (["--study=norms", "--study_norms=bn,fancy"], "--study_norms: 'fancy'"),
+        (["--study=batch_size", "--study_batch_sizes=8,0"], "--study_batch_sizes='8,0'"),
+        (["--study=groups", "--study_groups=a"], "--study_groups='a'"),
+        (["--study=groups", "--study_group_sizes=4,4"], "--study_group_sizes='4,4'"),
+        (["--study=norms", "--study_norms="], "--study_norms=''"),
+        (["--study=norms", "--runs_per_config=0"], "--runs_per_config=0"),
+        ([], "--study is required"),
+    ],
+)
 def test_bad_study_flags_are_named(argv, message, tmp_path):
     flag_values = _flag_values(argv + [f"--out_dir={tmp_path}"])
     with pytest.raises(ValueError, match=message):
@@ -295,8 +325,13 @@ def test_feature_stats_defaults_to_the_papers_vgg16_with_32_groups():
     assert (config.model, config.groups, config.image_size) == ("vgg16", 32, 32)
     # The default must build: VGG-16's five 2x2 poolings leave 1x1 at 32 px
     # (digits' own default, 16 px, did not).
-    model = models.build(config.model, norm="gn", groups=config.groups, num_classes=10,
-                         input_shape=(config.image_size, config.image_size, 1))
+    model = models.build(
+        config.model,
+        norm="gn",
+        groups=config.groups,
+        num_classes=10,
+        input_shape=(config.image_size, config.image_size, 1),
+    )
     assert model.get_layer("block5_3_conv").output.shape[1:3] == (2, 2)
     flag_values = _flag_values(["--study=feature_stats", "--groups=8", "--image_size=64"])
     config = study_cli.base_config_from_flags(specs.get_study("feature_stats"), flag_values)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from train.studies import feature_stats
+from gn_keras.train.studies import feature_stats
 
 EPSILON = 1e-3
 
@@ -29,8 +29,9 @@ def _probe_model():
 
 def _reference_response(model, images):
     """pre_bn in inference mode, then the 'valid' 3×3 conv, in float64."""
-    gamma, beta, mean, variance = (np.asarray(w, np.float64)
-                                   for w in model.get_layer("pre_bn").get_weights())
+    gamma, beta, mean, variance = (
+        np.asarray(w, np.float64) for w in model.get_layer("pre_bn").get_weights()
+    )
     x = (images.astype(np.float64) - mean) / np.sqrt(variance + EPSILON) * gamma + beta
     kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer("probe_conv").get_weights())
     windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))
@@ -39,8 +40,10 @@ def _reference_response(model, images):
 
 def _trained_with_callback(rng, tmp_path, epochs=2, layer_name="probe_conv"):
     model = _probe_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.1),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     images = rng.normal(1.5, 2.0, (24, 6, 6, 2)).astype(np.float32)
     labels = rng.integers(0, 4, 24)
     probe = rng.normal(0.5, 3.0, (10, 6, 6, 2)).astype(np.float32)
@@ -95,34 +98,43 @@ def test_response_percentiles_use_every_element(rng):
     activations = rng.standard_normal((3, 4, 5, 2)).astype(np.float32)
     np.testing.assert_allclose(
         feature_stats.response_percentiles(activations, (1, 50, 99)),
-        np.percentile(activations.astype(np.float64).ravel(), (1, 50, 99)))
+        np.percentile(activations.astype(np.float64).ravel(), (1, 50, 99)),
+    )
 
 
 def test_last_conv_of_vgg16_is_conv5_3():
-    import models
+    from gn_keras import models
 
     model = models.build("vgg16", norm="gn", num_classes=10, input_shape=(32, 32, 1))
     assert feature_stats.last_conv_layer(model) == "block5_3_conv"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"layer_name": ""}, "layer_name"),
-    ({"percentiles": (1, 101)}, "percentiles"),
-    ({"percentiles": ()}, "percentiles"),
-    ({"images": np.zeros((0, 6, 6, 2), np.float32)}, "images"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layer_name": ""}, "layer_name"),
+        ({"percentiles": (1, 101)}, "percentiles"),
+        ({"percentiles": ()}, "percentiles"),
+        ({"images": np.zeros((0, 6, 6, 2), np.float32)}, "images"),
+    ],
+)
 def test_bad_callback_arguments_name_the_argument(rng, tmp_path, kwargs, message):
-    arguments = {"layer_name": "probe_conv",
-                 "images": rng.standard_normal((2, 6, 6, 2)).astype(np.float32),
-                 "path": str(tmp_path / "stats.json"), **kwargs}
+    arguments = {
+        "layer_name": "probe_conv",
+        "images": rng.standard_normal((2, 6, 6, 2)).astype(np.float32),
+        "path": str(tmp_path / "stats.json"),
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=message):
         feature_stats.FeaturePercentiles(**arguments)
 
 
 def test_unknown_layer_lists_the_models_layers(rng, tmp_path):
     callback = feature_stats.FeaturePercentiles(
-        "conv5_3", rng.standard_normal((2, 6, 6, 2)).astype(np.float32),
-        str(tmp_path / "stats.json"))
+        "conv5_3",
+        rng.standard_normal((2, 6, 6, 2)).astype(np.float32),
+        str(tmp_path / "stats.json"),
+    )
     callback.set_model(_probe_model())
     with pytest.raises(ValueError, match="conv5_3.*probe_conv"):
         callback.on_epoch_end(0)

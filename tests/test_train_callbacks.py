@@ -15,11 +15,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import classify
-from train import config as config_lib
+from gn_keras.train import classify
+from gn_keras.train import config as config_lib
 
-TINY = {"epochs": 2, "steps_per_epoch": 2, "eval_steps": 1, "image_size": 8,
-        "batch_size_per_replica": 4, "groups": 4, "log_every_steps": 1}
+TINY = {
+    "epochs": 2,
+    "steps_per_epoch": 2,
+    "eval_steps": 1,
+    "image_size": 8,
+    "batch_size_per_replica": 4,
+    "groups": 4,
+    "log_every_steps": 1,
+}
 
 
 class Stop(Exception):
@@ -49,15 +56,17 @@ class Recorder(keras.callbacks.Callback):
         self.weights[epoch] = [np.array(w) for w in self.model.weights]
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         self.checkpointed[epoch] = latest and int(
-            tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+            tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE")
+        )
 
     def on_train_end(self, logs=None):
         self.events.append("train_end")
 
 
 def _config(rng, tmp_path):
-    return config_lib.make_config(**TINY, seed=int(rng.integers(0, 1000)),
-                                  model_dir=str(tmp_path / "run"))
+    return config_lib.make_config(
+        **TINY, seed=int(rng.integers(0, 1000)), model_dir=str(tmp_path / "run")
+    )
 
 
 def _recorder(config, **kwargs):
@@ -77,8 +86,14 @@ def test_callbacks_see_the_model_and_each_epochs_metrics(rng, tmp_path):
     config = _config(rng, tmp_path)
     recorder = _recorder(config)
     classify.train(config, callbacks=[recorder])
-    assert recorder.events == ["train_begin", ("epoch_begin", 0), ("epoch_end", 0),
-                               ("epoch_begin", 1), ("epoch_end", 1), "train_end"]
+    assert recorder.events == [
+        "train_begin",
+        ("epoch_begin", 0),
+        ("epoch_end", 0),
+        ("epoch_begin", 1),
+        ("epoch_end", 1),
+        "train_end",
+    ]
     records = _results(config)["epochs"]
     assert set(recorder.logs) == {0, 1}
     for record in records:
@@ -88,8 +103,7 @@ def test_callbacks_see_the_model_and_each_epochs_metrics(rng, tmp_path):
     last = keras.models.load_model(os.path.join(config.model_dir, "last.keras"))
     for seen, saved in zip(recorder.weights[1], last.weights, strict=True):
         np.testing.assert_array_equal(seen, np.array(saved))
-    assert any(not np.array_equal(a, b) for a, b in zip(recorder.weights[0],
-                                                        recorder.weights[1]))
+    assert any(not np.array_equal(a, b) for a, b in zip(recorder.weights[0], recorder.weights[1]))
     # Each epoch is reported before its checkpoint, so an interruption after a
     # callback's record re-runs the epoch rather than leave it unrecorded.
     assert recorder.checkpointed == {0: None, 1: 1}
@@ -102,18 +116,20 @@ def test_a_resumed_run_calls_back_only_for_the_epochs_it_runs(rng, tmp_path):
     keras.backend.clear_session()
     resumed = _recorder(config)
     classify.train(config, callbacks=[resumed])
-    assert resumed.events == ["train_begin", ("epoch_begin", 1), ("epoch_end", 1),
-                              "train_end"]
+    assert resumed.events == ["train_begin", ("epoch_begin", 1), ("epoch_end", 1), "train_end"]
     records = _results(config)["epochs"]
     assert [r["epoch"] for r in records] == [0, 1]
     assert resumed.logs == {1: _expected_logs(records[1])}
 
 
-@pytest.mark.parametrize("callbacks, message", [
-    ("history", r"callbacks='history' is invalid"),
-    (keras.callbacks.History(), r"callbacks=<.*History.*> is invalid"),
-    ([keras.callbacks.History(), print], r"callbacks: <built-in function print>"),
-])
+@pytest.mark.parametrize(
+    "callbacks, message",
+    [
+        ("history", r"callbacks='history' is invalid"),
+        (keras.callbacks.History(), r"callbacks=<.*History.*> is invalid"),
+        ([keras.callbacks.History(), print], r"callbacks: <built-in function print>"),
+    ],
+)
 def test_bad_callbacks_are_named(callbacks, message, tmp_path):
     config = config_lib.make_config(**TINY, model_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match=message):

@@ -8,8 +8,8 @@ import sys
 import pytest
 from absl import flags
 
-from train import config as config_lib
-from train import flags as flags_lib
+from gn_keras.train import config as config_lib
+from gn_keras.train import flags as flags_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,8 +55,16 @@ def test_paper_preset_sets_section_4_1_recipe():
 
 
 def test_explicit_flags_override_the_preset_and_others_keep_it():
-    config = parse(["--preset=paper_imagenet", "--data_dir=/d", "--norm=bn", "--epochs=3",
-                    "--lr_boundaries=1,2", "--batch_size_per_replica=8"])
+    config = parse(
+        [
+            "--preset=paper_imagenet",
+            "--data_dir=/d",
+            "--norm=bn",
+            "--epochs=3",
+            "--lr_boundaries=1,2",
+            "--batch_size_per_replica=8",
+        ]
+    )
     assert (config.norm, config.epochs, config.lr_boundaries) == ("bn", 3, (1.0, 2.0))
     assert config.batch_size_per_replica == 8
     assert config.groups == 32 and config.image_size == 224 and config.weight_decay == 1e-4
@@ -67,39 +75,50 @@ def test_make_config_matches_flags():
     assert from_python == parse(["--preset=paper_imagenet", "--data_dir=/d", "--epochs=3"])
 
 
-@pytest.mark.parametrize("argv, flag, value", [
-    (["--batch_size_per_replica=0"], "batch_size_per_replica", "0"),
-    (["--epochs=-2"], "epochs", "-2"),
-    (["--groups=0"], "groups", "0"),
-    (["--group_size=0"], "group_size", "0"),
-    (["--base_lr=0"], "base_lr", "0"),
-    (["--base_lr=nan"], "base_lr", "nan"),
-    (["--momentum=1.5"], "momentum", "1.5"),
-    (["--weight_decay=-1e-4"], "weight_decay", "-0.0001"),
-    (["--label_smoothing=2"], "label_smoothing", "2"),
-    (["--lr_boundaries=60,30"], "lr_boundaries", "60"),
-    (["--lr_boundaries=a,b"], "lr_boundaries", "a,b"),
-    (["--lr_decay_factor=0"], "lr_decay_factor", "0"),
-    (["--warmup_epochs=9.5", "--epochs=9"], "warmup_epochs", "9.5"),
-    (["--image_size=4"], "image_size", "4"),
-    (["--steps_per_epoch=0"], "steps_per_epoch", "0"),
-    (["--eval_steps=0"], "eval_steps", "0"),
-    (["--num_classes=1"], "num_classes", "1"),
-    (["--dataset=mnist"], "dataset", "mnist"),
-    (["--dataset=tfds:"], "dataset", "tfds:"),
-    (["--dataset=folder"], "dataset=folder", "data_dir"),
-    (["--dataset=imagenet_tfrecord"], "dataset=imagenet_tfrecord", "data_dir"),
-    (["--model_dir="], "model_dir", "''"),
-])
+@pytest.mark.parametrize(
+    "argv, flag, value",
+    [
+        (["--batch_size_per_replica=0"], "batch_size_per_replica", "0"),
+        (["--epochs=-2"], "epochs", "-2"),
+        (["--groups=0"], "groups", "0"),
+        (["--group_size=0"], "group_size", "0"),
+        (["--base_lr=0"], "base_lr", "0"),
+        (["--base_lr=nan"], "base_lr", "nan"),
+        (["--momentum=1.5"], "momentum", "1.5"),
+        (["--weight_decay=-1e-4"], "weight_decay", "-0.0001"),
+        (["--label_smoothing=2"], "label_smoothing", "2"),
+        (["--lr_boundaries=60,30"], "lr_boundaries", "60"),
+        (["--lr_boundaries=a,b"], "lr_boundaries", "a,b"),
+        (["--lr_decay_factor=0"], "lr_decay_factor", "0"),
+        (["--warmup_epochs=9.5", "--epochs=9"], "warmup_epochs", "9.5"),
+        (["--image_size=4"], "image_size", "4"),
+        (["--steps_per_epoch=0"], "steps_per_epoch", "0"),
+        (["--eval_steps=0"], "eval_steps", "0"),
+        (["--num_classes=1"], "num_classes", "1"),
+        (["--dataset=mnist"], "dataset", "mnist"),
+        (["--dataset=tfds:"], "dataset", "tfds:"),
+        (["--dataset=folder"], "dataset=folder", "data_dir"),
+        (["--dataset=imagenet_tfrecord"], "dataset=imagenet_tfrecord", "data_dir"),
+        (["--model_dir="], "model_dir", "''"),
+    ],
+)
 def test_bad_flag_values_name_the_flag_and_value(argv, flag, value):
     with pytest.raises(ValueError, match=f"--{flag}") as caught:
         parse(argv)
     assert value in str(caught.value)
 
 
-@pytest.mark.parametrize("argv", [["--strategy=gpus"], ["--mixed_precision=fp8"],
-                                  ["--lr_schedule=poly"], ["--augment=mixup"],
-                                  ["--preset=paper_coco"], ["--epochs=two"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--strategy=gpus"],
+        ["--mixed_precision=fp8"],
+        ["--lr_schedule=poly"],
+        ["--augment=mixup"],
+        ["--preset=paper_coco"],
+        ["--epochs=two"],
+    ],
+)
 def test_enum_and_type_errors_are_absl_flag_errors(argv):
     name = argv[0].split("=")[0][2:]
     with pytest.raises(flags.IllegalFlagValueError, match=name):
@@ -118,8 +137,12 @@ HELP_HINT = "(run with --helpfull for all flags)"
 
 def _run_module(module, argv):
     return subprocess.run(
-        [sys.executable, "-m", module, *argv], capture_output=True, text=True,
-        timeout=300, env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        [sys.executable, "-m", module, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 def _assert_one_line_usage_error(completed, program, message):
@@ -133,33 +156,50 @@ def _assert_one_line_usage_error(completed, program, message):
     assert "flags:" not in completed.stderr and "--seed" not in completed.stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dataset=folder", "--data_dir={tmp}/missing"],
-     "--data_dir='{tmp}/missing' is not a directory; expected one sub-folder of images per class"),
-    (["--model=resnet9000"], "--model='resnet9000' is unknown; expected one of"),
-    (["--batch_size_per_replica=-3"], "--batch_size_per_replica=-3 is invalid"),
-    (["--batch_size=-3"], "Unknown command line flag 'batch_size'"),
-    (["--strategy=gpus"], "flag --strategy=gpus: value should be one of"),
-    (["resume"], "unexpected arguments: resume"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--dataset=folder", "--data_dir={tmp}/missing"],
+            "--data_dir='{tmp}/missing' is not a directory; "
+            "expected one sub-folder of images per class",
+        ),
+        (["--model=resnet9000"], "--model='resnet9000' is unknown; expected one of"),
+        (["--batch_size_per_replica=-3"], "--batch_size_per_replica=-3 is invalid"),
+        (["--batch_size=-3"], "Unknown command line flag 'batch_size'"),
+        (["--strategy=gpus"], "flag --strategy=gpus: value should be one of"),
+        (["resume"], "unexpected arguments: resume"),
+    ],
+)
 def test_command_line_errors_are_one_message_and_start_nothing(argv, message, tmp_path):
     model_dir = tmp_path / "run"
     argv = [a.format(tmp=tmp_path) for a in argv] + [f"--model_dir={model_dir}"]
-    _assert_one_line_usage_error(_run_module("train.classify", argv), "gn-train",
-                                 message.format(tmp=tmp_path))
+    _assert_one_line_usage_error(
+        _run_module("gn_keras.train.classify", argv), "gn-train", message.format(tmp=tmp_path)
+    )
     assert not model_dir.exists()
 
 
-@pytest.mark.parametrize("module, program, argv, message", [
-    ("train.finetune", "gn-finetune", ["--pretrained={tmp}/run", "--freeze_at=9"],
-     "--freeze_at=9 is invalid"),
-    ("train.study", "gn-study", [], "--study is required"),
-    ("train.export", "gn-export", ["--output_dir={tmp}/out"], "--model"),
-    ("train.export", "gn-export", ["--model={tmp}/m.keras", "--output_dir={tmp}/out", "--tolerance=0"],
-     "--tolerance must be > 0"),
-])
-def test_other_scripts_give_the_same_one_line_usage_error(module, program, argv, message,
-                                                          tmp_path):
+@pytest.mark.parametrize(
+    "module, program, argv, message",
+    [
+        (
+            "gn_keras.train.finetune",
+            "gn-finetune",
+            ["--pretrained={tmp}/run", "--freeze_at=9"],
+            "--freeze_at=9 is invalid",
+        ),
+        ("gn_keras.train.study", "gn-study", [], "--study is required"),
+        ("gn_keras.train.export", "gn-export", ["--output_dir={tmp}/out"], "--model"),
+        (
+            "gn_keras.train.export",
+            "gn-export",
+            ["--model={tmp}/m.keras", "--output_dir={tmp}/out", "--tolerance=0"],
+            "--tolerance must be > 0",
+        ),
+    ],
+)
+def test_other_scripts_give_the_same_one_line_usage_error(module, program, argv, message, tmp_path):
     argv = [a.format(tmp=tmp_path) for a in argv]
     _assert_one_line_usage_error(_run_module(module, argv), program, message)
     assert not list(tmp_path.iterdir())

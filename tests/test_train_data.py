@@ -12,13 +12,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
-from train import config as config_lib
-from train import data as data_lib
+from gn_keras.train import config as config_lib
+from gn_keras.train import data as data_lib
 
 
 def one_pipeline_context():
-    return tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
-                                      num_replicas_in_sync=1)
+    return tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1
+    )
 
 
 def batches(dataset_fn, count, context=None):
@@ -47,7 +48,11 @@ def test_digits_split_statistics_and_normalization():
     pipeline, config = make_pipeline(image_size=8, batch_size_per_replica=16)
     source = pipeline.source
     assert (source.num_train, source.num_eval, source.num_classes, source.channels) == (
-        1437, 360, 10, 1)
+        1437,
+        360,
+        10,
+        1,
+    )
     spec = pipeline.preprocessing()
     assert spec["image_size"] == [8, 8] and spec["channels"] == 1 and spec["num_classes"] == 10
     bank, targets = normalized_digits(np.float64(spec["mean"][0]), spec["std"][0])
@@ -92,10 +97,16 @@ def test_epoch_order_depends_only_on_seed_and_epoch_and_skip_resumes_exactly():
 def test_two_pipelines_shard_training_and_pad_evaluation_to_whole_batches():
     pipeline, config = make_pipeline(image_size=8, batch_size_per_replica=16)
     contexts = [tf.distribute.InputContext(2, i, 4) for i in range(2)]
-    bank, _ = normalized_digits(*(np.float64(v[0]) for v in (
-        pipeline.preprocessing()["mean"], pipeline.preprocessing()["std"])))
-    shards = [np.concatenate([b[0] for b in batches(pipeline.train_dataset_fn(0), 20, c)])
-              for c in contexts]
+    bank, _ = normalized_digits(
+        *(
+            np.float64(v[0])
+            for v in (pipeline.preprocessing()["mean"], pipeline.preprocessing()["std"])
+        )
+    )
+    shards = [
+        np.concatenate([b[0] for b in batches(pipeline.train_dataset_fn(0), 20, c)])
+        for c in contexts
+    ]
     seen = [set(nearest(s[..., 0], bank)[0]) for s in shards]
     assert not seen[0] & seen[1]
     steps = data_lib.eval_steps(config, pipeline.source, global_batch_size=64)
@@ -111,8 +122,9 @@ def test_two_pipelines_shard_training_and_pad_evaluation_to_whole_batches():
 
 
 def test_synthetic_dataset_shapes_and_classes():
-    pipeline, config = make_pipeline(dataset="synthetic", image_size=16, num_classes=7,
-                                     batch_size_per_replica=4)
+    pipeline, config = make_pipeline(
+        dataset="synthetic", image_size=16, num_classes=7, batch_size_per_replica=4
+    )
     images, labels = batches(pipeline.train_dataset_fn(0), 1)[0]
     assert images.shape == (4, 16, 16, 3) and images.dtype == np.float32
     assert labels.min() >= 0 and labels.max() < 7
@@ -126,9 +138,12 @@ def test_synthetic_dataset_shapes_and_classes():
 @pytest.mark.parametrize("name, channels", [("cifar10", 3), ("mnist", 1)])
 def test_tfds_path_with_mock_data(name, channels):
     with tfds.testing.mock_data(num_examples=24):
-        pipeline, config = make_pipeline(dataset=f"tfds:{name}", augment="none",
-                                         image_size=32 if channels == 3 else 28,
-                                         batch_size_per_replica=8)
+        pipeline, config = make_pipeline(
+            dataset=f"tfds:{name}",
+            augment="none",
+            image_size=32 if channels == 3 else 28,
+            batch_size_per_replica=8,
+        )
         source = pipeline.source
         raw = [(image, label) for image, label in source.eval_records(1, 0).as_numpy_iterator()]
         evaluation = batches(pipeline.eval_dataset_fn(3), 3)
@@ -144,8 +159,9 @@ def test_tfds_path_with_mock_data(name, channels):
     expected = np.stack([(image - mean) / std for image, _ in raw])
     got = np.concatenate([b[0] for b in evaluation])[:24]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(np.concatenate([b[1] for b in evaluation])[:24],
-                                  [label for _, label in raw])
+    np.testing.assert_array_equal(
+        np.concatenate([b[1] for b in evaluation])[:24], [label for _, label in raw]
+    )
     assert train[0][0].shape == (8, *expected.shape[1:])
 
 
@@ -167,11 +183,14 @@ def write_imagenet_shards(directory, rng, colours, per_shard=6):
                     image = np.broadcast_to(colours[label], (height, width, 3)).astype(np.uint8)
                     encoded = tf.io.encode_jpeg(image, quality=100).numpy()
                     feature = {
-                        "image/encoded": _bytes(encoded), "image/format": _bytes(b"JPEG"),
+                        "image/encoded": _bytes(encoded),
+                        "image/format": _bytes(b"JPEG"),
                         "image/class/label": _int(label + 1),
                         "image/class/synset": _bytes(f"n{label:08d}".encode()),
-                        "image/height": _int(height), "image/width": _int(width),
-                        "image/channels": _int(3), "image/colorspace": _bytes(b"RGB"),
+                        "image/height": _int(height),
+                        "image/width": _int(width),
+                        "image/channels": _int(3),
+                        "image/colorspace": _bytes(b"RGB"),
                         "image/filename": _bytes(f"{split}_{shard}.JPEG".encode()),
                     }
                     example = tf.train.Example(features=tf.train.Features(feature=feature))
@@ -191,12 +210,22 @@ def _int(value):
 def test_imagenet_tfrecord_path_on_written_shards(rng, tmp_path):
     colours = rng.integers(0, 256, size=(4, 3))
     written = write_imagenet_shards(str(tmp_path), rng, colours)
-    pipeline, config = make_pipeline(dataset="imagenet_tfrecord", data_dir=str(tmp_path),
-                                     num_classes=4, image_size=24, batch_size_per_replica=3)
+    pipeline, config = make_pipeline(
+        dataset="imagenet_tfrecord",
+        data_dir=str(tmp_path),
+        num_classes=4,
+        image_size=24,
+        batch_size_per_replica=3,
+    )
     assert pipeline.augment == "crop_flip"  # auto below 128 px
-    pipeline, config = make_pipeline(dataset="imagenet_tfrecord", data_dir=str(tmp_path),
-                                     num_classes=4, image_size=24, augment="inception",
-                                     batch_size_per_replica=3)
+    pipeline, config = make_pipeline(
+        dataset="imagenet_tfrecord",
+        data_dir=str(tmp_path),
+        num_classes=4,
+        image_size=24,
+        augment="inception",
+        batch_size_per_replica=3,
+    )
     source = pipeline.source
     assert (source.num_train, source.num_eval, source.encoding) == (12, 6, "jpeg")
     spec = pipeline.preprocessing()
@@ -208,20 +237,27 @@ def test_imagenet_tfrecord_path_on_written_shards(rng, tmp_path):
     np.testing.assert_array_equal(labels, written["validation"])  # stored label − 1
     # Constant-colour images survive the centre crop and resize as that colour
     # (up to JPEG's rounding, ~1 grey level = 1/57 after normalization).
-    np.testing.assert_allclose(images, np.broadcast_to(
-        expected[labels][:, None, None, :], images.shape), atol=0.1)
+    np.testing.assert_allclose(
+        images, np.broadcast_to(expected[labels][:, None, None, :], images.shape), atol=0.1
+    )
     train = batches(pipeline.train_dataset_fn(0), 4)
     for images, labels in train:
         assert images.shape == (3, 24, 24, 3)
-        np.testing.assert_allclose(images, np.broadcast_to(
-            expected[labels][:, None, None, :], images.shape), atol=0.1)
+        np.testing.assert_allclose(
+            images, np.broadcast_to(expected[labels][:, None, None, :], images.shape), atol=0.1
+        )
 
 
 def test_imagenet_tfrecord_label_out_of_range_names_the_flags(rng, tmp_path):
     write_imagenet_shards(str(tmp_path), rng, rng.integers(0, 256, size=(4, 3)))
-    pipeline, _ = make_pipeline(dataset="imagenet_tfrecord", data_dir=str(tmp_path),
-                                num_classes=4, tfrecord_label_offset=0, image_size=16,
-                                batch_size_per_replica=6)
+    pipeline, _ = make_pipeline(
+        dataset="imagenet_tfrecord",
+        data_dir=str(tmp_path),
+        num_classes=4,
+        tfrecord_label_offset=0,
+        image_size=16,
+        batch_size_per_replica=6,
+    )
     with pytest.raises(tf.errors.InvalidArgumentError, match="--num_classes=4"):
         batches(pipeline.eval_dataset_fn(1), 1)
 
@@ -242,20 +278,31 @@ def write_png_folders(root, rng, classes, per_class, size=None):
 def test_folder_path_on_written_pngs(rng, tmp_path):
     classes = ["cat", "dog", "emu"]
     images = write_png_folders(str(tmp_path), rng, classes, per_class=12, size=(12, 12))
-    pipeline, config = make_pipeline(dataset="folder", data_dir=str(tmp_path), image_size=12,
-                                     augment="none", batch_size_per_replica=3)
+    pipeline, config = make_pipeline(
+        dataset="folder",
+        data_dir=str(tmp_path),
+        image_size=12,
+        augment="none",
+        batch_size_per_replica=3,
+    )
     source = pipeline.source
     assert source.class_names == classes and (source.num_train, source.num_eval) == (33, 3)
     spec = pipeline.preprocessing()
     held_out = [os.path.join(str(tmp_path), c, "img009.png") for c in classes]
-    expected = np.stack([(images[p] - np.array(spec["mean"])) / np.array(spec["std"])
-                         for p in held_out])
+    expected = np.stack(
+        [(images[p] - np.array(spec["mean"])) / np.array(spec["std"]) for p in held_out]
+    )
     images_out, labels, weights = batches(pipeline.eval_dataset_fn(1), 1)[0]
     np.testing.assert_allclose(images_out, expected, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(labels, [0, 1, 2])
     np.testing.assert_array_equal(weights, [1, 1, 1])
-    inception, _ = make_pipeline(dataset="folder", data_dir=str(tmp_path), image_size=20,
-                                 augment="inception", batch_size_per_replica=4)
+    inception, _ = make_pipeline(
+        dataset="folder",
+        data_dir=str(tmp_path),
+        image_size=20,
+        augment="inception",
+        batch_size_per_replica=4,
+    )
     train_images, train_labels = batches(inception.train_dataset_fn(0), 1)[0]
     assert train_images.shape == (4, 20, 20, 3) and set(train_labels) <= {0, 1, 2}
 
@@ -263,21 +310,25 @@ def test_folder_path_on_written_pngs(rng, tmp_path):
 def test_folder_with_train_and_val_trees(rng, tmp_path):
     write_png_folders(str(tmp_path / "train"), rng, ["a", "b"], per_class=3)
     write_png_folders(str(tmp_path / "val"), rng, ["a", "b"], per_class=2)
-    pipeline, _ = make_pipeline(dataset="folder", data_dir=str(tmp_path), image_size=16,
-                                batch_size_per_replica=2)
+    pipeline, _ = make_pipeline(
+        dataset="folder", data_dir=str(tmp_path), image_size=16, batch_size_per_replica=2
+    )
     assert (pipeline.source.num_train, pipeline.source.num_eval) == (6, 4)
 
 
-@pytest.mark.parametrize("case, match", [
-    ("folder_missing", r"--data_dir=.*nope.*is not a directory"),
-    ("folder_one_class", r"--data_dir=.* 1 class folder"),
-    ("folder_no_images", r"--data_dir=.* 0 training"),
-    ("folder_tree_mismatch", r"train/ has classes \['a', 'b'\] but val/ has \['a'\]"),
-    ("tfrecord_missing", r"--data_dir=.*nope.*not a directory"),
-    ("tfrecord_no_shards", r"--data_dir=.* has no train shards: expected files named train-"),
-    ("tfds_unknown", r"--dataset=tfds:no_such_dataset_xyz is not a TensorFlow Datasets name"),
-    ("batch_too_large", r"--batch_size_per_replica=2048 .* larger than the 1437"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("folder_missing", r"--data_dir=.*nope.*is not a directory"),
+        ("folder_one_class", r"--data_dir=.* 1 class folder"),
+        ("folder_no_images", r"--data_dir=.* 0 training"),
+        ("folder_tree_mismatch", r"train/ has classes \['a', 'b'\] but val/ has \['a'\]"),
+        ("tfrecord_missing", r"--data_dir=.*nope.*not a directory"),
+        ("tfrecord_no_shards", r"--data_dir=.* has no train shards: expected files named train-"),
+        ("tfds_unknown", r"--dataset=tfds:no_such_dataset_xyz is not a TensorFlow Datasets name"),
+        ("batch_too_large", r"--batch_size_per_replica=2048 .* larger than the 1437"),
+    ],
+)
 def test_path_and_size_errors_are_one_clear_message(case, match, rng, tmp_path):
     root = str(tmp_path)
     fields = {"dataset": "folder", "data_dir": root}

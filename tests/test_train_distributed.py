@@ -8,7 +8,6 @@ numbers to ``.npz`` files that are checked here against NumPy float64.
 import os
 
 import numpy as np
-
 from subprocess_utils import run_python
 from test_train_optimizer import softmax_cross_entropy
 
@@ -24,9 +23,11 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 def test_mirrored_gn_step_equals_one_device_step_with_the_same_global_batch(rng, tmp_path):
     seed, out = int(rng.integers(1 << 30)), str(tmp_path / "steps.npz")
-    run_python(TWO_CPUS + f"""
+    run_python(
+        TWO_CPUS
+        + f"""
 from gn_keras import GroupNormalization
-from train import config as config_lib, data, optimizer as optimizer_lib, steps
+from gn_keras.train import config as config_lib, data, optimizer as optimizer_lib, steps
 
 def build():
     keras.utils.set_random_seed({seed})
@@ -62,7 +63,9 @@ for name, strategy, per_replica in (
     saved[name + "_weights"] = np.concatenate(
         [v.numpy().ravel() for v in model.trainable_variables])
 np.savez({out!r}, **saved)
-""", env=ENV)
+""",
+        env=ENV,
+    )
     saved = np.load(out)
     assert (saved["one_replicas"], saved["mirrored_replicas"]) == (1, 2)
     initial = saved["initial"].astype(np.float64)
@@ -73,19 +76,23 @@ np.savez({out!r}, **saved)
     np.testing.assert_allclose([saved["one_top1"], saved["mirrored_top1"]], accuracy)
     # Same global gradient → same update on every replica and on one device.
     assert np.abs(saved["one_weights"] - initial).max() > 1e-3
-    np.testing.assert_allclose(saved["mirrored_weights"], saved["one_weights"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        saved["mirrored_weights"], saved["one_weights"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bn_statistics_are_per_replica_unless_synchronized(rng, tmp_path):
     # The two replicas get batches from very different distributions.
-    x = np.concatenate([rng.normal(-3.0, 0.5, size=(4, 5, 5, 3)),
-                        rng.normal(4.0, 2.0, size=(4, 5, 5, 3))]).astype("float32")
+    x = np.concatenate(
+        [rng.normal(-3.0, 0.5, size=(4, 5, 5, 3)), rng.normal(4.0, 2.0, size=(4, 5, 5, 3))]
+    ).astype("float32")
     np.save(tmp_path / "x.npy", x)
     out = str(tmp_path / "bn.npz")
-    run_python(TWO_CPUS + f"""
+    run_python(
+        TWO_CPUS
+        + f"""
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-x = np.load({str(tmp_path / 'x.npy')!r})
+x = np.load({str(tmp_path / "x.npy")!r})
 saved = {{}}
 for name, synchronized in (("bn", False), ("sync_bn", True)):
     with strategy.scope():
@@ -102,7 +109,9 @@ for name, synchronized in (("bn", False), ("sync_bn", True)):
     outputs = strategy.experimental_local_results(forward(next(iter(batches))))
     saved[name] = np.concatenate([o.numpy() for o in outputs])
 np.savez({out!r}, **saved)
-""", env=ENV)
+""",
+        env=ENV,
+    )
     saved = np.load(out)
 
     def normalize(block):

@@ -19,14 +19,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SESSION_SEED
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-
-from conftest import SESSION_SEED
-from gn_keras import GroupNormalization
 from test_train_optimizer import softmax_cross_entropy
-from train import classify
-from train import config as config_lib
+
+from gn_keras import GroupNormalization
+from gn_keras.train import classify
+from gn_keras.train import config as config_lib
 
 EPOCHS = 3
 
@@ -35,8 +35,9 @@ def small_gn_network(config, preprocessing):
     """conv-GN-ReLU ×2 (16, 32 channels, 4 groups), pooled, dense logits."""
     x = inputs = keras.Input((*preprocessing["image_size"], preprocessing["channels"]))
     for index, width in enumerate((16, 32)):
-        x = keras.layers.Conv2D(width, 3, strides=1 + index, padding="same", use_bias=False,
-                                name=f"conv{index}")(x)
+        x = keras.layers.Conv2D(
+            width, 3, strides=1 + index, padding="same", use_bias=False, name=f"conv{index}"
+        )(x)
         x = GroupNormalization(groups=4, name=f"gn{index}")(x)
         x = keras.layers.ReLU(name=f"relu{index}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -47,9 +48,17 @@ def small_gn_network(config, preprocessing):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("digits") / "run")
-    seed = int(np.random.default_rng([SESSION_SEED, zlib.crc32(b"test_train_e2e.run")]).integers(1000))
-    config = config_lib.make_config(model="small_gn", image_size=8, epochs=EPOCHS,
-                                    warmup_epochs=0, model_dir=model_dir, seed=seed)
+    seed = int(
+        np.random.default_rng([SESSION_SEED, zlib.crc32(b"test_train_e2e.run")]).integers(1000)
+    )
+    config = config_lib.make_config(
+        model="small_gn",
+        image_size=8,
+        epochs=EPOCHS,
+        warmup_epochs=0,
+        model_dir=model_dir,
+        seed=seed,
+    )
     return config, classify.train(config, build_model=small_gn_network)
 
 
@@ -57,7 +66,8 @@ def digits_validation_split():
     """The split the data module promises: stratified 80/20, random_state=0."""
     digits = load_digits()
     _, images, _, labels = train_test_split(
-        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target)
+        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
     return images.astype(np.float64) * 255 / 16, labels
 
 
@@ -114,7 +124,8 @@ def test_saved_model_serves_raw_pixels(run):
     preprocessing = json.load(open(os.path.join(config.model_dir, "preprocessing.json")))
     loaded = tf.saved_model.load(os.path.join(config.model_dir, "saved_model"))
     served = loaded.signatures["serving_default"](
-        images=tf.constant(pixels[:16, ..., None], tf.float32))
+        images=tf.constant(pixels[:16, ..., None], tf.float32)
+    )
     model = keras.saving.load_model(os.path.join(config.model_dir, "last.keras"))
     normalized = (pixels[:16, ..., None] - preprocessing["mean"][0]) / preprocessing["std"][0]
     expected = model.predict(normalized.astype("float32"), verbose=0)
@@ -125,7 +136,10 @@ def test_saved_model_serves_raw_pixels(run):
 def test_tensorboard_logs_hold_epoch_and_step_scalars(run):
     config, results = run
     board = os.path.join(config.model_dir, "tensorboard")
-    train, val = read_scalars(os.path.join(board, "train")), read_scalars(os.path.join(board, "val"))
+    train, val = (
+        read_scalars(os.path.join(board, "train")),
+        read_scalars(os.path.join(board, "val")),
+    )
     for epoch, record in enumerate(results["epochs"]):
         assert val["epoch/top1_error"][epoch] == pytest.approx(record["val"]["top1_error"])
         assert val["epoch/top5_error"][epoch] == pytest.approx(record["val"]["top5_error"])
@@ -141,29 +155,44 @@ def tiny_model(width):
         x = keras.layers.Conv2D(width, 3, padding="same", name="conv")(inputs)
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
         return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
     return build
 
 
 def test_resuming_a_model_dir_with_another_model_is_refused(tmp_path):
-    config = config_lib.make_config(image_size=8, epochs=1, steps_per_epoch=2, eval_steps=1,
-                                    warmup_epochs=0, model_dir=str(tmp_path / "run"))
+    config = config_lib.make_config(
+        image_size=8,
+        epochs=1,
+        steps_per_epoch=2,
+        eval_steps=1,
+        warmup_epochs=0,
+        model_dir=str(tmp_path / "run"),
+    )
     classify.train(config, build_model=tiny_model(4))
-    again = config_lib.make_config(**{**config.as_dict(), "epochs": 2,
-                                      "lr_boundaries": tuple(config.lr_boundaries)})
+    again = config_lib.make_config(
+        **{**config.as_dict(), "epochs": 2, "lr_boundaries": tuple(config.lr_boundaries)}
+    )
     with pytest.raises(ValueError, match=r"--model_dir=.*holds checkpoint .* different model"):
         classify.train(again, build_model=tiny_model(6))
 
 
-@pytest.mark.parametrize("fields, per_stage", [({}, (2, 4, 8)), ({"group_size": 4}, (4, 4, 4)),
-                                               ({"groups": 16}, (1, 2, 4))])
+@pytest.mark.parametrize(
+    "fields, per_stage",
+    [({}, (2, 4, 8)), ({"group_size": 4}, (4, 4, 4)), ({"groups": 16}, (1, 2, 4))],
+)
 def test_zoo_model_gets_the_grouping_flags(fields, per_stage):
     """Channels per group in ResNet-20's 16/32/64-channel stages."""
     config = config_lib.make_config(**fields)
     model = classify.build_zoo_model(
-        config, {"image_size": [16, 16], "channels": 1, "num_classes": 10})
-    sizes = {layer.gamma.shape[0] // layer.resolved_groups for layer in model.layers
-             if isinstance(layer, GroupNormalization)}
-    widths = sorted({layer.gamma.shape[0] for layer in model.layers
-                     if isinstance(layer, GroupNormalization)})
+        config, {"image_size": [16, 16], "channels": 1, "num_classes": 10}
+    )
+    sizes = {
+        layer.gamma.shape[0] // layer.resolved_groups
+        for layer in model.layers
+        if isinstance(layer, GroupNormalization)
+    }
+    widths = sorted(
+        {layer.gamma.shape[0] for layer in model.layers if isinstance(layer, GroupNormalization)}
+    )
     assert widths == [16, 32, 64]
     assert sizes == set(per_stage)

@@ -31,18 +31,33 @@ def free_port():
 def test_two_workers_on_loopback_train_and_the_chief_exports(rng, tmp_path):
     model_dir = str(tmp_path / "run")
     workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    command = [sys.executable, "-m", "train.classify", "--strategy=multi_worker",
-               f"--model_dir={model_dir}", "--model=resnet20", "--image_size=8", "--epochs=2",
-               "--steps_per_epoch=4", "--eval_steps=2", "--batch_size_per_replica=16",
-               f"--seed={int(rng.integers(1000))}"]
+    command = [
+        sys.executable,
+        "-m",
+        "gn_keras.train.classify",
+        "--strategy=multi_worker",
+        f"--model_dir={model_dir}",
+        "--model=resnet20",
+        "--image_size=8",
+        "--epochs=2",
+        "--steps_per_epoch=4",
+        "--eval_steps=2",
+        "--batch_size_per_replica=16",
+        f"--seed={int(rng.integers(1000))}",
+    ]
     processes, logs = [], []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TF_CONFIG": json.dumps(tf_config)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": REPO,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "TF_CONFIG": json.dumps(tf_config),
+        }
         logs.append(open(tmp_path / f"worker{index}.log", "w+"))
-        processes.append(subprocess.Popen(command, env=env, stdout=logs[-1],
-                                          stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=logs[-1], stderr=subprocess.STDOUT)
+        )
     try:
         codes = [process.wait(timeout=900) for process in processes]
     finally:
@@ -58,16 +73,29 @@ def test_two_workers_on_loopback_train_and_the_chief_exports(rng, tmp_path):
 
     results = json.load(open(os.path.join(model_dir, "results.json")))
     assert (results["strategy"], results["num_workers"], results["num_replicas"]) == (
-        "multi_worker", 2, 2)
+        "multi_worker",
+        2,
+        2,
+    )
     assert results["global_batch_size"] == 32
     assert [r["epoch"] for r in results["epochs"]] == [0, 1]
     # Metrics are reduced over both workers, so both print the same summary.
-    summaries = [[line.split(";")[0] for line in text.splitlines() if line.startswith("Median")]
-                 for text in outputs]
+    summaries = [
+        [line.split(";")[0] for line in text.splitlines() if line.startswith("Median")]
+        for text in outputs
+    ]
     assert summaries[0] == summaries[1] and len(summaries[0]) == 1
-    assert sorted(os.listdir(model_dir)) == sorted([
-        "best.keras", "checkpoints", "last.keras", "preprocessing.json", "results.json",
-        "saved_model", "tensorboard"])  # worker 1's temporary copies are gone
+    assert sorted(os.listdir(model_dir)) == sorted(
+        [
+            "best.keras",
+            "checkpoints",
+            "last.keras",
+            "preprocessing.json",
+            "results.json",
+            "saved_model",
+            "tensorboard",
+        ]
+    )  # worker 1's temporary copies are gone
 
     preprocessing = json.load(open(os.path.join(model_dir, "preprocessing.json")))
     pixels = load_digits().images[:12, ..., None].astype(np.float64) * 255 / 16

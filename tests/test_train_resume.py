@@ -17,10 +17,20 @@ EPOCHS, STEPS, EVERY = 3, 16, 4
 
 
 def command(model_dir, seed):
-    return [sys.executable, "-m", "train.classify", f"--model_dir={model_dir}",
-            "--model=resnet20", "--image_size=16", f"--epochs={EPOCHS}",
-            f"--steps_per_epoch={STEPS}", "--eval_steps=2", f"--checkpoint_every_steps={EVERY}",
-            "--warmup_epochs=0", f"--seed={seed}"]
+    return [
+        sys.executable,
+        "-m",
+        "gn_keras.train.classify",
+        f"--model_dir={model_dir}",
+        "--model=resnet20",
+        "--image_size=16",
+        f"--epochs={EPOCHS}",
+        f"--steps_per_epoch={STEPS}",
+        "--eval_steps=2",
+        f"--checkpoint_every_steps={EVERY}",
+        "--warmup_epochs=0",
+        f"--seed={seed}",
+    ]
 
 
 def environment():
@@ -31,7 +41,10 @@ def checkpoint_state(directory):
     latest = tf.train.latest_checkpoint(directory)
     if latest is None:
         return None
-    read = lambda name: int(tf.train.load_variable(latest, f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+
+    def read(name):
+        return int(tf.train.load_variable(latest, f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+
     return read("epoch"), read("step_in_epoch"), read("optimizer/_iterations")
 
 
@@ -54,8 +67,9 @@ def test_sigkill_mid_epoch_then_rerun_loses_and_repeats_nothing(rng, tmp_path):
     checkpoints = os.path.join(model_dir, "checkpoints")
     seed = int(rng.integers(1000))
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(command(model_dir, seed), env=environment(), stdout=log,
-                             stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        command(model_dir, seed), env=environment(), stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         wait_for_mid_epoch_checkpoint(first, checkpoints)
         os.kill(first.pid, signal.SIGKILL)
@@ -68,16 +82,20 @@ def test_sigkill_mid_epoch_then_rerun_loses_and_repeats_nothing(rng, tmp_path):
     before = json.load(open(os.path.join(model_dir, "results.json")))["epochs"]
     assert [r["epoch"] for r in before][:epoch] == list(range(epoch))
 
-    second = subprocess.run(command(model_dir, seed), env=environment(), capture_output=True,
-                            text=True, timeout=900)
+    second = subprocess.run(
+        command(model_dir, seed), env=environment(), capture_output=True, text=True, timeout=900
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"Resuming at epoch {epoch}, step {step}" in second.stdout
-    epoch_lines = [line for line in second.stdout.replace("\r", "\n").splitlines()
-                   if line.startswith("Epoch ")]
+    epoch_lines = [
+        line for line in second.stdout.replace("\r", "\n").splitlines() if line.startswith("Epoch ")
+    ]
     assert epoch_lines == [f"Epoch {e + 1}/{EPOCHS}" for e in range(epoch, EPOCHS)]
     # stdout is a pipe: one plain progress line per epoch, no terminal codes.
     assert "\x1b[" not in second.stdout and "\r" not in second.stdout
-    progress_lines = [line for line in second.stdout.splitlines() if line.startswith(f"{STEPS}/{STEPS} - ")]
+    progress_lines = [
+        line for line in second.stdout.splitlines() if line.startswith(f"{STEPS}/{STEPS} - ")
+    ]
     assert len(progress_lines) == EPOCHS - epoch
 
     results = json.load(open(os.path.join(model_dir, "results.json")))

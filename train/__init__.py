@@ -1,6 +1,6 @@
 """Training scripts and the reusable pieces behind them.
 
-Command line: ``python -m train.classify`` (console script ``gn-train``);
+Command line: ``python -m gn_keras.train.classify`` (console script ``gn-train``);
 every flag is a field of ``train.config.TrainConfig``.
 
 Python API (what ``train.finetune`` and ``train.study`` build on — there is

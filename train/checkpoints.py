@@ -39,7 +39,7 @@ import tensorflow as tf
 from absl import logging
 
 from gn_keras import load
-from train import strategy as strategy_lib
+from gn_keras.train import strategy as strategy_lib
 
 _PREEMPTIBLE = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
 _INDEX_FILE = "checkpoint"  # tf.train.CheckpointManager's default latest_filename
@@ -65,9 +65,14 @@ def _kept_checkpoints(directory):
         return [latest] + others, True
     on_disk = _checkpoints_on_disk(directory)
     if on_disk:
-        logging.warning("%s %s, but %d checkpoint(s) are on disk; taking them as the "
-                        "kept ones, newest first: %s.", index, problem, len(on_disk),
-                        ", ".join(os.path.basename(path) for path in on_disk))
+        logging.warning(
+            "%s %s, but %d checkpoint(s) are on disk; taking them as the "
+            "kept ones, newest first: %s.",
+            index,
+            problem,
+            len(on_disk),
+            ", ".join(os.path.basename(path) for path in on_disk),
+        )
     return on_disk, False
 
 
@@ -75,8 +80,11 @@ def _checkpoints_on_disk(directory):
     """The ``ckpt-N`` prefixes whose ``.index`` file exists, highest N first."""
     if not os.path.isdir(directory):
         return []
-    numbers = [int(match.group(1)) for match in map(_SAVED_CHECKPOINT.fullmatch,
-                                                       os.listdir(directory)) if match]
+    numbers = [
+        int(match.group(1))
+        for match in map(_SAVED_CHECKPOINT.fullmatch, os.listdir(directory))
+        if match
+    ]
     return [os.path.join(directory, f"ckpt-{number}") for number in sorted(numbers, reverse=True)]
 
 
@@ -93,9 +101,12 @@ def _rebuild_index(directory):
         # than last_preserved_timestamp: the files' times say when they were saved.
         times = [os.path.getmtime(f"{path}.index") for path in oldest_first]
         tf.compat.v1.train.update_checkpoint_state(
-            directory, os.path.basename(oldest_first[-1]),
+            directory,
+            os.path.basename(oldest_first[-1]),
             [os.path.basename(path) for path in oldest_first],
-            all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1)
+            all_model_checkpoint_timestamps=times,
+            last_preserved_timestamp=min(times) - 1,
+        )
 
 
 class Checkpointer:
@@ -106,13 +117,15 @@ class Checkpointer:
         self.directory = directory
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch)
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch
+        )
         self.write_directory = strategy_lib.worker_write_dir(strategy, directory)
         if self.write_directory == directory:  # other workers only read it
             _rebuild_index(directory)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_directory,
-                                                  max_to_keep=max_to_keep)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.write_directory, max_to_keep=max_to_keep
+        )
         self._preemption = None
 
     def restore(self):
@@ -125,12 +138,14 @@ class Checkpointer:
                 raise ValueError(
                     f"--model_dir={os.path.dirname(self.directory)!r} holds checkpoint "
                     f"{latest!r} of a different model or optimizer ({error}); resume with "
-                    "the flags of that run or choose a new --model_dir.") from None
+                    "the flags of that run or choose a new --model_dir."
+                ) from None
         if isinstance(self.strategy, _PREEMPTIBLE):
             # Created after the restore: it would otherwise restore from this
             # worker's own (empty, on non-chief workers) directory.
             self._preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
-                self.strategy.cluster_resolver, self.manager)
+                self.strategy.cluster_resolver, self.manager
+            )
         return int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
 
     def _newest_intact(self):
@@ -151,13 +166,16 @@ class Checkpointer:
                 damaged.append(error)
                 continue
             for error in damaged:
-                logging.warning("%s; resuming from the older %s instead.",
-                                str(error).rstrip("."), path)
+                logging.warning(
+                    "%s; resuming from the older %s instead.", str(error).rstrip("."), path
+                )
             return path
         raise load.ModelFileError(
-            latest, f"{damaged[0].problem.rstrip('.')}; no older checkpoint in "
+            latest,
+            f"{damaged[0].problem.rstrip('.')}; no older checkpoint in "
             f"{self.directory} is intact either: delete that directory to train from "
-            "the start, or put back intact copies of the files.")
+            "the start, or put back intact copies of the files.",
+        )
 
     def _record(self, epoch, step_in_epoch):
         self.epoch.assign(epoch)

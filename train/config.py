@@ -77,8 +77,10 @@ class TrainConfig:
 
     def as_dict(self):
         """The config as JSON-ready plain values (tuples become lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
 
 
 # §4.1 "Implementation details" of the paper, plus its learning-rate rule
@@ -116,9 +118,7 @@ def make_config(preset=None, **overrides):
     values = {}
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(
-                f"--preset={preset!r} is unknown; expected one of {sorted(PRESETS)}."
-            )
+            raise ValueError(f"--preset={preset!r} is unknown; expected one of {sorted(PRESETS)}.")
         values.update(PRESETS[preset])
         values["preset"] = preset
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
@@ -166,17 +166,19 @@ def _check_choice(config, name, choices):
 def _check_dataset(config):
     kind = dataset_kind(config.dataset)
     if kind == "tfds":
-        if not config.dataset[len("tfds:"):]:
+        if not config.dataset[len("tfds:") :]:
             _fail("dataset", config.dataset, "a TFDS name after 'tfds:', e.g. tfds:cifar10")
         return
     if kind not in DATASET_KINDS:
-        _fail("dataset", config.dataset,
-              f"one of {', '.join(DATASET_KINDS)} or tfds:NAME")
+        _fail("dataset", config.dataset, f"one of {', '.join(DATASET_KINDS)} or tfds:NAME")
     if kind in ("folder", "imagenet_tfrecord") and not config.data_dir:
         raise ValueError(
             f"--dataset={config.dataset} needs --data_dir: the directory holding "
-            + ("one sub-folder of images per class." if kind == "folder"
-               else "the ImageNet TFRecord shards (train-*-of-*, validation-*-of-*).")
+            + (
+                "one sub-folder of images per class."
+                if kind == "folder"
+                else "the ImageNet TFRecord shards (train-*-of-*, validation-*-of-*)."
+            )
         )
 
 
@@ -184,25 +186,47 @@ def _check_schedule(config):
     _check_choice(config, "lr_schedule", LR_SCHEDULES)
     boundaries = config.lr_boundaries
     numeric = all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in boundaries)
-    if not numeric or list(boundaries) != sorted(set(boundaries)) or any(b <= 0 for b in boundaries):
-        _fail("lr_boundaries", list(boundaries),
-              "strictly increasing positive epoch numbers, e.g. 30,60,90")
+    if (
+        not numeric
+        or list(boundaries) != sorted(set(boundaries))
+        or any(b <= 0 for b in boundaries)
+    ):
+        _fail(
+            "lr_boundaries",
+            list(boundaries),
+            "strictly increasing positive epoch numbers, e.g. 30,60,90",
+        )
     if config.warmup_epochs > config.epochs:
-        _fail("warmup_epochs", config.warmup_epochs,
-              f"at most --epochs={config.epochs} warm-up epochs")
+        _fail(
+            "warmup_epochs",
+            config.warmup_epochs,
+            f"at most --epochs={config.epochs} warm-up epochs",
+        )
 
 
 def validate_config(config):
     """Raise ``ValueError`` naming the first bad flag and its value."""
-    for name, minimum in (("groups", -1), ("batch_size_per_replica", 1), ("epochs", 1),
-                          ("lr_reference_batch", 1), ("seed", 0), ("image_size", 8),
-                          ("checkpoint_every_steps", 0), ("keep_checkpoints", 1),
-                          ("log_every_steps", 1), ("tfrecord_label_offset", 0)):
+    for name, minimum in (
+        ("groups", -1),
+        ("batch_size_per_replica", 1),
+        ("epochs", 1),
+        ("lr_reference_batch", 1),
+        ("seed", 0),
+        ("image_size", 8),
+        ("checkpoint_every_steps", 0),
+        ("keep_checkpoints", 1),
+        ("log_every_steps", 1),
+        ("tfrecord_label_offset", 0),
+    ):
         _check_int(config, name, minimum)
     if config.groups == 0:
         _fail("groups", 0, "a positive group count, or -1 for one channel per group")
-    for name, minimum in (("group_size", 1), ("steps_per_epoch", 1), ("eval_steps", 1),
-                          ("num_classes", 2)):
+    for name, minimum in (
+        ("group_size", 1),
+        ("steps_per_epoch", 1),
+        ("eval_steps", 1),
+        ("num_classes", 2),
+    ):
         _check_int(config, name, minimum, optional=True)
     _check_float(config, "base_lr", 0.0, low_open=True)
     _check_float(config, "momentum", 0.0, 1.0)

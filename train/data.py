@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
-from train import config as config_lib
-from train import sources
+from gn_keras.train import config as config_lib
+from gn_keras.train import sources
 
 SHUFFLE_BUFFER = 10_000
 
@@ -40,14 +40,14 @@ def make_source(config):
     if kind == "digits":
         return sources.digits_source()
     if kind == "synthetic":
-        return sources.synthetic_source(config.image_size, config.num_classes or 1000,
-                                        config.seed)
+        return sources.synthetic_source(config.image_size, config.num_classes or 1000, config.seed)
     if kind == "folder":
         return sources.folder_source(config.data_dir)
     if kind == "imagenet_tfrecord":
         return sources.imagenet_tfrecord_source(
-            config.data_dir, config.num_classes or 1000, config.tfrecord_label_offset)
-    return sources.tfds_source(config.dataset[len("tfds:"):], config.data_dir)
+            config.data_dir, config.num_classes or 1000, config.tfrecord_label_offset
+        )
+    return sources.tfds_source(config.dataset[len("tfds:") :], config.data_dir)
 
 
 def resolve_augment(augment, source, image_size):
@@ -102,8 +102,7 @@ class InputPipeline:
         return image
 
     def _normalize(self, image):
-        return preprocess_ops.normalize_image(image, offset=self.source.mean,
-                                              scale=self.source.std)
+        return preprocess_ops.normalize_image(image, offset=self.source.mean, scale=self.source.std)
 
     def _train_image(self, image):
         source = self.source
@@ -111,15 +110,17 @@ class InputPipeline:
             shape = tf.image.extract_jpeg_shape(image)
             image = preprocess_ops.random_crop_image_v2(image, shape)
         elif self.augment == "inception":
-            image = preprocess_ops.random_crop_image(_decode(image, source.encoding,
-                                                             source.channels))
+            image = preprocess_ops.random_crop_image(
+                _decode(image, source.encoding, source.channels)
+            )
         else:
             image = _decode(image, source.encoding, source.channels)
         image = self._finish(image)
         if self.augment == "crop_flip":
             pad = self.image_size // 8
-            padded = tf.image.resize_with_crop_or_pad(image, self.image_size + 2 * pad,
-                                                      self.image_size + 2 * pad)
+            padded = tf.image.resize_with_crop_or_pad(
+                image, self.image_size + 2 * pad, self.image_size + 2 * pad
+            )
             image = tf.image.random_crop(padded, tf.shape(image))
         if self.augment in ("crop_flip", "inception"):
             image = tf.image.random_flip_left_right(image)
@@ -130,8 +131,9 @@ class InputPipeline:
         if self.augment == "inception" and source.encoding == "jpeg":
             image = preprocess_ops.center_crop_image_v2(image, tf.image.extract_jpeg_shape(image))
         elif self.augment == "inception":
-            image = preprocess_ops.center_crop_image(_decode(image, source.encoding,
-                                                             source.channels))
+            image = preprocess_ops.center_crop_image(
+                _decode(image, source.encoding, source.channels)
+            )
         else:
             image = _decode(image, source.encoding, source.channels)
         return self._normalize(self._finish(image))
@@ -146,15 +148,19 @@ class InputPipeline:
         seed = epoch_seed(self.seed, epoch)
 
         def dataset_fn(context):
-            records = self.source.train_records(context.num_input_pipelines,
-                                                context.input_pipeline_id, seed)
-            buffer = max(1, min(SHUFFLE_BUFFER,
-                                self.source.num_train // context.num_input_pipelines))
+            records = self.source.train_records(
+                context.num_input_pipelines, context.input_pipeline_id, seed
+            )
+            buffer = max(
+                1, min(SHUFFLE_BUFFER, self.source.num_train // context.num_input_pipelines)
+            )
             records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
             records = records.skip(skip_steps * self._per_pipeline_batch(context))
             images = records.map(
                 lambda image, label: (self._train_image(image), tf.cast(label, tf.int64)),
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
             batches = images.batch(self.batch_size_per_replica, drop_remainder=True)
             return _with_options(batches.prefetch(tf.data.AUTOTUNE))
 
@@ -166,13 +172,17 @@ class InputPipeline:
         shape = (self.image_size, self.image_size, self.source.channels)
 
         def dataset_fn(context):
-            records = self.source.eval_records(context.num_input_pipelines,
-                                               context.input_pipeline_id)
+            records = self.source.eval_records(
+                context.num_input_pipelines, context.input_pipeline_id
+            )
             real = records.map(
                 lambda image, label: (self._eval_image(image), tf.cast(label, tf.int64), 1.0),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
             padding = tf.data.Dataset.from_tensors(
-                (tf.zeros(shape), tf.constant(0, tf.int64), 0.0)).repeat()
+                (tf.zeros(shape), tf.constant(0, tf.int64), 0.0)
+            ).repeat()
             examples = real.concatenate(padding).take(steps * self._per_pipeline_batch(context))
             batches = examples.batch(self.batch_size_per_replica, drop_remainder=True)
             return _with_options(batches.prefetch(tf.data.AUTOTUNE))
@@ -197,14 +207,17 @@ def steps_per_epoch(config, source, global_batch_size):
         raise ValueError(
             f"--batch_size_per_replica={config.batch_size_per_replica} gives a global batch "
             f"of {global_batch_size}, larger than the {source.num_train} training examples "
-            f"of --dataset={config.dataset}; use a smaller batch or set --steps_per_epoch.")
+            f"of --dataset={config.dataset}; use a smaller batch or set --steps_per_epoch."
+        )
     return full
 
 
 def eval_steps(config, source, global_batch_size):
     """Global batches covering the validation set once, capped by ``--eval_steps``."""
     if source.num_eval == 0:
-        raise ValueError(f"--dataset={config.dataset} has no validation examples; "
-                         "expected a non-empty validation (or test) split.")
+        raise ValueError(
+            f"--dataset={config.dataset} has no validation examples; "
+            "expected a non-empty validation (or test) split."
+        )
     full = -(-source.num_eval // global_batch_size)
     return min(full, config.eval_steps) if config.eval_steps else full

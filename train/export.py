@@ -1,4 +1,4 @@
-"""``python -m train.export`` (console script ``gn-export``): models for other runtimes.
+"""``python -m gn_keras.train.export`` (console script ``gn-export``): models for other runtimes.
 
 Reads a trained model (a ``.keras`` file, a SavedModel written by
 ``gn_keras.export``, or a training ``--model_dir``) with its
@@ -26,26 +26,43 @@ import numpy as np
 from absl import flags, logging
 
 from gn_keras import export, load
-from train import classify
+from gn_keras.train import cli
 
 FORMATS = ("saved_model", "onnx", "tflite")
 
-flags.DEFINE_string("model", None, "A .keras file, a SavedModel directory, or a "
-                    "training --model_dir (best.keras is used).")
+flags.DEFINE_string(
+    "model",
+    None,
+    "A .keras file, a SavedModel directory, or a training --model_dir (best.keras is used).",
+)
 flags.DEFINE_string("output_dir", None, "Directory to write the exports into.")
-flags.DEFINE_string("preprocessing", None, "preprocessing.json to use; default: the "
-                    "one beside the model (or inside its SavedModel).")
-flags.DEFINE_multi_enum("format", ["saved_model"], FORMATS,
-                        "Artefacts to write; saved_model and model.keras are always "
-                        "written. Repeat the flag: --format=onnx --format=tflite.")
-flags.DEFINE_float("tolerance", None, "Largest allowed |export - Keras| relative to "
-                   "max(1, max |Keras|) on the check batch; default max(1e-4, 8 eps "
-                   "of the model's least precise compute dtype): 1e-4 for float32, "
-                   "7.8e-3 for float16, 6.25e-2 for bfloat16 (the SavedModel); ONNX "
-                   "and LiteRT hold and are checked against the float32 twin of a "
-                   "mixed-precision model, at 1e-4.")
-flags.register_validator("tolerance", lambda value: value is None or value > 0,
-                         message="--tolerance must be > 0 (it bounds a relative difference)")
+flags.DEFINE_string(
+    "preprocessing",
+    None,
+    "preprocessing.json to use; default: the one beside the model (or inside its SavedModel).",
+)
+flags.DEFINE_multi_enum(
+    "format",
+    ["saved_model"],
+    FORMATS,
+    "Artefacts to write; saved_model and model.keras are always "
+    "written. Repeat the flag: --format=onnx --format=tflite.",
+)
+flags.DEFINE_float(
+    "tolerance",
+    None,
+    "Largest allowed |export - Keras| relative to "
+    "max(1, max |Keras|) on the check batch; default max(1e-4, 8 eps "
+    "of the model's least precise compute dtype): 1e-4 for float32, "
+    "7.8e-3 for float16, 6.25e-2 for bfloat16 (the SavedModel); ONNX "
+    "and LiteRT hold and are checked against the float32 twin of a "
+    "mixed-precision model, at 1e-4.",
+)
+flags.register_validator(
+    "tolerance",
+    lambda value: value is None or value > 0,
+    message="--tolerance must be > 0 (it bounds a relative difference)",
+)
 flags.mark_flags_as_required(["model", "output_dir"])
 FLAGS = flags.FLAGS
 
@@ -55,11 +72,16 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
     os.makedirs(output_dir, exist_ok=True)
     images = export.check_batch(preprocessing)
     saved_model_dir = os.path.join(output_dir, "saved_model")
-    by_signature = export.export_saved_model(model, saved_model_dir, preprocessing,
-                                             tolerance=tolerance)
-    differences = {"saved_model": {f"{signature}/{name}": value
-                                   for signature, outputs in by_signature.items()
-                                   for name, value in outputs.items()}}
+    by_signature = export.export_saved_model(
+        model, saved_model_dir, preprocessing, tolerance=tolerance
+    )
+    differences = {
+        "saved_model": {
+            f"{signature}/{name}": value
+            for signature, outputs in by_signature.items()
+            for name, value in outputs.items()
+        }
+    }
     model.save(os.path.join(output_dir, "model.keras"))
     with open(os.path.join(output_dir, "preprocessing.json"), "w", encoding="utf-8") as handle:
         json.dump(preprocessing, handle, indent=2)
@@ -84,14 +106,15 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
 
 
 def main(argv):
-    del argv  # classify.run_command allows no positional arguments
+    del argv  # cli.run_command allows no positional arguments
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines hide the result
     try:
         model = load.load_model(FLAGS.model)
         preprocessing = load.load_preprocessing(FLAGS.preprocessing or FLAGS.model)
-        report = export_all(model, FLAGS.output_dir, preprocessing,
-                            formats=FLAGS.format, tolerance=FLAGS.tolerance)
+        report = export_all(
+            model, FLAGS.output_dir, preprocessing, formats=FLAGS.format, tolerance=FLAGS.tolerance
+        )
     except (ValueError, export.ExportMismatchError, OSError) as error:
         sys.exit(f"gn-export: error: {error}")
     for artefact, outputs in report["max_abs_difference"].items():
@@ -102,7 +125,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``gn-export``)."""
-    classify.run_command(main, "gn-export")
+    cli.run_command(main, "gn-export")
 
 
 if __name__ == "__main__":

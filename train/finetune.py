@@ -1,4 +1,4 @@
-"""``python -m train.finetune`` (console script ``gn-finetune``): transfer a trained model.
+"""``python -m gn_keras.train.finetune`` (console script ``gn-finetune``): transfer a trained model.
 
 Starts from ``--pretrained`` (a ``.keras`` file, a SavedModel written by
 ``gn_keras.export``, or a training ``--model_dir``), gives it a new head for
@@ -24,9 +24,9 @@ from absl import flags, logging
 
 from gn_keras import convert, load, transfer
 from gn_keras.frozen_bn import FrozenBatchNormalization
-from train import classify
-from train import flags as flags_lib
-from train import outputs as outputs_lib
+from gn_keras.train import classify, cli
+from gn_keras.train import flags as flags_lib
+from gn_keras.train import outputs as outputs_lib
 
 # The paper fine-tunes with 1–2 images per GPU and no weight decay on γ, β
 # (§4.2: "we use a weight decay of 0 for the γ and β parameters").
@@ -49,11 +49,15 @@ class FinetuneOptions:
 
     def __post_init__(self):
         if not self.pretrained:
-            raise ValueError("--pretrained is required: a .keras file, a SavedModel "
-                             "directory or a training --model_dir.")
+            raise ValueError(
+                "--pretrained is required: a .keras file, a SavedModel "
+                "directory or a training --model_dir."
+            )
         if isinstance(self.freeze_at, bool) or self.freeze_at not in range(6):
-            raise ValueError(f"--freeze_at={self.freeze_at!r} is invalid: expected an "
-                             "integer in 0..5 (0: nothing, 1: stem, 2: stem+res2, ...).")
+            raise ValueError(
+                f"--freeze_at={self.freeze_at!r} is invalid: expected an "
+                "integer in 0..5 (0: nothing, 1: stem, 2: stem+res2, ...)."
+            )
 
 
 def check_transfer(pretrained, source, preprocessing, pretrained_preprocessing, config):
@@ -65,18 +69,25 @@ def check_transfer(pretrained, source, preprocessing, pretrained_preprocessing, 
             f"--pretrained={source} takes images of shape {actual} but "
             f"--dataset={config.dataset} with --image_size={config.image_size} gives "
             f"{expected}; set --image_size to the pre-trained size and use data with "
-            f"{actual[-1]} channel(s).")
+            f"{actual[-1]} channel(s)."
+        )
     classes = preprocessing["num_classes"]
     if config.num_classes is not None and config.num_classes != classes:
         raise ValueError(
             f"--num_classes={config.num_classes} but --dataset={config.dataset} has "
-            f"{classes} classes; drop --num_classes or fix the data.")
+            f"{classes} classes; drop --num_classes or fix the data."
+        )
     for key in ("mean", "std"):
         if pretrained_preprocessing[key] != preprocessing[key]:
             logging.warning(
                 "The pre-trained model was trained with %s=%s but --dataset=%s "
-                "normalizes with %s=%s; fine-tuning uses the latter.", key,
-                pretrained_preprocessing[key], config.dataset, key, preprocessing[key])
+                "normalizes with %s=%s; fine-tuning uses the latter.",
+                key,
+                pretrained_preprocessing[key],
+                config.dataset,
+                key,
+                preprocessing[key],
+            )
 
 
 def make_builder(options, report):
@@ -87,20 +98,30 @@ def make_builder(options, report):
     BN*, replaces the head and freezes stages; ``report`` receives what was
     done, for ``finetune.json``.
     """
+
     def build_model(config, preprocessing):
         pretrained = load.load_model(options.pretrained)
-        check_transfer(pretrained, options.pretrained, preprocessing,
-                       load.load_preprocessing(options.pretrained), config)
+        check_transfer(
+            pretrained,
+            options.pretrained,
+            preprocessing,
+            load.load_preprocessing(options.pretrained),
+            config,
+        )
         model = pretrained
         if options.freeze_bn:  # warns (and copies) when there is no BN
             model = convert.freeze_batchnorm(model)
         frozen_bn = sum(isinstance(layer, FrozenBatchNormalization) for layer in model.layers)
         model = transfer.replace_head(model, preprocessing["num_classes"])
         frozen = transfer.freeze_stages(model, options.freeze_at)
-        report.update(pretrained=os.path.abspath(options.pretrained),
-                      freeze_at=options.freeze_at, freeze_bn=options.freeze_bn,
-                      frozen_batchnorm_layers=frozen_bn, frozen_layers=frozen,
-                      num_classes=preprocessing["num_classes"])
+        report.update(
+            pretrained=os.path.abspath(options.pretrained),
+            freeze_at=options.freeze_at,
+            freeze_bn=options.freeze_bn,
+            frozen_batchnorm_layers=frozen_bn,
+            frozen_layers=frozen,
+            num_classes=preprocessing["num_classes"],
+        )
         return model
 
     return build_model
@@ -116,8 +137,9 @@ def finetune(config, options, *, strategy=None):
     report = {}
     # The network comes from --pretrained; results.json records that instead
     # of the zoo's name and norm.
-    config = dataclasses.replace(config, model=f"pretrained:{options.pretrained}",
-                                 norm="pretrained")
+    config = dataclasses.replace(
+        config, model=f"pretrained:{options.pretrained}", norm="pretrained"
+    )
     results = classify.train(config, strategy=strategy, build_model=make_builder(options, report))
     if report:
         os.makedirs(config.model_dir, exist_ok=True)
@@ -129,11 +151,13 @@ def config_from_flags(flag_values):
     """The training config of a fine-tuning run: fine-tuning defaults, then flags."""
     given = [name for name in ARCHITECTURE_FLAGS if flag_values[name].present]
     if given:
-        raise ValueError(f"--{given[0]} is not used by train.finetune: the network "
-                         "comes from --pretrained.")
+        raise ValueError(
+            f"--{given[0]} is not used by train.finetune: the network comes from --pretrained."
+        )
     config = flags_lib.config_from_flags(flag_values)
-    defaults = {name: value for name, value in FINETUNE_DEFAULTS.items()
-                if not flag_values[name].present}
+    defaults = {
+        name: value for name, value in FINETUNE_DEFAULTS.items() if not flag_values[name].present
+    }
     return dataclasses.replace(config, **defaults)
 
 
@@ -141,34 +165,46 @@ def define_flags(flag_values=flags.FLAGS):
     flags_lib.define_flags(flag_values)
     for name, value in FINETUNE_DEFAULTS.items():  # so --help shows them
         flag_values.set_default(name, value)
-    flags.DEFINE_string("pretrained", None, "The model to start from: a .keras file, a "
-                        "SavedModel written by gn_keras.export, or a training --model_dir.",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("freeze_at", 0, "Freeze the stem and first stages (Detectron "
-                         "FREEZE_AT): 0 nothing, 1 stem, 2 stem+res2, ... 5 backbone.",
-                         flag_values=flag_values)
-    flags.DEFINE_bool("freeze_bn", False, "Turn every BatchNormalization into BN* "
-                      "(frozen affine, §4.2); GN layers are kept.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "pretrained",
+        None,
+        "The model to start from: a .keras file, a "
+        "SavedModel written by gn_keras.export, or a training --model_dir.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "freeze_at",
+        0,
+        "Freeze the stem and first stages (Detectron "
+        "FREEZE_AT): 0 nothing, 1 stem, 2 stem+res2, ... 5 backbone.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "freeze_bn",
+        False,
+        "Turn every BatchNormalization into BN* (frozen affine, §4.2); GN layers are kept.",
+        flag_values=flag_values,
+    )
 
 
 def main(argv):
-    del argv  # classify.run_command allows no positional arguments
+    del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
     try:
         config = config_from_flags(values)
         options = FinetuneOptions(values.pretrained, values.freeze_at, values.freeze_bn)
         results = finetune(config, options)
     except ValueError as error:  # bad flags; a missing or damaged file
-        classify.exit_with_error("gn-finetune", error)
+        cli.exit_with_error("gn-finetune", error)
     if results.get("outputs"):
-        print(classify.describe_outputs(results))
+        print(cli.describe_outputs(results))
         print(f"  fine-tuning:    {os.path.join(config.model_dir, FINETUNE_FILE)}")
 
 
 def run():
     """Console entry point ``gn-finetune``."""
     define_flags(flags.FLAGS)
-    classify.run_command(main, "gn-finetune")
+    cli.run_command(main, "gn-finetune")
 
 
 if __name__ == "__main__":

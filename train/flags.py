@@ -11,7 +11,7 @@ import dataclasses
 
 from absl import flags
 
-from train import config as config_lib
+from gn_keras.train import config as config_lib
 
 _DEFAULTS = config_lib.TrainConfig()
 
@@ -19,31 +19,46 @@ _DEFAULTS = config_lib.TrainConfig()
 # allowed values.
 _FLAG_SPECS = {
     "model": ("string", "Model name from the model zoo (models.available())."),
-    "norm": ("string", "Normalization: bn, sync_bn, frozen_bn, brn, gn, ln, in, wn, "
-                       "gn+ws, none, keras_gn."),
-    "groups": ("integer", "GN groups G (-1: one channel per group). Default 8 suits "
-                          "CIFAR-style ResNets whose first stage has 16 channels."),
+    "norm": (
+        "string",
+        "Normalization: bn, sync_bn, frozen_bn, brn, gn, ln, in, wn, gn+ws, none, keras_gn.",
+    ),
+    "groups": (
+        "integer",
+        "GN groups G (-1: one channel per group). Default 8 suits "
+        "CIFAR-style ResNets whose first stage has 16 channels.",
+    ),
     "group_size": ("integer", "GN channels per group; replaces --groups when set."),
     "zero_init_residual": ("bool", "Zero-init the last norm's gamma in each residual block."),
     "dataset": ("string", "digits | synthetic | folder | imagenet_tfrecord | tfds:NAME."),
     "data_dir": ("string", "Data location for folder/imagenet_tfrecord; TFDS data_dir."),
     "image_size": ("integer", "Square input size in pixels."),
     "augment": (config_lib.AUGMENTATIONS, "Training augmentation; auto picks by dataset."),
-    "num_classes": ("integer", "Class count for synthetic/imagenet_tfrecord "
-                               "(others read it from the data)."),
-    "tfrecord_label_offset": ("integer", "Subtracted from image/class/label; standard "
-                                         "ImageNet shards store 1..1000."),
+    "num_classes": (
+        "integer",
+        "Class count for synthetic/imagenet_tfrecord (others read it from the data).",
+    ),
+    "tfrecord_label_offset": (
+        "integer",
+        "Subtracted from image/class/label; standard ImageNet shards store 1..1000.",
+    ),
     "batch_size_per_replica": ("integer", "Images per replica per step."),
     "epochs": ("integer", "Training epochs."),
-    "steps_per_epoch": ("integer", "Steps per epoch (default: one pass over the training "
-                                   "set; the data repeats if more)."),
+    "steps_per_epoch": (
+        "integer",
+        "Steps per epoch (default: one pass over the training set; the data repeats if more).",
+    ),
     "eval_steps": ("integer", "Cap on evaluation steps (default: the whole validation set)."),
     "base_lr": ("float", "Learning rate at --lr_reference_batch images per step."),
-    "lr_reference_batch": ("integer", "Global batch at which the lr is --base_lr "
-                                      "(lr = base_lr * global_batch / reference)."),
+    "lr_reference_batch": (
+        "integer",
+        "Global batch at which the lr is --base_lr (lr = base_lr * global_batch / reference).",
+    ),
     "lr_schedule": (config_lib.LR_SCHEDULES, "Learning-rate schedule after warm-up."),
-    "lr_boundaries": ("list", "Epochs at which the step schedule multiplies the lr "
-                              "by --lr_decay_factor."),
+    "lr_boundaries": (
+        "list",
+        "Epochs at which the step schedule multiplies the lr by --lr_decay_factor.",
+    ),
     "lr_decay_factor": ("float", "Factor applied at each step-schedule boundary."),
     "warmup_epochs": ("float", "Linear warm-up length in epochs."),
     "momentum": ("float", "SGD momentum."),
@@ -74,8 +89,7 @@ def define_flags(flag_values=flags.FLAGS):
         if isinstance(kind, tuple):
             flags.DEFINE_enum(name, default, kind, help_text, flag_values=flag_values)
         elif kind == "list":
-            flags.DEFINE_list(name, [str(v) for v in default], help_text,
-                              flag_values=flag_values)
+            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
         else:
             definer = getattr(flags, f"DEFINE_{kind}")
             definer(name, default, help_text, flag_values=flag_values)

@@ -26,7 +26,7 @@ import time
 
 import keras
 
-from train import optimizer as optimizer_lib
+from gn_keras.train import optimizer as optimizer_lib
 
 
 @dataclasses.dataclass
@@ -44,11 +44,13 @@ class LoopPlan:
 def _train_epoch(runner, pipeline, checkpointer, outputs, plan, epoch, first_step):
     strategy = runner.strategy
     dataset = strategy.distribute_datasets_from_function(
-        pipeline.train_dataset_fn(epoch, skip_steps=first_step))
+        pipeline.train_dataset_fn(epoch, skip_steps=first_step)
+    )
     iterator = iter(dataset)
     runner.reset(runner.train_metrics)
-    progress = keras.utils.Progbar(plan.steps_per_epoch, stateful_metrics=["lr"],
-                                   verbose=_progress_verbosity(outputs.is_chief))
+    progress = keras.utils.Progbar(
+        plan.steps_per_epoch, stateful_metrics=["lr"], verbose=_progress_verbosity(outputs.is_chief)
+    )
     started = time.perf_counter()
     for step in range(first_step, plan.steps_per_epoch):
         global_step = epoch * plan.steps_per_epoch + step
@@ -82,7 +84,8 @@ def _progress_verbosity(is_chief):
 def evaluate(runner, pipeline, eval_steps):
     """Metrics of the model on the validation set (padded examples ignored)."""
     dataset = runner.strategy.distribute_datasets_from_function(
-        pipeline.eval_dataset_fn(eval_steps))
+        pipeline.eval_dataset_fn(eval_steps)
+    )
     iterator = iter(dataset)
     runner.reset(runner.eval_metrics)
     for _ in range(eval_steps):
@@ -102,12 +105,12 @@ def run_epochs(runner, pipeline, checkpointer, outputs, plan, callbacks=()):
     called as the module doc says, with ``epoch_logs`` of each epoch.
     """
     callbacks = keras.callbacks.CallbackList(
-        list(callbacks), model=runner.model, epochs=plan.epochs, steps=plan.steps_per_epoch)
+        list(callbacks), model=runner.model, epochs=plan.epochs, steps=plan.steps_per_epoch
+    )
     start_epoch, start_step = checkpointer.restore()
     outputs.resume(start_epoch)
     if outputs.is_chief and (start_epoch or start_step):
-        print(f"Resuming at epoch {start_epoch}, step {start_step} from "
-              f"{checkpointer.directory}")
+        print(f"Resuming at epoch {start_epoch}, step {start_step} from {checkpointer.directory}")
     callbacks.on_train_begin()
     logs = None
     for epoch in range(start_epoch, plan.epochs):
@@ -118,7 +121,8 @@ def run_epochs(runner, pipeline, checkpointer, outputs, plan, callbacks=()):
         learning_rate = optimizer_lib.current_learning_rate(runner.optimizer)
         started = time.perf_counter()
         train_metrics, images_per_sec = _train_epoch(
-            runner, pipeline, checkpointer, outputs, plan, epoch, first_step)
+            runner, pipeline, checkpointer, outputs, plan, epoch, first_step
+        )
         val_metrics = evaluate(runner, pipeline, plan.eval_steps)
         record = {
             "epoch": epoch,
@@ -130,9 +134,11 @@ def run_epochs(runner, pipeline, checkpointer, outputs, plan, callbacks=()):
             "resumed_at_step": first_step,
         }
         if outputs.is_chief:
-            print(f"  val top-1 error {val_metrics['top1_error']:.4f}, "
-                  f"top-5 error {val_metrics['top5_error']:.4f}, "
-                  f"{images_per_sec:.1f} images/s")
+            print(
+                f"  val top-1 error {val_metrics['top1_error']:.4f}, "
+                f"top-5 error {val_metrics['top5_error']:.4f}, "
+                f"{images_per_sec:.1f} images/s"
+            )
         outputs.end_epoch(record, runner.model)
         logs = epoch_logs(record)
         callbacks.on_epoch_end(epoch, logs)

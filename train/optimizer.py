@@ -55,7 +55,8 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         after = self.after_warmup
         return {
-            "after_warmup": after if isinstance(after, float)
+            "after_warmup": after
+            if isinstance(after, float)
             else keras.optimizers.schedules.serialize(after),
             "warmup_steps": self.warmup_steps,
         }
@@ -75,8 +76,9 @@ def make_schedule(config, global_batch_size, steps_per_epoch):
     if config.lr_schedule == "step":
         # Keras switches value *after* a boundary step; the first step of
         # epoch b (step b·steps_per_epoch) must already use the lower rate.
-        boundaries = [max(1, int(round(epoch * steps_per_epoch))) - 1
-                      for epoch in config.lr_boundaries]
+        boundaries = [
+            max(1, int(round(epoch * steps_per_epoch))) - 1 for epoch in config.lr_boundaries
+        ]
         values = [peak * config.lr_decay_factor**i for i in range(len(boundaries) + 1)]
         after = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     elif config.lr_schedule == "cosine":

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from gn_keras import export as export_lib
-from train import strategy as strategy_lib
+from gn_keras.train import strategy as strategy_lib
 
 RESULTS_FILE = "results.json"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -54,7 +54,8 @@ def summarize(epochs):
     """Final, best and median-of-last-5 val top-1 error, and throughput."""
     errors = [record["val"]["top1_error"] for record in epochs]
     speeds = [record["images_per_sec"] for record in epochs[1:]] or [
-        record["images_per_sec"] for record in epochs]
+        record["images_per_sec"] for record in epochs
+    ]
     if not errors:
         return {}
     best = min(range(len(errors)), key=errors.__getitem__)
@@ -87,13 +88,14 @@ class RunOutputs:
             "last_keras": os.path.join(model_dir, "last.keras"),
             "saved_model": os.path.join(model_dir, "saved_model"),
         }
-        self.results = {"flags": config_dict, **run_info, "epochs": [],
-                        "outputs": self.paths}
+        self.results = {"flags": config_dict, **run_info, "epochs": [], "outputs": self.paths}
         if self.is_chief:
             os.makedirs(model_dir, exist_ok=True)
             write_json_atomically(self.paths["preprocessing"], preprocessing)
-            self._writers = {split: tf.summary.create_file_writer(
-                os.path.join(self.paths["tensorboard"], split)) for split in ("train", "val")}
+            self._writers = {
+                split: tf.summary.create_file_writer(os.path.join(self.paths["tensorboard"], split))
+                for split in ("train", "val")
+            }
         else:
             self._writers = {split: tf.summary.create_noop_writer() for split in ("train", "val")}
 
@@ -146,8 +148,12 @@ class RunOutputs:
         shutil.rmtree(staging, ignore_errors=True)
         compute_dtype = keras.mixed_precision.global_policy().compute_dtype
         export_lib.export_saved_model(
-            model, staging, self.preprocessing, verify=self.is_chief,
-            tolerance=EXPORT_TOLERANCE.get(compute_dtype, export_lib.DEFAULT_TOLERANCE))
+            model,
+            staging,
+            self.preprocessing,
+            verify=self.is_chief,
+            tolerance=EXPORT_TOLERANCE.get(compute_dtype, export_lib.DEFAULT_TOLERANCE),
+        )
         if self.is_chief:
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
@@ -157,6 +163,6 @@ class RunOutputs:
 
 
 def _save_keras_atomically(model, path):
-    temporary = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
+    temporary = f"{path[: -len('.keras')]}.tmp-{os.getpid()}.keras"
     model.save(temporary)
     os.replace(temporary, path)

@@ -66,9 +66,11 @@ def _statistics(channels, sample_images=None):
 
 def _tensor_records(images, labels):
     """A sharded dataset over in-memory arrays."""
+
     def records(num_shards, shard_index, seed=None):
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
         return dataset.shard(num_shards, shard_index)
+
     return records
 
 
@@ -81,12 +83,25 @@ def digits_source():
     images = (digits.images * (255.0 / 16.0)).astype(np.float32)[..., None]
     labels = digits.target.astype(np.int64)
     train_x, eval_x, train_y, eval_y = train_test_split(
-        images, labels, test_size=DIGITS_VALIDATION_FRACTION,
-        random_state=DIGITS_SPLIT_SEED, stratify=labels)
+        images,
+        labels,
+        test_size=DIGITS_VALIDATION_FRACTION,
+        random_state=DIGITS_SPLIT_SEED,
+        stratify=labels,
+    )
     mean, std = _statistics(1, train_x)
-    return Source("digits", 10, 1, mean, std, len(train_x), len(eval_x),
-                  _tensor_records(train_x, train_y), _tensor_records(eval_x, eval_y),
-                  class_names=[str(d) for d in range(10)])
+    return Source(
+        "digits",
+        10,
+        1,
+        mean,
+        std,
+        len(train_x),
+        len(eval_x),
+        _tensor_records(train_x, train_y),
+        _tensor_records(eval_x, eval_y),
+        class_names=[str(d) for d in range(10)],
+    )
 
 
 def synthetic_source(image_size, num_classes, seed):
@@ -103,12 +118,23 @@ def synthetic_source(image_size, num_classes, seed):
         def records(num_shards, shard_index, seed=None):
             index = tf.data.Dataset.from_tensor_slices(cycled(size))
             return index.shard(num_shards, shard_index).map(
-                lambda i: (tf.gather(pool, i), tf.gather(pool_labels, i)))
+                lambda i: (tf.gather(pool, i), tf.gather(pool_labels, i))
+            )
+
         return records
 
     train_size, eval_size = SYNTHETIC_SIZES
-    return Source("synthetic", num_classes, 3, IMAGENET_MEAN, IMAGENET_STD,
-                  train_size, eval_size, records_of(train_size), records_of(eval_size))
+    return Source(
+        "synthetic",
+        num_classes,
+        3,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        train_size,
+        eval_size,
+        records_of(train_size),
+        records_of(eval_size),
+    )
 
 
 def _tfds_builder(name, data_dir):
@@ -152,8 +178,9 @@ def tfds_source(name, data_dir):
     def train_records(num_shards, shard_index, seed=None):
         split = tfds.even_splits("train", num_shards)[shard_index]
         read_config = tfds.ReadConfig(shuffle_seed=seed)
-        return builder.as_dataset(split=split, as_supervised=True, shuffle_files=True,
-                                  read_config=read_config)
+        return builder.as_dataset(
+            split=split, as_supervised=True, shuffle_files=True, read_config=read_config
+        )
 
     def eval_records(num_shards, shard_index, seed=None):
         split = tfds.even_splits(eval_split, num_shards)[shard_index]
@@ -161,13 +188,26 @@ def tfds_source(name, data_dir):
 
     sample = None
     if channels != 3:
-        sample = [image for image, _ in builder.as_dataset(
-            split="train", as_supervised=True).take(1024).as_numpy_iterator()]
+        sample = [
+            image
+            for image, _ in builder.as_dataset(split="train", as_supervised=True)
+            .take(1024)
+            .as_numpy_iterator()
+        ]
     mean, std = _statistics(channels, sample)
     label = features["label"]
-    return Source(f"tfds:{name}", label.num_classes, channels, mean, std,
-                  _tfds_count(builder, "train"), _tfds_count(builder, eval_split),
-                  train_records, eval_records, class_names=list(label.names))
+    return Source(
+        f"tfds:{name}",
+        label.num_classes,
+        channels,
+        mean,
+        std,
+        _tfds_count(builder, "train"),
+        _tfds_count(builder, eval_split),
+        train_records,
+        eval_records,
+        class_names=list(label.names),
+    )
 
 
 def _shard_files(files, num_shards, shard_index, seed):
@@ -191,44 +231,67 @@ def imagenet_tfrecord_source(data_dir, num_classes, label_offset):
     from official.vision.dataloaders import classification_input
 
     if not os.path.isdir(data_dir):
-        raise ValueError(f"--data_dir={data_dir!r} is not a directory; expected the "
-                         "folder of ImageNet TFRecord shards.")
-    files = {split: sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*")))
-             for split in ("train", "validation")}
+        raise ValueError(
+            f"--data_dir={data_dir!r} is not a directory; expected the "
+            "folder of ImageNet TFRecord shards."
+        )
+    files = {
+        split: sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*")))
+        for split in ("train", "validation")
+    }
     for split, found in files.items():
         if not found:
             raise ValueError(
                 f"--data_dir={data_dir!r} has no {split} shards: expected files named "
-                f"{split}-NNNNN-of-NNNNN (the standard ImageNet TFRecord layout).")
+                f"{split}-NNNNN-of-NNNNN (the standard ImageNet TFRecord layout)."
+            )
     decoder = classification_input.Decoder()
-    keys = (classification_input.DEFAULT_IMAGE_FIELD_KEY,
-            classification_input.DEFAULT_LABEL_FIELD_KEY)
+    keys = (
+        classification_input.DEFAULT_IMAGE_FIELD_KEY,
+        classification_input.DEFAULT_LABEL_FIELD_KEY,
+    )
 
     def parse(serialized):
         example = decoder.decode(serialized)
         label = example[keys[1]] - label_offset
-        message = (f"image/class/label minus --tfrecord_label_offset={label_offset} "
-                   f"must lie in [0, --num_classes={num_classes})")
-        checks = [tf.debugging.assert_non_negative(label, message=message),
-                  tf.debugging.assert_less(label, tf.constant(num_classes, tf.int64),
-                                           message=message)]
+        message = (
+            f"image/class/label minus --tfrecord_label_offset={label_offset} "
+            f"must lie in [0, --num_classes={num_classes})"
+        )
+        checks = [
+            tf.debugging.assert_non_negative(label, message=message),
+            tf.debugging.assert_less(label, tf.constant(num_classes, tf.int64), message=message),
+        ]
         with tf.control_dependencies(checks):
             return example[keys[0]], tf.identity(label)
 
     def records_of(split):
         def records(num_shards, shard_index, seed=None):
             shard = _shard_files(files[split], num_shards, shard_index, seed)
-            dataset = shard.interleave(tf.data.TFRecordDataset, cycle_length=8,
-                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            dataset = shard.interleave(
+                tf.data.TFRecordDataset,
+                cycle_length=8,
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
             if len(files[split]) < num_shards:
                 dataset = dataset.shard(num_shards, shard_index)
             return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
         return records
 
-    return Source("imagenet_tfrecord", num_classes, 3, IMAGENET_MEAN, IMAGENET_STD,
-                  _count_records(files["train"], "train"),
-                  _count_records(files["validation"], "validation"),
-                  records_of("train"), records_of("validation"), encoding="jpeg")
+    return Source(
+        "imagenet_tfrecord",
+        num_classes,
+        3,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _count_records(files["train"], "train"),
+        _count_records(files["validation"], "validation"),
+        records_of("train"),
+        records_of("validation"),
+        encoding="jpeg",
+    )
 
 
 def _list_class_folders(root):
@@ -236,8 +299,11 @@ def _list_class_folders(root):
     found = {}
     for label, name in enumerate(classes):
         folder = os.path.join(root, name)
-        found[name] = [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))
-                       if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found[name] = [
+            (os.path.join(folder, f), label)
+            for f in sorted(os.listdir(folder))
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     return classes, found
 
 
@@ -245,13 +311,15 @@ def _folder_splits(data_dir):
     """(class names, train pairs, eval pairs) from train/val dirs or one tree."""
     for eval_name in ("val", "validation"):
         if os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(
-                os.path.join(data_dir, eval_name)):
+            os.path.join(data_dir, eval_name)
+        ):
             classes, train = _list_class_folders(os.path.join(data_dir, "train"))
             eval_classes, held_out = _list_class_folders(os.path.join(data_dir, eval_name))
             if eval_classes != classes:
                 raise ValueError(
                     f"--data_dir={data_dir!r}: train/ has classes {classes} but "
-                    f"{eval_name}/ has {eval_classes}; they must match.")
+                    f"{eval_name}/ has {eval_classes}; they must match."
+                )
             return (classes, sum(train.values(), []), sum(held_out.values(), []))
     classes, per_class = _list_class_folders(data_dir)
     train, held_out = [], []
@@ -265,15 +333,20 @@ def _folder_splits(data_dir):
 def folder_source(data_dir):
     """A directory with one sub-folder of images per class."""
     if not os.path.isdir(data_dir):
-        raise ValueError(f"--data_dir={data_dir!r} is not a directory; expected one "
-                         "sub-folder of images per class.")
+        raise ValueError(
+            f"--data_dir={data_dir!r} is not a directory; expected one "
+            "sub-folder of images per class."
+        )
     classes, train, held_out = _folder_splits(data_dir)
-    expected = (f"one sub-folder per class holding {'/'.join(IMAGE_EXTENSIONS)} files, "
-                "at least 2 classes, and 10+ images per class (or train/ and val/ trees)")
+    expected = (
+        f"one sub-folder per class holding {'/'.join(IMAGE_EXTENSIONS)} files, "
+        "at least 2 classes, and 10+ images per class (or train/ and val/ trees)"
+    )
     if len(classes) < 2 or not train or not held_out:
         raise ValueError(
             f"--data_dir={data_dir!r} has {len(classes)} class folder(s), {len(train)} "
-            f"training and {len(held_out)} validation images; expected {expected}.")
+            f"training and {len(held_out)} validation images; expected {expected}."
+        )
 
     def records_of(pairs):
         paths = [p for p, _ in pairs]
@@ -284,10 +357,23 @@ def folder_source(data_dir):
             dataset = dataset.shard(num_shards, shard_index)
             if seed is not None:  # shuffle paths, not decoded bytes
                 dataset = dataset.shuffle(len(paths), seed=seed)
-            return dataset.map(lambda path, label: (tf.io.read_file(path), label),
-                               num_parallel_calls=tf.data.AUTOTUNE)
+            return dataset.map(
+                lambda path, label: (tf.io.read_file(path), label),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+
         return records
 
-    return Source("folder", len(classes), 3, IMAGENET_MEAN, IMAGENET_STD, len(train),
-                  len(held_out), records_of(train), records_of(held_out), encoding="any",
-                  class_names=classes)
+    return Source(
+        "folder",
+        len(classes),
+        3,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        len(train),
+        len(held_out),
+        records_of(train),
+        records_of(held_out),
+        encoding="any",
+        class_names=classes,
+    )

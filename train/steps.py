@@ -3,7 +3,8 @@
 One ``StepRunner`` serves every strategy (one device, mirrored, multi-worker,
 TPU) the way tf-models-official's orbit does: a ``tf.function`` takes the
 next element of a distributed iterator (one global batch, as per-replica
-values) and calls ``strategy.run`` on a per-replica step.  Keras 3's ``Model.fit`` is not used because it fails
+values) and calls ``strategy.run`` on a per-replica step.  Keras 3's
+``Model.fit`` is not used because it fails
 under MultiWorkerMirroredStrategy (keras-team/keras#20585).
 
 Per replica, the loss is the cross-entropy averaged over the *global* batch
@@ -24,7 +25,7 @@ accuracy, reported as errors.
 import keras
 import tensorflow as tf
 
-from train import optimizer as optimizer_lib
+from gn_keras.train import optimizer as optimizer_lib
 
 
 def _make_metrics(prefix, num_classes):
@@ -32,7 +33,8 @@ def _make_metrics(prefix, num_classes):
         "loss": keras.metrics.Mean(name=f"{prefix}_loss"),
         "top1": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_top1"),
         "top5": keras.metrics.SparseTopKCategoricalAccuracy(
-            k=min(5, num_classes), name=f"{prefix}_top5"),
+            k=min(5, num_classes), name=f"{prefix}_top5"
+        ),
     }
 
 
@@ -57,9 +59,19 @@ class StepRunner:
       jit_compile: XLA-compile the forward/backward pass of a replica.
     """
 
-    def __init__(self, strategy, model, optimizer, *, global_batch_size, num_classes,
-                 label_smoothing=0.0, weight_decay=0.0, decayed_variables=(),
-                 jit_compile=False):
+    def __init__(
+        self,
+        strategy,
+        model,
+        optimizer,
+        *,
+        global_batch_size,
+        num_classes,
+        label_smoothing=0.0,
+        weight_decay=0.0,
+        decayed_variables=(),
+        jit_compile=False,
+    ):
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
@@ -91,15 +103,15 @@ class StepRunner:
     def _per_example_loss(self, labels, logits):
         one_hot = tf.one_hot(labels, self.num_classes)
         return keras.losses.categorical_crossentropy(
-            one_hot, logits, from_logits=True, label_smoothing=self.label_smoothing)
+            one_hot, logits, from_logits=True, label_smoothing=self.label_smoothing
+        )
 
     def _loss_and_gradients(self, images, labels):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
             per_example = self._per_example_loss(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example,
-                                              global_batch_size=self.global_batch_size)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
             regularization = optimizer_lib.l2_penalty(self.decayed_variables, self.weight_decay)
             regularization += sum(self.model.losses)
             loss += tf.nn.scale_regularization_loss(regularization)

@@ -72,8 +72,7 @@ def make_strategy(name, tpu_address=""):
     if name == "tpu":
         return _tpu_strategy(tpu_address)
     raise ValueError(
-        f"--strategy={name!r} is invalid: expected auto, one_device, mirrored, "
-        "multi_worker or tpu."
+        f"--strategy={name!r} is invalid: expected auto, one_device, mirrored, multi_worker or tpu."
     )
 
 
@@ -100,8 +99,10 @@ def worker_write_dir(strategy, directory):
     if is_chief(strategy):
         return directory
     task_type, task_id = _task(strategy)
-    return os.path.join(os.path.dirname(os.path.abspath(directory)),
-                        f".{os.path.basename(directory)}-{task_type}{task_id}-tmp")
+    return os.path.join(
+        os.path.dirname(os.path.abspath(directory)),
+        f".{os.path.basename(directory)}-{task_type}{task_id}-tmp",
+    )
 
 
 def num_workers(strategy):
@@ -120,5 +121,6 @@ def wait_for_all_workers(strategy):
     its coordination-service heartbeats) while the chief still exports.
     """
     if num_workers(strategy) > 1:
-        strategy.reduce(tf.distribute.ReduceOp.SUM,
-                        strategy.run(lambda: tf.constant(1.0)), axis=None)
+        strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None
+        )

@@ -48,9 +48,7 @@ def mode():
     """The ``GN_KERAS_KERNELS`` setting, validated."""
     value = os.environ.get("GN_KERAS_KERNELS", "auto").strip().lower() or "auto"
     if value not in MODES:
-        raise ValueError(
-            f"GN_KERAS_KERNELS={value!r} is not one of {', '.join(MODES)}"
-        )
+        raise ValueError(f"GN_KERAS_KERNELS={value!r} is not one of {', '.join(MODES)}")
     return value
 
 
@@ -62,7 +60,7 @@ def load():
     return _load_once(selected)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_once(selected):
     import tensorflow as tf
 
@@ -96,7 +94,8 @@ def build():
             _run_compiler([part.format(output=partial) for part in command])
             os.replace(partial, target)  # atomic: readers never see half a file
             logging.getLogger("gn_keras").info(
-                "built the compiled kernels in %.0f s: %s", time.monotonic() - started, target)
+                "built the compiled kernels in %.0f s: %s", time.monotonic() - started, target
+            )
         finally:
             if os.path.exists(partial):
                 os.remove(partial)

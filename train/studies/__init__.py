@@ -1,6 +1,6 @@
 """The paper's §4.1 studies: the trainings each needs, run resumably, then reported.
 
-Python API (``python -m train.study`` is the command line over it):
+Python API (``python -m gn_keras.train.study`` is the command line over it):
 
 * ``run_study(name, base_config, out_dir, options=StudyOptions(), command="")``
   trains every run of study ``name`` (``norms``, ``batch_size``, ``groups``,
@@ -19,8 +19,8 @@ Python API (``python -m train.study`` is the command line over it):
 import dataclasses
 import os
 
-from train.studies import feature_stats, report, runner
-from train.studies.specs import STUDIES, StudyOptions, get_study
+from gn_keras.train.studies import feature_stats, report, runner
+from gn_keras.train.studies.specs import STUDIES, StudyOptions, get_study
 
 __all__ = ["STUDIES", "StudyOptions", "StudyOutcome", "get_study", "run_study"]
 
@@ -37,8 +37,11 @@ def run_study(name, base_config, out_dir, options=None, command="", strategy=Non
     options = options or StudyOptions()
     study_dir = os.path.join(out_dir, study.name)
     specs = study.runs(options, first_seed=base_config.seed)
-    recorder = {"run_callbacks": feature_stats.run_callbacks,
-                "after_run": feature_stats.check_recorded} if study.records_feature_stats else {}
+    recorder = (
+        {"run_callbacks": feature_stats.run_callbacks, "after_run": feature_stats.check_recorded}
+        if study.records_feature_stats
+        else {}
+    )
     runs = runner.run_all(study, specs, base_config, study_dir, strategy=strategy, **recorder)
     path = report.write_report(study, specs, runs, study_dir, command=command)
     return StudyOutcome(path, runs)

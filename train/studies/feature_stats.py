@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train import data, outputs
+from gn_keras.train import data, outputs
 
 PERCENTILES = (1, 20, 80, 99)
 FEATURE_STATS_FILE = "feature_stats.json"
@@ -115,8 +115,11 @@ class FeaturePercentiles(keras.callbacks.Callback):
         }
         stats = read_feature_stats(self.path)
         kept = [r for r in stats["epochs"] if r["epoch"] != record["epoch"]]
-        stats.update(layer=self._probed_layer, percentiles=list(self.percentiles),
-                     epochs=sorted(kept + [record], key=lambda r: r["epoch"]))
+        stats.update(
+            layer=self._probed_layer,
+            percentiles=list(self.percentiles),
+            epochs=sorted(kept + [record], key=lambda r: r["epoch"]),
+        )
         outputs.write_json_atomically(self.path, stats)
 
 
@@ -134,14 +137,16 @@ def last_conv_layer(model):
     if last.activation is not keras.activations.linear:
         raise ValueError(
             f"The last conv {last.name!r} of model {model.name!r} applies "
-            f"{last.activation.__name__}; its output is not the pre-ReLU response.")
+            f"{last.activation.__name__}; its output is not the pre-ReLU response."
+        )
     return last.name
 
 
 def fixed_batch(config, size=PROBE_IMAGES):
     """The first ``size`` validation images, preprocessed as for evaluation."""
-    pipeline = data.InputPipeline(data.make_source(config),
-                                  dataclasses.replace(config, batch_size_per_replica=size))
+    pipeline = data.InputPipeline(
+        data.make_source(config), dataclasses.replace(config, batch_size_per_replica=size)
+    )
     dataset = pipeline.eval_dataset_fn(1)(tf.distribute.InputContext())
     images, _, weights = next(iter(dataset))
     # Evaluation pads a short validation set with zero-weight images.
@@ -166,4 +171,5 @@ def check_recorded(config, results):
     if missing:
         raise ValueError(
             f"Run {config.model_dir!r} has no feature statistics for epochs {missing} "
-            f"in {path!r}; delete the run directory to train it again.")
+            f"in {path!r}; delete the run directory to train it again."
+        )

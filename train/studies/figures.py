@@ -22,8 +22,13 @@ CAPTION_WIDTH = 110
 
 def _figure(panels, width_ratios=None):
     widths = width_ratios or [1] * panels
-    fig, axes = plt.subplots(1, panels, figsize=(PANEL_SIZE[0] * sum(widths), PANEL_SIZE[1]),
-                             squeeze=False, gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(PANEL_SIZE[0] * sum(widths), PANEL_SIZE[1]),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     return fig, list(axes[0])
 
 
@@ -31,7 +36,7 @@ def ordinal(number):
     """1st, 2nd, 3rd, 20th, 99th, … for the percentile legends."""
     if number % 100 in (11, 12, 13):
         return f"{number}th"
-    return f"{number}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(number % 10, 'th')}"
+    return f"{number}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(number % 10, 'th') }"
 
 
 def _epoch_axis(ax, title):
@@ -67,7 +72,7 @@ def _zoom_past_first_epochs(ax, curves):
     On easy data the first epochs' errors dwarf the differences that matter
     at the end; the y range covers the last three quarters of every curve.
     """
-    tails = [value for curve in curves for value in curve[len(curve) // 4:]]
+    tails = [value for curve in curves for value in curve[len(curve) // 4 :]]
     if tails and max(tails) > 0:
         ax.set_ylim(0, min(100.0, 1.15 * max(tails)))
 
@@ -130,13 +135,19 @@ def percentile_figure(panels, error_rows, path, caption):
     for ax, (title, percentiles, records) in zip(axes, panels):
         epochs = [record["epoch"] + 1 for record in records]
         for index, percentile in enumerate(percentiles):
-            ax.plot(epochs, [record["values"][index] for record in records],
-                    label=f"{ordinal(percentile)} percentile")
+            ax.plot(
+                epochs,
+                [record["values"][index] for record in records],
+                label=f"{ordinal(percentile)} percentile",
+            )
         _epoch_axis(ax, title)
         ax.legend(fontsize=8)
     inset = axes[-1]
     inset.axis("off")
-    table = inset.table(cellText=[[label, text] for label, text in error_rows],
-                        colLabels=["", "val error (%)"], loc="center")
+    table = inset.table(
+        cellText=[[label, text] for label, text in error_rows],
+        colLabels=["", "val error (%)"],
+        loc="center",
+    )
     table.scale(1.0, 1.6)
     return _save(fig, path, caption)

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from train import outputs
-from train.studies import feature_stats, figures, summary, tables
+from gn_keras.train import outputs
+from gn_keras.train.studies import feature_stats, figures, summary, tables
 
 REPORT_TITLES = {
     "norms": "Normalization methods at one batch size (the paper's Table 1, Figure 4)",
@@ -43,36 +43,52 @@ def caption(runs):
         f"{first.lr_reference_batch} images), batch {'/'.join(map(str, batches))} per "
         f"replica, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}. "
         "Error: top-1 val error (%), median of a run's last 5 epochs, "
-        f"median over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}.")
+        f"median over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}."
+    )
 
 
 def _norms(settings, summaries, runs, study_dir, text):
     path = os.path.join(study_dir, "norms_curves.png")
-    figures.error_curves_figure([summaries[s.key] for s in settings if s.key in summaries],
-                                path, text)
+    figures.error_curves_figure(
+        [summaries[s.key] for s in settings if s.key in summaries], path, text
+    )
     return tables.norms_table(summaries, settings), [path]
 
 
 def _batch_size(settings, summaries, runs, study_dir, text):
     columns = [s.column for s in settings if s.panel == "bn"]
-    lines = {norm.upper(): [summaries[s.key].error if s.key in summaries else None
-                            for s in settings if s.panel == norm] for norm in ("bn", "gn")}
+    lines = {
+        norm.upper(): [
+            summaries[s.key].error if s.key in summaries else None
+            for s in settings
+            if s.panel == norm
+        ]
+        for norm in ("bn", "gn")
+    }
     vs_batch = figures.error_vs_setting_figure(
         [("val error vs. batch size", "batch size (images per replica)", columns, lines)],
-        os.path.join(study_dir, "batch_size_error.png"), text)
-    panels = [(f"{norm.upper()}: val error",
-               [summaries[s.key] for s in settings if s.panel == norm and s.key in summaries])
-              for norm in ("bn", "gn")]
+        os.path.join(study_dir, "batch_size_error.png"),
+        text,
+    )
+    panels = [
+        (
+            f"{norm.upper()}: val error",
+            [summaries[s.key] for s in settings if s.panel == norm and s.key in summaries],
+        )
+        for norm in ("bn", "gn")
+    ]
     curves = figures.per_panel_curves_figure(
-        panels, os.path.join(study_dir, "batch_size_curves.png"), text)
+        panels, os.path.join(study_dir, "batch_size_curves.png"), text
+    )
     return tables.batch_size_table(summaries, settings), [vs_batch, curves]
 
 
 def _groups(settings, summaries, runs, study_dir, text):
     panels = []
-    for panel, title, xlabel in (("groups", "fixed number of groups", "# groups (G)"),
-                                 ("group_size", "fixed channels per group",
-                                  "# channels per group")):
+    for panel, title, xlabel in (
+        ("groups", "fixed number of groups", "# groups (G)"),
+        ("group_size", "fixed channels per group", "# channels per group"),
+    ):
         chosen = [s for s in settings if s.panel == panel]
         if chosen:
             errors = [summaries[s.key].error if s.key in summaries else None for s in chosen]
@@ -83,13 +99,16 @@ def _groups(settings, summaries, runs, study_dir, text):
 
 def median_percentiles(run_dirs):
     """Per-epoch median over runs of each recorded percentile."""
-    stats = [feature_stats.read_feature_stats(
-        os.path.join(d, feature_stats.FEATURE_STATS_FILE)) for d in run_dirs]
+    stats = [
+        feature_stats.read_feature_stats(os.path.join(d, feature_stats.FEATURE_STATS_FILE))
+        for d in run_dirs
+    ]
     records = [s["epochs"] for s in stats]
     epochs = [r["epoch"] for r in records[0]]
     values = np.median(np.asarray([[r["values"] for r in rs] for rs in records]), axis=0)
-    return stats[0]["percentiles"], [{"epoch": e, "values": [float(v) for v in row]}
-                                     for e, row in zip(epochs, values)]
+    return stats[0]["percentiles"], [
+        {"epoch": e, "values": [float(v) for v in row]} for e, row in zip(epochs, values)
+    ]
 
 
 def _feature_stats(settings, summaries, runs, study_dir, text):
@@ -103,20 +122,32 @@ def _feature_stats(settings, summaries, runs, study_dir, text):
         title = "none (w/o norm)" if setting.key == "none" else setting.label
         panels.append((title, percentiles, records))
         error_rows.append((setting.label, tables.fmt_error(result.error)))
-    path = figures.percentile_figure(panels, error_rows,
-                                     os.path.join(study_dir, "feature_stats.png"), text)
+    path = figures.percentile_figure(
+        panels, error_rows, os.path.join(study_dir, "feature_stats.png"), text
+    )
     return tables.norms_table(summaries, settings), [path]
 
 
-_SECTIONS = {"norms": _norms, "batch_size": _batch_size, "groups": _groups,
-             "feature_stats": _feature_stats}
+_SECTIONS = {
+    "norms": _norms,
+    "batch_size": _batch_size,
+    "groups": _groups,
+    "feature_stats": _feature_stats,
+}
 
 
 def _summary_json(summaries, runs):
     return {
-        "settings": {key: {"label": r.label, "error": r.error, "errors": r.errors,
-                           "seeds": r.seeds, "runs": r.run_names}
-                     for key, r in summaries.items()},
+        "settings": {
+            key: {
+                "label": r.label,
+                "error": r.error,
+                "errors": r.errors,
+                "seeds": r.seeds,
+                "runs": r.run_names,
+            }
+            for key, r in summaries.items()
+        },
         "not_applicable": runs.not_applicable,
     }
 
@@ -138,14 +169,17 @@ def _markdown(study, table, paths, text, runs, command):
 def write_report(study, specs, runs, study_dir, command=""):
     """Write the study's Markdown, PNGs and summary.json; return the .md path."""
     if not runs.results:
-        raise ValueError(f"--study={study.name}: none of its settings could run "
-                         f"({runs.not_applicable}); nothing to report.")
+        raise ValueError(
+            f"--study={study.name}: none of its settings could run "
+            f"({runs.not_applicable}); nothing to report."
+        )
     settings = unique_settings(specs)
     summaries = summary.summarize_settings(specs, runs.results)
     text = caption(runs)
     table, paths = _SECTIONS[study.name](settings, summaries, runs, study_dir, text)
-    outputs.write_json_atomically(os.path.join(study_dir, "summary.json"),
-                                  _summary_json(summaries, runs))
+    outputs.write_json_atomically(
+        os.path.join(study_dir, "summary.json"), _summary_json(summaries, runs)
+    )
     path = os.path.join(study_dir, f"{study.name}.md")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(_markdown(study, table, paths, text, runs, command))

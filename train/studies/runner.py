@@ -20,9 +20,9 @@ import os
 
 import keras
 
-from train import classify, data, outputs
-from train import config as config_lib
-from train import strategy as strategy_lib
+from gn_keras.train import classify, data, outputs
+from gn_keras.train import config as config_lib
+from gn_keras.train import strategy as strategy_lib
 
 # Fields that may differ between a stored run and the one asked for without
 # changing what was trained (how many checkpoints are kept, or how often,
@@ -43,8 +43,9 @@ class StudyRuns:
 
 def run_config(base_config, spec, study_dir):
     """The validated ``TrainConfig`` of one run of a study."""
-    config = dataclasses.replace(base_config, **spec.overrides(),
-                                 model_dir=os.path.join(study_dir, spec.name))
+    config = dataclasses.replace(
+        base_config, **spec.overrides(), model_dir=os.path.join(study_dir, spec.name)
+    )
     config_lib.validate_config(config)
     return config
 
@@ -64,8 +65,7 @@ def is_finished(config, results):
     if results is None:
         return False
     epochs = [record["epoch"] for record in results.get("epochs", [])]
-    exported = os.path.exists(os.path.join(config.model_dir, "saved_model",
-                                           "saved_model.pb"))
+    exported = os.path.exists(os.path.join(config.model_dir, "saved_model", "saved_model.pb"))
     return epochs == list(range(config.epochs)) and exported
 
 
@@ -73,14 +73,17 @@ def check_same_settings(config, results):
     """Refuse a run directory that holds a run with other settings."""
     stored = dict(results.get("flags", {}))
     wanted = config.as_dict()
-    differing = sorted(key for key in wanted if key not in _IGNORED_FIELDS
-                       and stored.get(key) != wanted[key])
+    differing = sorted(
+        key for key in wanted if key not in _IGNORED_FIELDS and stored.get(key) != wanted[key]
+    )
     if differing:
-        details = ", ".join(f"{key}: stored {stored.get(key)!r} vs {wanted[key]!r}"
-                            for key in differing)
+        details = ", ".join(
+            f"{key}: stored {stored.get(key)!r} vs {wanted[key]!r}" for key in differing
+        )
         raise ValueError(
             f"--out_dir holds run {config.model_dir!r} trained with other settings "
-            f"({details}); use a new --out_dir or the flags of that study.")
+            f"({details}); use a new --out_dir or the flags of that study."
+        )
 
 
 def model_build_problem(config):
@@ -117,8 +120,9 @@ def _not_applicable(planned):
     return {key: problem for key, problem in problems.items() if problem}
 
 
-def run_all(study, specs, base_config, study_dir, *, strategy=None, run_callbacks=None,
-            after_run=None):
+def run_all(
+    study, specs, base_config, study_dir, *, strategy=None, run_callbacks=None, after_run=None
+):
     """Train (or skip, or resume) every run; return a ``StudyRuns``.
 
     ``run_callbacks(config)`` gives the Keras callbacks of a run's training
@@ -139,8 +143,11 @@ def run_all(study, specs, base_config, study_dir, *, strategy=None, run_callback
             if strategy is None:
                 strategy = strategy_lib.make_strategy(base_config.strategy, base_config.tpu)
             print(f"[{study.name}] training {spec.name} in {config.model_dir}")
-            callbacks = (run_callbacks(config) if run_callbacks is not None
-                         and strategy_lib.is_chief(strategy) else None)
+            callbacks = (
+                run_callbacks(config)
+                if run_callbacks is not None and strategy_lib.is_chief(strategy)
+                else None
+            )
             results = classify.train(config, strategy=strategy, callbacks=callbacks)
             runs.trained.append(spec.name)
             # Each run builds a fresh model; without this, Keras's global

@@ -23,9 +23,19 @@ import numbers
 
 from gn_keras import norms
 
-NORM_LABELS = {"bn": "BN", "sync_bn": "SyncBN", "frozen_bn": "BN*", "brn": "BRN",
-               "gn": "GN", "ln": "LN", "in": "IN", "wn": "WN", "gn+ws": "GN+WS",
-               "none": "none", "keras_gn": "Keras GN"}
+NORM_LABELS = {
+    "bn": "BN",
+    "sync_bn": "SyncBN",
+    "frozen_bn": "BN*",
+    "brn": "BRN",
+    "gn": "GN",
+    "ln": "LN",
+    "in": "IN",
+    "wn": "WN",
+    "gn+ws": "GN+WS",
+    "none": "none",
+    "keras_gn": "Keras GN",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,20 +52,28 @@ class StudyOptions:
         known = norms.available()
         for norm in self.norms:
             if norm not in known:
-                raise ValueError(f"--study_norms: {norm!r} is not a normalization; "
-                                 f"expected some of {', '.join(known)}.")
-        grids = (("study_norms", self.norms, "normalization names"),
-                 ("study_batch_sizes", self.batch_sizes, "positive integers"),
-                 ("study_groups", self.groups, "positive integers"),
-                 ("study_group_sizes", self.group_sizes, "positive integers"))
+                raise ValueError(
+                    f"--study_norms: {norm!r} is not a normalization; "
+                    f"expected some of {', '.join(known)}."
+                )
+        grids = (
+            ("study_norms", self.norms, "normalization names"),
+            ("study_batch_sizes", self.batch_sizes, "positive integers"),
+            ("study_groups", self.groups, "positive integers"),
+            ("study_group_sizes", self.group_sizes, "positive integers"),
+        )
         for flag, values, expected in grids:
             valid = flag == "study_norms" or all(_positive_int(v) for v in values)
             if not values or not valid or len(set(values)) != len(values):
-                raise ValueError(f"--{flag}={','.join(map(str, values))!r} is invalid: "
-                                 f"expected a list of distinct {expected}.")
+                raise ValueError(
+                    f"--{flag}={','.join(map(str, values))!r} is invalid: "
+                    f"expected a list of distinct {expected}."
+                )
         if not _positive_int(self.runs_per_config):
-            raise ValueError(f"--runs_per_config={self.runs_per_config!r} is invalid: "
-                             "expected a positive integer.")
+            raise ValueError(
+                f"--runs_per_config={self.runs_per_config!r} is invalid: "
+                "expected a positive integer."
+            )
 
 
 def _positive_int(value):
@@ -115,55 +133,89 @@ class Study:
 
 
 def _norm_settings(options):
-    return [Setting(norm, NORM_LABELS.get(norm, norm), {"norm": norm},
-                    column=NORM_LABELS.get(norm, norm)) for norm in options.norms]
+    return [
+        Setting(
+            norm, NORM_LABELS.get(norm, norm), {"norm": norm}, column=NORM_LABELS.get(norm, norm)
+        )
+        for norm in options.norms
+    ]
 
 
 def _batch_size_settings(options):
     return [
-        Setting(f"{norm}_b{size}", f"{NORM_LABELS[norm]}, {size} ims/replica",
-                {"norm": norm, "batch_size_per_replica": size}, panel=norm,
-                column=str(size))
-        for norm in ("bn", "gn") for size in options.batch_sizes
+        Setting(
+            f"{norm}_b{size}",
+            f"{NORM_LABELS[norm]}, {size} ims/replica",
+            {"norm": norm, "batch_size_per_replica": size},
+            panel=norm,
+            column=str(size),
+        )
+        for norm in ("bn", "gn")
+        for size in options.batch_sizes
     ]
 
 
 def _group_settings(options):
     by_count = [
-        Setting(f"gn_G{g}", f"G={g}", {"norm": "gn", "groups": g, "group_size": None},
-                panel="groups", column=f"{g} (=LN)" if g == 1 else str(g))
+        Setting(
+            f"gn_G{g}",
+            f"G={g}",
+            {"norm": "gn", "groups": g, "group_size": None},
+            panel="groups",
+            column=f"{g} (=LN)" if g == 1 else str(g),
+        )
         for g in options.groups
     ]
     by_size = [
-        Setting(f"gn_cpg{c}", f"{c} ch/group", {"norm": "gn", "group_size": c},
-                panel="group_size", column=f"{c} (=IN)" if c == 1 else str(c))
+        Setting(
+            f"gn_cpg{c}",
+            f"{c} ch/group",
+            {"norm": "gn", "group_size": c},
+            panel="group_size",
+            column=f"{c} (=IN)" if c == 1 else str(c),
+        )
         for c in options.group_sizes
     ]
     return by_count + by_size
 
 
 def _feature_stats_settings(options):
-    return [Setting(norm, NORM_LABELS[norm], {"norm": norm}, column=NORM_LABELS[norm])
-            for norm in ("none", "bn", "gn")]
+    return [
+        Setting(norm, NORM_LABELS[norm], {"norm": norm}, column=NORM_LABELS[norm])
+        for norm in ("none", "bn", "gn")
+    ]
 
 
 STUDIES = {
     "norms": Study(
-        "norms", "Table 1 and Figure 4: normalization methods at one batch size",
-        _norm_settings, frozenset({"norm"})),
+        "norms",
+        "Table 1 and Figure 4: normalization methods at one batch size",
+        _norm_settings,
+        frozenset({"norm"}),
+    ),
     "batch_size": Study(
-        "batch_size", "Table 2 and Figures 1 and 5: BN vs GN over batch sizes",
-        _batch_size_settings, frozenset({"norm", "batch_size_per_replica"})),
+        "batch_size",
+        "Table 2 and Figures 1 and 5: BN vs GN over batch sizes",
+        _batch_size_settings,
+        frozenset({"norm", "batch_size_per_replica"}),
+    ),
     "groups": Study(
-        "groups", "Table 3: number of groups and channels per group",
-        _group_settings, frozenset({"norm", "groups", "group_size"})),
+        "groups",
+        "Table 3: number of groups and channels per group",
+        _group_settings,
+        frozenset({"norm", "groups", "group_size"}),
+    ),
     # The paper's VGG-16 by default (another --model may be given); its
     # narrowest layer has 64 channels, so the paper's G=32 applies.  Its five
     # 2x2 poolings need at least 32 px: digits' default 16 px would not build.
     "feature_stats": Study(
-        "feature_stats", "Figure 6: last conv response without norm, with BN, with GN",
-        _feature_stats_settings, frozenset({"norm"}),
-        {"model": "vgg16", "groups": 32, "image_size": 32}, records_feature_stats=True),
+        "feature_stats",
+        "Figure 6: last conv response without norm, with BN, with GN",
+        _feature_stats_settings,
+        frozenset({"norm"}),
+        {"model": "vgg16", "groups": 32, "image_size": 32},
+        records_feature_stats=True,
+    ),
 }
 
 

@@ -27,8 +27,10 @@ def run_error(results):
 def error_curves(results):
     """Per-epoch train and val top-1 error (%), in epoch order."""
     records = sorted(results["epochs"], key=lambda record: record["epoch"])
-    return ([to_percent(r["train"]["top1_error"]) for r in records],
-            [to_percent(r["val"]["top1_error"]) for r in records])
+    return (
+        [to_percent(r["train"]["top1_error"]) for r in records],
+        [to_percent(r["val"]["top1_error"]) for r in records],
+    )
 
 
 @dataclasses.dataclass
@@ -69,9 +71,12 @@ def summarize_settings(specs, all_results):
         errors = [run_error(r) for r in results]
         curves = [error_curves(r) for r in results]
         summaries[key] = SettingResult(
-            setting=setting, run_names=[spec.name for spec in runs],
-            seeds=[spec.seed for spec in runs], errors=errors,
+            setting=setting,
+            run_names=[spec.name for spec in runs],
+            seeds=[spec.seed for spec in runs],
+            errors=errors,
             error=float(np.median(errors)),
             train_curve=median_curve([train for train, _ in curves]),
-            val_curve=median_curve([val for _, val in curves]))
+            val_curve=median_curve([val for _, val in curves]),
+        )
     return summaries

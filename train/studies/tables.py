@@ -20,8 +20,10 @@ def fmt_delta(value):
 
 def markdown_table(header, rows):
     """A Markdown table from a header list and rows of cell strings."""
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -41,9 +43,13 @@ def norms_table(summaries, settings):
     rows = [["val error (%)"] + [fmt_error(e) for e in errors]]
     if "bn" in summaries:
         reference = summaries["bn"].error
-        rows.append(["Δ (vs. BN)"] + [
-            "-" if s.key == "bn" else fmt_delta(_minus(e, reference))
-            for s, e in zip(settings, errors)])
+        rows.append(
+            ["Δ (vs. BN)"]
+            + [
+                "-" if s.key == "bn" else fmt_delta(_minus(e, reference))
+                for s, e in zip(settings, errors)
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -53,9 +59,11 @@ def batch_size_table(summaries, settings):
     gn_keys = {s.column: s.key for s in settings if s.panel == "gn"}
     bn = [_error(summaries, s.key) for s in bn_settings]
     gn = [_error(summaries, gn_keys.get(s.column)) for s in bn_settings]
-    rows = [["BN"] + [fmt_error(e) for e in bn],
-            ["GN"] + [fmt_error(e) for e in gn],
-            ["Δ (GN − BN)"] + [fmt_delta(_minus(g, b)) for g, b in zip(gn, bn)]]
+    rows = [
+        ["BN"] + [fmt_error(e) for e in bn],
+        ["GN"] + [fmt_error(e) for e in gn],
+        ["Δ (GN − BN)"] + [fmt_delta(_minus(g, b)) for g, b in zip(gn, bn)],
+    ]
     return markdown_table(["batch size (per replica)"] + [s.column for s in bn_settings], rows)
 
 
@@ -64,9 +72,11 @@ def _panel(summaries, settings, title):
     known = [e for e in errors if e is not None]
     best = min(known) if known else None
     header = [title] + [s.column for s in settings]
-    rows = [["val error (%)"] + [fmt_error(e) for e in errors],
-            ["Δ (vs. best)"] + ["-" if e is not None and e == best
-                                else fmt_delta(_minus(e, best)) for e in errors]]
+    rows = [
+        ["val error (%)"] + [fmt_error(e) for e in errors],
+        ["Δ (vs. best)"]
+        + ["-" if e is not None and e == best else fmt_delta(_minus(e, best)) for e in errors],
+    ]
     return markdown_table(header, rows)
 
 
@@ -80,4 +90,3 @@ def groups_tables(summaries, settings):
     if by_size:
         parts.append(_panel(summaries, by_size, "# channels per group"))
     return "\n\n".join(parts)
-
