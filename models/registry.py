@@ -33,6 +33,10 @@ def _specs():
     for depth in resnet.DEPTHS:
         fn = functools.partial(resnet.build_resnet, depth=depth)
         specs[f"resnet{depth}"] = ModelSpec(fn, 2, (224, 224, 3))
+    narrow = functools.partial(
+        resnet.build_resnet, depth=18, stage_widths=resnet.NARROW_STAGE_WIDTHS
+    )
+    specs["resnet18_narrow"] = ModelSpec(narrow, 2, (224, 224, 3))
     for depth in resnet_cifar.DEPTHS:
         fn = functools.partial(resnet_cifar.build_resnet_cifar, depth=depth)
         specs[f"resnet{depth}"] = ModelSpec(fn, 2, (32, 32, 3), options=("width_multiplier",))

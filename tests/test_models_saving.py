@@ -13,6 +13,7 @@ from gn_keras import models, norms
 
 CASES = [
     ("resnet18", "gn+ws"),
+    ("resnet18_narrow", "gn"),
     ("resnet34", "frozen_bn"),
     ("resnet50", "gn"),
     ("resnet101", "brn"),

@@ -71,6 +71,7 @@ def test_default_gn_does_not_fit_narrow_cifar_stages_and_says_so():
 def test_available_lists_the_issue_models():
     wanted = {
         "resnet18",
+        "resnet18_narrow",
         "resnet34",
         "resnet50",
         "resnet101",
