@@ -91,7 +91,7 @@ def contender(norm, pipeline, batch_size, image_size, mixed_precision):
     )
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     run = classify.prepare(config, strategy)
-    iterator = iter(strategy.distribute_datasets_from_function(run.pipeline.train_dataset_fn(0)))
+    iterator = iter(strategy.distribute_datasets_from_function(run.data.train_dataset_fn(0, 0)))
     return lambda: float(run.runner.train_step(iterator))
 
 

@@ -28,6 +28,7 @@ def test_mirrored_gn_step_equals_one_device_step_with_the_same_global_batch(rng,
         + f"""
 from gn_keras import GroupNormalization
 from gn_keras.train import config as config_lib, data, optimizer as optimizer_lib, steps
+from gn_keras.train.classification import ClassificationTask
 
 def build():
     keras.utils.set_random_seed({seed})
@@ -49,7 +50,8 @@ for name, strategy, per_replica in (
         model = build()
         optimizer = optimizer_lib.make_optimizer(config, optimizer_lib.make_schedule(config, 8, 10))
         optimizer.build(model.trainable_variables)
-    runner = steps.StepRunner(strategy, model, optimizer, global_batch_size=8, num_classes=10,
+    runner = steps.StepRunner(strategy, model, optimizer, task=ClassificationTask(num_classes=10),
+                              global_batch_size=8,
                               weight_decay=1e-3, decayed_variables=model.trainable_variables)
     if name == "one":
         images, labels = next(iter(pipeline.train_dataset_fn(0)(tf.distribute.InputContext())))
@@ -59,7 +61,7 @@ for name, strategy, per_replica in (
     iterator = iter(strategy.distribute_datasets_from_function(pipeline.train_dataset_fn(0)))
     saved[name + "_replicas"] = strategy.num_replicas_in_sync
     saved[name + "_loss"] = float(runner.train_step(iterator))
-    saved[name + "_top1"] = float(runner.train_metrics["top1"].result())
+    saved[name + "_top1"] = 1.0 - float(runner.train_metrics["top1_error"].result())
     saved[name + "_weights"] = np.concatenate(
         [v.numpy().ravel() for v in model.trainable_variables])
 np.savez({out!r}, **saved)

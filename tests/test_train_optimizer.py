@@ -11,6 +11,7 @@ from gn_keras import GroupNormalization
 from gn_keras.train import config as config_lib
 from gn_keras.train import optimizer as optimizer_lib
 from gn_keras.train import steps as steps_lib
+from gn_keras.train.classification import ClassificationTask
 
 
 def schedule_values(config, global_batch, steps_per_epoch):
@@ -129,8 +130,8 @@ def test_coupled_l2_goes_through_momentum(rng, decay_norm_params):
         strategy,
         model,
         optimizer,
+        task=ClassificationTask(num_classes=3),
         global_batch_size=6,
-        num_classes=3,
         weight_decay=wd,
         decayed_variables=decayed,
     )
@@ -179,7 +180,11 @@ def test_mixed_float16_uses_loss_scaling_and_still_steps_correctly(rng):
                 )
                 optimizer.build(model.trainable_variables)
             runner = steps_lib.StepRunner(
-                strategy, model, optimizer, global_batch_size=4, num_classes=3
+                strategy,
+                model,
+                optimizer,
+                task=ClassificationTask(num_classes=3),
+                global_batch_size=4,
             )
             runner.train_step(
                 iter(
@@ -206,7 +211,11 @@ def test_label_smoothed_cross_entropy_matches_reference(rng):
         optimizer = keras.optimizers.SGD(0.0)
         optimizer.build(model.trainable_variables)
     runner = steps_lib.StepRunner(
-        strategy, model, optimizer, global_batch_size=5, num_classes=3, label_smoothing=smoothing
+        strategy,
+        model,
+        optimizer,
+        task=ClassificationTask(num_classes=3, label_smoothing=smoothing),
+        global_batch_size=5,
     )
     logits = model(x, training=True).numpy()
     loss = float(
@@ -217,4 +226,4 @@ def test_label_smoothed_cross_entropy_matches_reference(rng):
     log_probs = log_softmax(logits)
     targets = np.full((5, 3), smoothing / 3) + (1 - smoothing) * np.eye(3)[y]
     assert loss == pytest.approx(-(targets * log_probs).sum(1).mean(), rel=1e-5)
-    assert runner.results(runner.train_metrics)["loss"] == pytest.approx(loss, rel=1e-5)
+    assert runner.train_results()["loss"] == pytest.approx(loss, rel=1e-5)

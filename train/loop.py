@@ -1,14 +1,21 @@
-"""The one training loop: epochs of distributed steps, evaluation, checkpoints.
+"""The one training loop of every task: epochs of distributed steps, evaluation, checkpoints.
 
-``run_epochs`` drives a ``train.steps.StepRunner`` for whatever strategy it
-was built with.  Per epoch it builds the epoch's distributed dataset
-(``strategy.distribute_datasets_from_function``), runs the steps with a
-``keras.utils.Progbar``, evaluates, hands the epoch record to
-``train.outputs.RunOutputs`` and then checkpoints through
-``train.checkpoints.Checkpointer`` — results first, so an interruption
-between the two re-runs the epoch and replaces its record rather than
-losing it.  It starts from wherever the checkpoint says: completed epochs
-are never repeated, and a partly trained epoch resumes at its next batch.
+``run_epochs`` drives a ``TrainingRun``: a ``train.steps.StepRunner`` for
+whatever strategy and task it was built with, the task's data, the
+``train.checkpoints.Checkpointer`` and the ``train.outputs.RunOutputs``.  Per
+epoch it builds the epoch's distributed dataset
+(``strategy.distribute_datasets_from_function``), runs the steps in chunks of
+at most ``steps_per_loop`` per call, evaluates, hands the
+``train.records.EpochRecord`` to the outputs and then checkpoints — results
+first, so an interruption between the two re-runs the epoch and replaces its
+record rather than losing it.  It starts from wherever the checkpoint says:
+completed epochs are never repeated, and a partly trained epoch resumes at
+its next batch.
+
+A chunk never crosses a log point, a step checkpoint or the end of the
+epoch, so resuming stays exact at any checkpointed step; the loss and the
+learning rate are read (a host sync) only at log points, where the progress
+line, TensorBoard and the preemption check run.
 
 Keras callbacks (a ``keras.callbacks.CallbackList``) get ``on_train_begin``,
 ``on_epoch_begin``, ``on_epoch_end`` and ``on_train_end`` (no batch hooks),
@@ -27,6 +34,7 @@ import time
 import keras
 
 from gn_keras.train import optimizer as optimizer_lib
+from gn_keras.train import records as records_lib
 
 
 @dataclasses.dataclass
@@ -39,35 +47,34 @@ class LoopPlan:
     global_batch_size: int
     checkpoint_every_steps: int = 0
     log_every_steps: int = 10
+    steps_per_loop: int = 1
+
+    def chunk_end(self, epoch, step):
+        """Where the chunk of steps starting at ``step`` of ``epoch`` stops.
+
+        Chunks start at each step whose global index is a multiple of
+        ``log_every_steps`` (that step's loss and learning rate are logged:
+        the first of a chunk) and stop at each step checkpoint.
+        """
+        end = min(step + self.steps_per_loop, self.steps_per_epoch)
+        first_index = epoch * self.steps_per_epoch
+        every = self.log_every_steps
+        end = min(end, ((first_index + step) // every + 1) * every - first_index)
+        if self.checkpoint_every_steps:
+            every = self.checkpoint_every_steps
+            end = min(end, (step // every + 1) * every)
+        return end
 
 
-def _train_epoch(runner, pipeline, checkpointer, outputs, plan, epoch, first_step):
-    strategy = runner.strategy
-    dataset = strategy.distribute_datasets_from_function(
-        pipeline.train_dataset_fn(epoch, skip_steps=first_step)
-    )
-    iterator = iter(dataset)
-    runner.reset(runner.train_metrics)
-    progress = keras.utils.Progbar(
-        plan.steps_per_epoch, stateful_metrics=["lr"], verbose=_progress_verbosity(outputs.is_chief)
-    )
-    started = time.perf_counter()
-    for step in range(first_step, plan.steps_per_epoch):
-        global_step = epoch * plan.steps_per_epoch + step
-        learning_rate = optimizer_lib.current_learning_rate(runner.optimizer)
-        loss = float(runner.train_step(iterator))
-        progress.update(step + 1, [("loss", loss), ("lr", learning_rate)])
-        if global_step % plan.log_every_steps == 0:
-            outputs.log_step(global_step, loss, learning_rate)
-        done = step + 1
-        if done == plan.steps_per_epoch:
-            break  # the epoch-end checkpoint follows evaluation and results
-        if plan.checkpoint_every_steps and done % plan.checkpoint_every_steps == 0:
-            checkpointer.save(epoch, done, global_step + 1)
-        checkpointer.after_step(epoch, done)
-    seconds = time.perf_counter() - started
-    trained = plan.steps_per_epoch - first_step
-    return runner.results(runner.train_metrics), trained * plan.global_batch_size / seconds
+@dataclasses.dataclass
+class TrainingRun:
+    """The collaborators of one run, as the loop uses them."""
+
+    runner: object  # train.steps.StepRunner
+    data: object  # train.task.TaskData
+    checkpointer: object  # train.checkpoints.Checkpointer
+    outputs: object  # train.outputs.RunOutputs
+    plan: LoopPlan
 
 
 def _progress_verbosity(is_chief):
@@ -81,31 +88,90 @@ def _progress_verbosity(is_chief):
     return 1 if sys.stdout.isatty() else 2
 
 
-def evaluate(runner, pipeline, eval_steps):
-    """Metrics of the model on the validation set (padded examples ignored)."""
+def _train_epoch(run, epoch, first_step):
+    runner, plan, checkpointer = run.runner, run.plan, run.checkpointer
     dataset = runner.strategy.distribute_datasets_from_function(
-        pipeline.eval_dataset_fn(eval_steps)
+        run.data.train_dataset_fn(epoch, first_step)
     )
     iterator = iter(dataset)
-    runner.reset(runner.eval_metrics)
+    runner.reset_train_metrics()
+    progress = keras.utils.Progbar(
+        plan.steps_per_epoch,
+        stateful_metrics=["lr"],
+        verbose=_progress_verbosity(run.outputs.is_chief),
+    )
+    started = time.perf_counter()
+    step = first_step
+    while step < plan.steps_per_epoch:
+        end = plan.chunk_end(epoch, step)
+        first_index = epoch * plan.steps_per_epoch + step
+        logged = first_index % plan.log_every_steps == 0
+        if logged or end == plan.steps_per_epoch:
+            learning_rate = optimizer_lib.current_learning_rate(runner.optimizer)
+        first_loss = runner.train_steps(iterator, end - step)  # the chunk's first step
+        step = end
+        if logged or step == plan.steps_per_epoch:
+            first_loss = float(first_loss)
+            progress.update(step, [("loss", first_loss), ("lr", learning_rate)])
+        if logged:
+            run.outputs.log_step(first_index, first_loss, learning_rate)
+        if step == plan.steps_per_epoch:
+            break  # the epoch-end checkpoint follows evaluation and results
+        if plan.checkpoint_every_steps and step % plan.checkpoint_every_steps == 0:
+            checkpointer.save(epoch, step, epoch * plan.steps_per_epoch + step)
+        checkpointer.after_step(epoch, step)
+    seconds = time.perf_counter() - started
+    trained = plan.steps_per_epoch - first_step
+    return runner.train_results(), trained * plan.global_batch_size / seconds
+
+
+def evaluate(runner, data, eval_steps):
+    """Validation metrics of the model: the task's evaluator over ``eval_steps`` batches."""
+    evaluator = runner.evaluator
+    dataset = runner.strategy.distribute_datasets_from_function(data.eval_dataset_fn(eval_steps))
+    iterator = iter(dataset)
+    evaluator.reset()
     for _ in range(eval_steps):
-        runner.eval_step(iterator)
-    return runner.results(runner.eval_metrics)
+        outputs = runner.eval_step(iterator)
+        if outputs is not None:
+            evaluator.accumulate(outputs)
+    return evaluator.result()
 
 
-def epoch_logs(record):
-    """Keras-style logs of an epoch record: train metrics, then ``val_``-prefixed."""
-    return {**record["train"], **{f"val_{name}": value for name, value in record["val"].items()}}
+def _run_epoch(run, epoch, first_step):
+    learning_rate = optimizer_lib.current_learning_rate(run.runner.optimizer)
+    started = time.perf_counter()
+    train_metrics, examples_per_sec = _train_epoch(run, epoch, first_step)
+    val_metrics = evaluate(run.runner, run.data, run.plan.eval_steps)
+    return records_lib.EpochRecord(
+        epoch=epoch,
+        train=train_metrics,
+        val=val_metrics,
+        learning_rate=learning_rate,
+        images_per_sec=examples_per_sec,
+        seconds=time.perf_counter() - started,
+        resumed_at_step=first_step,
+    )
 
 
-def run_epochs(runner, pipeline, checkpointer, outputs, plan, callbacks=()):
-    """Train from the latest checkpoint to ``plan.epochs``; return the results.
+def _describe(record, metric):
+    shown = ", ".join(
+        f"{name} {value:.4f}"
+        for name, value in record.val.items()
+        if name != "loss" or metric == "loss"
+    )
+    return f"  val {shown}; {record.images_per_sec:.1f} examples/s"
 
-    ``callbacks``: ``keras.callbacks.Callback``s, given ``runner.model`` and
-    called as the module doc says, with ``epoch_logs`` of each epoch.
+
+def run_epochs(run, callbacks=()):
+    """Train from the latest checkpoint to ``run.plan.epochs``; return the results.
+
+    ``callbacks``: ``keras.callbacks.Callback``s, given ``run.runner.model``
+    and called as the module doc says, with each epoch's ``EpochRecord.logs()``.
     """
+    plan, outputs, checkpointer = run.plan, run.outputs, run.checkpointer
     callbacks = keras.callbacks.CallbackList(
-        list(callbacks), model=runner.model, epochs=plan.epochs, steps=plan.steps_per_epoch
+        list(callbacks), model=run.runner.model, epochs=plan.epochs, steps=plan.steps_per_epoch
     )
     start_epoch, start_step = checkpointer.restore()
     outputs.resume(start_epoch)
@@ -118,29 +184,11 @@ def run_epochs(runner, pipeline, checkpointer, outputs, plan, callbacks=()):
         if outputs.is_chief:
             print(f"Epoch {epoch + 1}/{plan.epochs}")
         callbacks.on_epoch_begin(epoch)
-        learning_rate = optimizer_lib.current_learning_rate(runner.optimizer)
-        started = time.perf_counter()
-        train_metrics, images_per_sec = _train_epoch(
-            runner, pipeline, checkpointer, outputs, plan, epoch, first_step
-        )
-        val_metrics = evaluate(runner, pipeline, plan.eval_steps)
-        record = {
-            "epoch": epoch,
-            "train": train_metrics,
-            "val": val_metrics,
-            "learning_rate": learning_rate,
-            "images_per_sec": images_per_sec,
-            "seconds": time.perf_counter() - started,
-            "resumed_at_step": first_step,
-        }
+        record = _run_epoch(run, epoch, first_step)
         if outputs.is_chief:
-            print(
-                f"  val top-1 error {val_metrics['top1_error']:.4f}, "
-                f"top-5 error {val_metrics['top5_error']:.4f}, "
-                f"{images_per_sec:.1f} images/s"
-            )
-        outputs.end_epoch(record, runner.model)
-        logs = epoch_logs(record)
+            print(_describe(record, outputs.metric))
+        outputs.end_epoch(record, run.runner.model)
+        logs = record.logs()
         callbacks.on_epoch_end(epoch, logs)
         checkpointer.save(epoch + 1, 0, (epoch + 1) * plan.steps_per_epoch)
     callbacks.on_train_end(logs)

@@ -1,15 +1,16 @@
-"""Everything a run leaves in ``--model_dir`` besides its checkpoints.
+"""Everything a run leaves in ``--model_dir`` besides its checkpoints, for every task.
 
-* ``results.json``: the flags, one record per epoch (train/val loss and
-  top-1/top-5 error, lr, images/s), the final, best and median-of-last-5
-  top-1 error (§4.1 reports "the median error rate of the final 5 epochs"),
-  and the throughput.  Rewritten atomically after every epoch; on resume
-  the records of epochs not covered by the checkpoint are dropped, so each
-  epoch appears exactly once.
-* ``preprocessing.json``: how pixels become model inputs (``train.data``).
+* ``results.json``: the flags, one ``train.records.EpochRecord`` per epoch
+  (train and validation metrics, lr, examples/s) and the summary of
+  ``train.records.summarize`` over the task's primary validation metric.
+  Rewritten atomically after every epoch; on resume the records of epochs
+  not covered by the checkpoint are dropped, so each epoch appears exactly
+  once.
+* ``preprocessing.json``: how inputs become model inputs (the task's data).
 * ``tensorboard/train`` and ``tensorboard/val``: ``tf.summary`` scalars.
-* ``last.keras`` every epoch, ``best.keras`` at the lowest val top-1 error.
-* ``saved_model/``: ``gn_keras.export.export_saved_model`` at the end.
+* ``last.keras`` every epoch, ``best.keras`` at the best primary metric.
+* ``saved_model/``: the task's export at the end, written into a staging
+  directory first and swapped in whole.
 
 Only the chief writes; other workers' saves (which must happen, see
 ``train.strategy``) go to throw-away directories.
@@ -18,21 +19,14 @@ Only the chief writes; other workers' saves (which must happen, see
 import json
 import os
 import shutil
-import statistics
 
-import keras
 import tensorflow as tf
 
-from gn_keras import export as export_lib
+from gn_keras.train import records as records_lib
 from gn_keras.train import strategy as strategy_lib
 
 RESULTS_FILE = "results.json"
 PREPROCESSING_FILE = "preprocessing.json"
-LAST_EPOCHS_FOR_MEDIAN = 5
-# How far the exported graph may drift from Keras, relative to the logits'
-# scale: float32 rounding by default; 16-bit compute rounds at ~1e-3 (float16)
-# and ~8e-3 (bfloat16) per operation, so a deep net needs more room.
-EXPORT_TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2}
 
 
 def write_json_atomically(path, payload):
@@ -50,45 +44,47 @@ def read_json(path):
         return json.load(handle)
 
 
-def summarize(epochs):
-    """Final, best and median-of-last-5 val top-1 error, and throughput."""
-    errors = [record["val"]["top1_error"] for record in epochs]
-    speeds = [record["images_per_sec"] for record in epochs[1:]] or [
-        record["images_per_sec"] for record in epochs
-    ]
-    if not errors:
-        return {}
-    best = min(range(len(errors)), key=errors.__getitem__)
+def run_paths(model_dir):
+    """Where each output of a run in ``model_dir`` goes."""
     return {
-        "final_top1_error": errors[-1],
-        "median_last5_top1_error": statistics.median(errors[-LAST_EPOCHS_FOR_MEDIAN:]),
-        "best_top1_error": errors[best],
-        "best_epoch": epochs[best]["epoch"],
-        "final_top5_error": epochs[-1]["val"]["top5_error"],
-        # The first epoch includes tracing and warm-up; leave it out if we can.
-        "images_per_sec": statistics.median(speeds),
+        "model_dir": model_dir,
+        "results": os.path.join(model_dir, RESULTS_FILE),
+        "preprocessing": os.path.join(model_dir, PREPROCESSING_FILE),
+        "checkpoints": os.path.join(model_dir, "checkpoints"),
+        "tensorboard": os.path.join(model_dir, "tensorboard"),
+        "best_keras": os.path.join(model_dir, "best.keras"),
+        "last_keras": os.path.join(model_dir, "last.keras"),
+        "saved_model": os.path.join(model_dir, "saved_model"),
     }
 
 
 class RunOutputs:
-    """Results, logs and models of one training run in ``model_dir``."""
+    """Results, logs and models of one training run in ``model_dir``.
 
-    def __init__(self, model_dir, strategy, config_dict, preprocessing, run_info):
+    ``metric`` and ``lower_is_better`` name the task's primary validation
+    metric, which picks ``best.keras`` and the summary.
+    """
+
+    def __init__(
+        self,
+        model_dir,
+        strategy,
+        config_dict,
+        preprocessing,
+        run_info,
+        *,
+        metric="top1_error",
+        lower_is_better=True,
+    ):
         self.model_dir = model_dir
         self.strategy = strategy
         self.is_chief = strategy_lib.is_chief(strategy)
         self.preprocessing = preprocessing
-        self.paths = {
-            "model_dir": model_dir,
-            "results": os.path.join(model_dir, RESULTS_FILE),
-            "preprocessing": os.path.join(model_dir, PREPROCESSING_FILE),
-            "checkpoints": os.path.join(model_dir, "checkpoints"),
-            "tensorboard": os.path.join(model_dir, "tensorboard"),
-            "best_keras": os.path.join(model_dir, "best.keras"),
-            "last_keras": os.path.join(model_dir, "last.keras"),
-            "saved_model": os.path.join(model_dir, "saved_model"),
-        }
-        self.results = {"flags": config_dict, **run_info, "epochs": [], "outputs": self.paths}
+        self.metric = metric
+        self.lower_is_better = lower_is_better
+        self.paths = run_paths(model_dir)
+        self.run_info = {"flags": config_dict, **run_info}
+        self.records = []
         if self.is_chief:
             os.makedirs(model_dir, exist_ok=True)
             write_json_atomically(self.paths["preprocessing"], preprocessing)
@@ -99,15 +95,32 @@ class RunOutputs:
         else:
             self._writers = {split: tf.summary.create_noop_writer() for split in ("train", "val")}
 
+    @property
+    def results(self):
+        """The ``results.json`` contents."""
+        return {
+            **self.run_info,
+            "epochs": [record.as_json() for record in self.records],
+            "outputs": self.paths,
+            **records_lib.summarize(self.records, self.metric, self.lower_is_better),
+        }
+
     def resume(self, completed_epochs):
         """Keep the epoch records a checkpoint covers; drop the rest."""
         if os.path.exists(self.paths["results"]):
             previous = read_json(self.paths["results"]).get("epochs", [])
-            self.results["epochs"] = [r for r in previous if r["epoch"] < completed_epochs]
+            self.records = [
+                records_lib.EpochRecord.from_json(r)
+                for r in previous
+                if r["epoch"] < completed_epochs
+            ]
 
-    def best_error(self):
-        errors = [record["val"]["top1_error"] for record in self.results["epochs"]]
-        return min(errors) if errors else float("inf")
+    def _improves(self, record):
+        value = record.val[self.metric]
+        previous = [r.val[self.metric] for r in self.records]
+        if not previous:
+            return True
+        return value < min(previous) if self.lower_is_better else value > max(previous)
 
     def log_step(self, global_step, loss, learning_rate):
         with self._writers["train"].as_default(step=global_step):
@@ -115,20 +128,20 @@ class RunOutputs:
             tf.summary.scalar("step/learning_rate", learning_rate)
 
     def _log_epoch(self, record):
-        for split in ("train", "val"):
-            with self._writers[split].as_default(step=record["epoch"]):
-                for name, value in record[split].items():
+        for split, metrics in (("train", record.train), ("val", record.val)):
+            with self._writers[split].as_default(step=record.epoch):
+                for name, value in metrics.items():
                     tf.summary.scalar(f"epoch/{name}", value)
-        with self._writers["train"].as_default(step=record["epoch"]):
-            tf.summary.scalar("epoch/learning_rate", record["learning_rate"])
-            tf.summary.scalar("epoch/images_per_sec", record["images_per_sec"])
+        with self._writers["train"].as_default(step=record.epoch):
+            tf.summary.scalar("epoch/learning_rate", record.learning_rate)
+            tf.summary.scalar("epoch/images_per_sec", record.images_per_sec)
         for writer in self._writers.values():
             writer.flush()
 
     def end_epoch(self, record, model):
         """Record an epoch: TensorBoard, ``last``/``best`` .keras, results.json."""
-        improved = record["val"]["top1_error"] < self.best_error()
-        self.results["epochs"].append(record)
+        improved = self._improves(record)
+        self.records.append(record)
         self._log_epoch(record)
         if self.is_chief:
             _save_keras_atomically(model, self.paths["last_keras"])
@@ -137,23 +150,19 @@ class RunOutputs:
             self.write_results()
 
     def write_results(self):
-        self.results.update(summarize(self.results["epochs"]))
         if self.is_chief:
             write_json_atomically(self.paths["results"], self.results)
 
-    def export(self, model):
-        """Export the SavedModel (every worker must call this, see module doc)."""
+    def export(self, model, export_fn):
+        """Write the export with ``export_fn(model, staging_dir, verify)`` and swap it in.
+
+        Every worker must call this (see the module doc); only the chief's
+        export is kept and verified.
+        """
         target = strategy_lib.worker_write_dir(self.strategy, self.paths["saved_model"])
         staging = f"{target}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        compute_dtype = keras.mixed_precision.global_policy().compute_dtype
-        export_lib.export_saved_model(
-            model,
-            staging,
-            self.preprocessing,
-            verify=self.is_chief,
-            tolerance=EXPORT_TOLERANCE.get(compute_dtype, export_lib.DEFAULT_TOLERANCE),
-        )
+        export_fn(model, staging, self.is_chief)
         if self.is_chief:
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)

@@ -76,6 +76,20 @@ def make_strategy(name, tpu_address=""):
     )
 
 
+def strategy_name(strategy):
+    """The ``--strategy`` name of the strategy object a run actually uses."""
+    kinds = (
+        (tf.distribute.MultiWorkerMirroredStrategy, "multi_worker"),
+        (tf.distribute.MirroredStrategy, "mirrored"),
+        (tf.distribute.TPUStrategy, "tpu"),
+        (tf.distribute.OneDeviceStrategy, "one_device"),
+    )
+    for kind, name in kinds:
+        if isinstance(strategy, kind):
+            return name
+    return type(strategy).__name__
+
+
 def _task(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():

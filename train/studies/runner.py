@@ -23,6 +23,7 @@ import keras
 from gn_keras.train import classify, data, outputs
 from gn_keras.train import config as config_lib
 from gn_keras.train import strategy as strategy_lib
+from gn_keras.train.records import EpochRecord
 
 # Fields that may differ between a stored run and the one asked for without
 # changing what was trained (how many checkpoints are kept, or how often,
@@ -64,7 +65,7 @@ def is_finished(config, results):
     """All epochs recorded and the end-of-run export written."""
     if results is None:
         return False
-    epochs = [record["epoch"] for record in results.get("epochs", [])]
+    epochs = [EpochRecord.from_json(r).epoch for r in results.get("epochs", [])]
     exported = os.path.exists(os.path.join(config.model_dir, "saved_model", "saved_model.pb"))
     return epochs == list(range(config.epochs)) and exported
 

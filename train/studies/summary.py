@@ -14,6 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from gn_keras.train.records import EpochRecord
+
 
 def to_percent(fraction):
     return 100.0 * float(fraction)
@@ -26,10 +28,10 @@ def run_error(results):
 
 def error_curves(results):
     """Per-epoch train and val top-1 error (%), in epoch order."""
-    records = sorted(results["epochs"], key=lambda record: record["epoch"])
+    records = sorted(map(EpochRecord.from_json, results["epochs"]), key=lambda r: r.epoch)
     return (
-        [to_percent(r["train"]["top1_error"]) for r in records],
-        [to_percent(r["val"]["top1_error"]) for r in records],
+        [to_percent(r.train["top1_error"]) for r in records],
+        [to_percent(r.val["top1_error"]) for r in records],
     )
 
 

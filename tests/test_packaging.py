@@ -1,0 +1,103 @@
+"""The installed package: one ``gn_keras`` namespace, nothing at the top level besides it.
+
+A wheel is built from the repo and installed into a new virtual
+environment.  The environment sees the machine's site-packages for the
+heavy dependencies (TensorFlow, Keras: installing them again would take
+minutes), but gn-keras itself comes from the wheel, which the test checks.
+From a directory that holds its own ``models/`` and ``train/`` packages, as
+research repos often do, ``gn-train`` trains one tiny epoch and both the
+user's packages and ours import side by side.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            REPO,
+        ],
+        cwd=str(out),
+    )
+    (path,) = [os.path.join(out, name) for name in os.listdir(out) if name.endswith(".whl")]
+    return path
+
+
+def test_wheel_installs_models_and_train_inside_gn_keras_only(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {
+        name.split("/")[0]
+        for name in names
+        if not name.split("/")[0].endswith((".dist-info", ".data"))
+    }
+    assert top_level == {"gn_keras"}
+    for expected in (
+        "gn_keras/models/__init__.py",
+        "gn_keras/models/resnet.py",
+        "gn_keras/train/classify.py",
+        "gn_keras/train/studies/__init__.py",
+        "gn_keras/kernels/group_norm_ops.cc",
+    ):
+        assert expected in names
+    entry_points = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in names if n.endswith("entry_points.txt")))
+        .decode()
+    )
+    assert "gn-train = gn_keras.train.classify:run" in entry_points
+
+
+def test_installed_wheel_runs_beside_a_project_with_its_own_models_and_train(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    python, gn_train = str(venv / "bin" / "python"), str(venv / "bin" / "gn-train")
+    _run([python, "-m", "pip", "install", "--no-deps", "-q", wheel])
+    project = tmp_path / "project"
+    for package in ("models", "train"):
+        os.makedirs(project / package)
+        (project / package / "__init__.py").write_text(f"OWNER = 'project {package}'\n")
+    check = textwrap.dedent(f"""
+        import gn_keras.models, gn_keras.train.classify, models, train
+        assert models.OWNER == "project models" and train.OWNER == "project train"
+        assert gn_keras.models.__file__.startswith({str(venv)!r}), gn_keras.models.__file__
+        assert "resnet20" in gn_keras.models.available()
+    """)
+    _run([python, "-c", check], cwd=str(project))
+    model_dir = project / "run"
+    result = _run(
+        [
+            gn_train,
+            "--epochs=1",
+            "--steps_per_epoch=2",
+            "--eval_steps=1",
+            f"--model_dir={model_dir}",
+        ],
+        cwd=str(project),
+    )
+    assert os.path.isdir(model_dir / "saved_model"), result.stdout
+    assert "Median top-1 error" in result.stdout

@@ -1,0 +1,157 @@
+"""``--steps_per_loop``: chunks of steps in one compiled call, the same training as one step a call.
+
+The chunking of ``train.loop.LoopPlan`` is checked against chunks cut in the
+test from the rules alone (a chunk starts at every logged step and after
+every step checkpoint, and holds at most K steps); then two short runs, one
+step per call and K per call, must train the same weights and write the
+same records and step logs, and a run killed at a mid-epoch checkpoint with
+K > 1 resumes exactly there.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gn_keras.train import checkpoints, classify, loop
+from gn_keras.train import config as config_lib
+from gn_keras.train.records import EpochRecord
+
+
+def reference_chunks(epochs, steps_per_epoch, steps_per_loop, log_every, checkpoint_every):
+    """Chunks as (epoch, first step, end) cut by walking the steps one by one."""
+    chunks = []
+    for epoch in range(epochs):
+        start = 0
+        for step in range(1, steps_per_epoch + 1):
+            global_index = epoch * steps_per_epoch + step
+            cut = (
+                step == steps_per_epoch
+                or step - start == steps_per_loop
+                or global_index % log_every == 0  # the next step is logged
+                or (checkpoint_every and step % checkpoint_every == 0)
+            )
+            if cut:
+                chunks.append((epoch, start, step))
+                start = step
+    return chunks
+
+
+def plan_chunks(plan):
+    chunks = []
+    for epoch in range(plan.epochs):
+        step = 0
+        while step < plan.steps_per_epoch:
+            end = plan.chunk_end(epoch, step)
+            assert step < end <= plan.steps_per_epoch
+            chunks.append((epoch, step, end))
+            step = end
+    return chunks
+
+
+def test_chunks_start_at_logged_steps_and_end_at_checkpoints(rng):
+    for _ in range(200):
+        plan = loop.LoopPlan(
+            epochs=int(rng.integers(1, 4)),
+            steps_per_epoch=int(rng.integers(1, 40)),
+            eval_steps=1,
+            global_batch_size=1,
+            checkpoint_every_steps=int(rng.choice([0, rng.integers(1, 12)])),
+            log_every_steps=int(rng.integers(1, 25)),
+            steps_per_loop=int(rng.integers(1, 20)),
+        )
+        expected = reference_chunks(
+            plan.epochs,
+            plan.steps_per_epoch,
+            plan.steps_per_loop,
+            plan.log_every_steps,
+            plan.checkpoint_every_steps,
+        )
+        assert plan_chunks(plan) == expected, plan
+
+
+def _config(rng, tmp_path, name, **overrides):
+    values = dict(
+        image_size=8,
+        batch_size_per_replica=8,
+        epochs=2,
+        steps_per_epoch=11,
+        eval_steps=2,
+        log_every_steps=4,
+        seed=int(rng.integers(1000)),
+        warmup_epochs=0.5,
+        model_dir=str(tmp_path / name),
+    )
+    values.update(overrides)
+    return config_lib.make_config(**values)
+
+
+def _weights(model_dir):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
+    return {name: reader.get_tensor(name) for name in names}
+
+
+def _step_losses(model_dir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(
+        os.path.join(model_dir, "tensorboard", "train"), size_guidance={"tensors": 0}
+    )
+    events.Reload()
+    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("step/loss")}
+
+
+def test_k_steps_per_call_train_and_log_as_one_step_per_call(rng, tmp_path):
+    seed = int(rng.integers(1000))
+    one = classify.train(_config(rng, tmp_path, "k1", seed=seed, steps_per_loop=1))
+    many = classify.train(_config(rng, tmp_path, "k5", seed=seed, steps_per_loop=5))
+    first, second = _weights(one["outputs"]["model_dir"]), _weights(many["outputs"]["model_dir"])
+    assert first.keys() == second.keys() and first
+    for name in first:
+        np.testing.assert_allclose(second[name], first[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for a, b in zip(one["epochs"], many["epochs"]):
+        a, b = EpochRecord.from_json(a), EpochRecord.from_json(b)
+        assert a.train == pytest.approx(b.train, rel=1e-5)
+        assert a.val == pytest.approx(b.val, rel=1e-5)
+    losses_one, losses_many = (
+        _step_losses(one["outputs"]["model_dir"]),
+        _step_losses(many["outputs"]["model_dir"]),
+    )
+    assert sorted(losses_one) == list(range(0, 22, 4))
+    assert sorted(losses_many) == sorted(losses_one)
+    for step, loss in losses_one.items():
+        assert losses_many[step] == pytest.approx(loss, rel=1e-5)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_k_steps_per_call_resume_exactly_at_a_mid_epoch_checkpoint(rng, tmp_path, monkeypatch):
+    seed = int(rng.integers(1000))
+    reference = classify.train(
+        _config(rng, tmp_path, "whole", seed=seed, steps_per_loop=4, checkpoint_every_steps=6)
+    )
+    config = _config(rng, tmp_path, "killed", seed=seed, steps_per_loop=4, checkpoint_every_steps=6)
+    real_save = checkpoints.Checkpointer.save
+
+    def save_then_die(self, epoch, step_in_epoch, global_step):
+        path = real_save(self, epoch, step_in_epoch, global_step)
+        if (epoch, step_in_epoch) == (1, 6):
+            raise _Killed()
+        return path
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
+    with pytest.raises(_Killed):
+        classify.train(config)
+    monkeypatch.setattr(checkpoints.Checkpointer, "save", real_save)
+    resumed = classify.train(config)
+    assert resumed["epochs"][1]["resumed_at_step"] == 6
+    first, second = _weights(reference["outputs"]["model_dir"]), _weights(config.model_dir)
+    for name in first:
+        np.testing.assert_allclose(second[name], first[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    with open(os.path.join(config.model_dir, "results.json"), encoding="utf-8") as handle:
+        assert [r["epoch"] for r in json.load(handle)["epochs"]] == [0, 1]

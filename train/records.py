@@ -1,0 +1,76 @@
+"""The epoch record and the run summary of ``results.json``, for every task.
+
+``EpochRecord`` is what one epoch leaves: its train and validation metrics,
+the learning rate it started with, its speed and where it resumed.  The loop
+creates it, ``train.outputs`` writes it, and the studies and summaries read
+it back with ``EpochRecord.from_json``; its JSON form is the one
+``results.json`` has always had.
+
+``summarize`` turns the records into the run's headline figures, named after
+the task's primary validation metric ``m``: ``final_m``,
+``median_last5_m`` (§4.1 reports "the median error rate of the final 5
+epochs"), ``best_m`` and ``best_epoch``, then ``final_`` of every other
+validation metric, and the median speed.
+"""
+
+import dataclasses
+import statistics
+
+LAST_EPOCHS_FOR_MEDIAN = 5
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    """One epoch of one run.
+
+    ``images_per_sec`` counts the task's examples (images or clips) over the
+    steps this attempt trained; ``resumed_at_step`` is the step a resumed
+    epoch started at (0 otherwise); ``epoch`` counts from 0.
+    """
+
+    epoch: int
+    train: dict
+    val: dict
+    learning_rate: float
+    images_per_sec: float
+    seconds: float
+    resumed_at_step: int = 0
+
+    def as_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, payload):
+        """A record from its ``results.json`` form; ValueError if it is not one."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        if not isinstance(payload, dict) or not names.issuperset(payload):
+            raise ValueError(f"not an epoch record: {payload!r:.200}")
+        try:
+            return cls(**payload)
+        except TypeError as error:
+            raise ValueError(f"not an epoch record ({error}): {payload!r:.200}") from None
+
+    def logs(self):
+        """Keras-style logs: train metrics, then ``val_``-prefixed validation metrics."""
+        return {**self.train, **{f"val_{name}": value for name, value in self.val.items()}}
+
+
+def summarize(records, metric="top1_error", lower_is_better=True):
+    """The headline figures of ``records`` (EpochRecords, in epoch order)."""
+    if not records:
+        return {}
+    values = [record.val[metric] for record in records]
+    pick = min if lower_is_better else max
+    best = pick(range(len(values)), key=values.__getitem__)
+    summary = {
+        f"final_{metric}": values[-1],
+        f"median_last5_{metric}": statistics.median(values[-LAST_EPOCHS_FOR_MEDIAN:]),
+        f"best_{metric}": values[best],
+        "best_epoch": records[best].epoch,
+    }
+    for name, value in records[-1].val.items():
+        summary.setdefault(f"final_{name}", value)
+    # The first epoch includes tracing and warm-up; leave it out if we can.
+    speeds = [record.images_per_sec for record in records[1:]] or [records[0].images_per_sec]
+    summary["images_per_sec"] = statistics.median(speeds)
+    return summary

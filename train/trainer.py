@@ -1,0 +1,156 @@
+"""The training machinery shared by every task: set-up, the loop, the outputs.
+
+``run(task, config)`` is a whole job for any ``gn_keras.train.task.Task``:
+seed and dtype policy → strategy (created once) → the task's data → model
+and optimizer in the strategy's scope → ``train.steps.StepRunner`` →
+``train.loop.run_epochs`` with ``train.checkpoints`` and ``train.outputs``
+→ the task's export, staged and swapped in → a barrier for multi-worker
+jobs.  ``prepare`` stops before the first step (benchmarks use it).
+
+The config is any object with the fields of ``train.config.TrainConfig``'s
+execution, optimizer and output settings; a task's own config adds fields.
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from gn_keras.train import checkpoints, loop, outputs, steps
+from gn_keras.train import optimizer as optimizer_lib
+from gn_keras.train import strategy as strategy_lib
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run trains with, before any step is taken."""
+
+    task: object
+    data: object  # train.task.TaskData
+    plan: loop.LoopPlan
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    runner: steps.StepRunner
+
+
+def prepare(task, config, strategy):
+    """Data, model, optimizer and compiled steps of a run (no outputs yet).
+
+    The model, optimizer and metrics are built in ``strategy``'s scope; the
+    optimizer is built too, so a checkpoint restores into existing slots.
+    """
+    data = task.make_data(config, strategy)
+    plan = loop.LoopPlan(
+        epochs=config.epochs,
+        steps_per_epoch=data.steps_per_epoch,
+        eval_steps=data.eval_steps,
+        global_batch_size=data.global_batch_size,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        log_every_steps=config.log_every_steps,
+        steps_per_loop=config.steps_per_loop,
+    )
+    with strategy.scope():
+        model = task.build_model(config, data)
+        schedule = optimizer_lib.make_schedule(config, data.global_batch_size, plan.steps_per_epoch)
+        optimizer = optimizer_lib.make_optimizer(config, schedule)
+        optimizer.build(model.trainable_variables)
+        evaluator = task.make_evaluator(data)
+    runner = steps.StepRunner(
+        strategy,
+        model,
+        optimizer,
+        task=task,
+        global_batch_size=data.global_batch_size,
+        evaluator=evaluator,
+        weight_decay=config.weight_decay,
+        decayed_variables=optimizer_lib.decayed_variables(model, config.decay_norm_params),
+        jit_compile=config.jit_compile,
+    )
+    return Prepared(task, data, plan, model, optimizer, runner)
+
+
+def run_info(config, strategy, prepared):
+    """The facts of a run that ``results.json`` records next to its flags."""
+    return {
+        "task": prepared.task.name,
+        "strategy": strategy_lib.strategy_name(strategy),
+        "num_replicas": strategy.num_replicas_in_sync,
+        "num_workers": strategy_lib.num_workers(strategy),
+        "global_batch_size": prepared.data.global_batch_size,
+        "peak_learning_rate": optimizer_lib.peak_learning_rate(
+            config, prepared.data.global_batch_size
+        ),
+        "steps_per_epoch": prepared.plan.steps_per_epoch,
+        "eval_steps": prepared.plan.eval_steps,
+        **prepared.data.info,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def _checked_callbacks(callbacks):
+    """``callbacks=`` as a list; anything but Keras callbacks is refused."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback) or not isinstance(callbacks, list | tuple):
+        raise ValueError(
+            f"callbacks={callbacks!r} is invalid: expected a list of keras.callbacks.Callback."
+        )
+    for callback in callbacks:
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ValueError(f"callbacks: {callback!r} is not a keras.callbacks.Callback.")
+    return list(callbacks)
+
+
+def _run_in(task, config, strategy, callbacks):
+    prepared = prepare(task, config, strategy)
+    evaluator = prepared.runner.evaluator
+    run_outputs = outputs.RunOutputs(
+        config.model_dir,
+        strategy,
+        config.as_dict(),
+        prepared.data.preprocessing,
+        run_info(config, strategy, prepared),
+        metric=evaluator.primary_metric,
+        lower_is_better=evaluator.lower_is_better,
+    )
+    checkpointer = checkpoints.Checkpointer(
+        strategy,
+        prepared.model,
+        prepared.optimizer,
+        run_outputs.paths["checkpoints"],
+        max_to_keep=config.keep_checkpoints,
+    )
+    training_run = loop.TrainingRun(
+        prepared.runner, prepared.data, checkpointer, run_outputs, prepared.plan
+    )
+    results = loop.run_epochs(training_run, callbacks)
+
+    def export(model, directory, verify):
+        task.export(model, directory, prepared.data, verify)
+
+    run_outputs.export(prepared.model, export)
+    strategy_lib.wait_for_all_workers(strategy)
+    return results
+
+
+def run(task, config, *, strategy=None, callbacks=None):
+    """Run a whole training job of ``task``; return the ``results.json`` contents.
+
+    Args:
+      task: a ``gn_keras.train.task.Task``.
+      config: the run's validated config.
+      strategy: an existing ``tf.distribute.Strategy``; by default one is
+        created from ``config.strategy`` (a process can only create a
+        multi-worker strategy once, so callers running several jobs pass it).
+      callbacks: a list of ``keras.callbacks.Callback`` (see ``train.loop``).
+    """
+    callbacks = _checked_callbacks(callbacks)
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        if strategy is None:
+            strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
+        return _run_in(task, config, strategy, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
