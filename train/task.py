@@ -30,9 +30,10 @@ and TensorBoard.  A task supplies only what is its own, in this order
    epoch's validation metrics.  ``primary_metric`` names the one that picks
    ``best.keras`` and the summary of ``results.json``, and
    ``lower_is_better`` its direction.
-5. **export**: ``export(model, directory, data)`` writes the serving
+5. **export**: ``export(model, directory, data, verify)`` writes the serving
    artefacts (a SavedModel with the task's own signature) into a staging
-   directory that the machinery then moves into place.
+   directory that the machinery then moves into place; ``verify`` (true on
+   the chief) asks it to check them against the Keras model.
 
 A new task is a class with these methods (``Task`` below spells out the
 protocol); the machinery never looks inside the batch or the outputs.
@@ -51,8 +52,8 @@ class TaskData:
     return functions of a ``tf.distribute.InputContext`` that give
     per-replica batches; an epoch's order must depend only on (seed, epoch)
     so that a resumed epoch can skip the ``skip_steps`` batches it trained.
-    ``examples_per_step`` counts what ``examples/s`` is measured in (images,
-    clips) per global step.
+    ``info`` holds task-specific facts for ``results.json`` (e.g. example
+    counts); ``extras`` whatever else the task keeps for itself.
     """
 
     train_dataset_fn: Callable[[int, int], Callable]
@@ -97,4 +98,4 @@ class Task(Protocol):
 
     def make_evaluator(self, data: TaskData) -> Evaluator: ...
 
-    def export(self, model, directory, data: TaskData) -> dict: ...
+    def export(self, model, directory, data: TaskData, verify: bool) -> None: ...
