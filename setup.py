@@ -41,6 +41,7 @@ setup(
             "gn-export=gn_keras.train.export:run",
             "gn-finetune=gn_keras.train.finetune:run",
             "gn-study=gn_keras.train.study:run",
+            "gn-convert=gn_keras.train.convert:run",
         ],
     },
     extras_require={
@@ -52,7 +53,14 @@ setup(
             "ruff==0.17.6",
             # Other Keras backends, so the layer is checked on them too.
             "jax[cpu]",
-            "torch==2.13.0",
+            # torch with the torchvision built for it (PyPI's torchvision does
+            # not load beside the +cpu torch wheel): the Keras torch backend
+            # and gn-convert's reference, with timm, whose ResNets share
+            # torchvision's names, and safetensors for .safetensors files.
+            "torch==2.14.1",
+            "torchvision==0.29.1",
+            "timm==1.0.29",
+            "safetensors==0.8.0",
             # Runtimes this project did not write, to check exported models:
             # tf2onnx >= 1.17 is the first without an old protobuf pin that
             # clashes with TensorFlow 2.20.
