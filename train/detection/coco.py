@@ -1,0 +1,221 @@
+"""Reading a COCO-format detection set: JSON annotations plus an image folder.
+
+``read_coco(annotation_file, image_dir)`` checks every record once, up
+front, and returns a :class:`CocoSet`: the images with their valid
+annotations, the category list (COCO ids mapped to contiguous classes
+1..K, sorted by id) and the ground truth as a COCO dict for evaluation.
+
+Segmentations may be polygons, uncompressed RLE (``counts`` a list) or
+compressed RLE (``counts`` a string); pycocotools decodes all three
+(:func:`instance_masks`). Crowd regions (``iscrowd=1``) are kept in the
+evaluation ground truth, where COCOeval ignores detections on them, and are
+left out of training targets.
+
+A bad record (box outside the image, zero area, unknown image or category
+id, an unreadable segmentation, a missing image file) is skipped, and one
+warning counts them and names the first few, so a long training never
+stops on one; with ``strict=True`` the first one raises a one-line
+``ValueError`` naming the file and the record instead.
+"""
+
+import collections
+import dataclasses
+import json
+import os
+
+import numpy as np
+from absl import logging
+from pycocotools import mask as mask_utils
+
+BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding) before it is refused
+SHOWN_PROBLEMS = 5
+
+
+@dataclasses.dataclass
+class ImageRecord:
+    image_id: int
+    path: str
+    height: int
+    width: int
+    annotations: list  # dicts: id, bbox (x, y, w, h), label (1..K), iscrowd, segmentation
+
+
+@dataclasses.dataclass
+class CocoSet:
+    images: list
+    category_ids: list  # COCO category id of class 1, 2, ..., K
+    category_names: list
+    ground_truth: dict  # COCO-format dict of the kept images and annotations
+    skipped: dict  # reason -> count
+
+    @property
+    def num_classes(self):
+        return len(self.category_ids)
+
+
+class _Problems:
+    """Collects bad records, or raises on the first one when strict."""
+
+    def __init__(self, source, strict):
+        self.source, self.strict = source, strict
+        self.counts = collections.Counter()
+        self.examples = []
+
+    def add(self, record, reason):
+        if self.strict:
+            raise ValueError(f"{self.source}: {record}: {reason}.")
+        self.counts[reason.split(" (")[0]] += 1
+        if len(self.examples) < SHOWN_PROBLEMS:
+            self.examples.append(f"{record} ({reason})")
+
+    def report(self):
+        total = sum(self.counts.values())
+        if total:
+            shown = "; ".join(self.examples)
+            more = "" if total <= len(self.examples) else f"; and {total - len(self.examples)} more"
+            logging.warning(
+                "%s: skipped %d bad record(s) %s: %s%s",
+                self.source,
+                total,
+                dict(self.counts),
+                shown,
+                more,
+            )
+
+
+def _load_json(annotation_file):
+    try:
+        with open(annotation_file, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{annotation_file}: cannot read COCO annotations: {error}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{annotation_file}: COCO annotations need a list {key!r}.")
+    return data
+
+
+def _segmentation_problem(segmentation, height, width):
+    if isinstance(segmentation, list):
+        if not segmentation or not all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation
+        ):
+            return "polygon with fewer than 3 points"
+        return None
+    if isinstance(segmentation, dict):
+        if list(segmentation.get("size", ())) != [height, width]:
+            return f"RLE size {segmentation.get('size')} is not the image's [{height}, {width}]"
+        if not isinstance(segmentation.get("counts"), (list, str)):
+            return "RLE without counts"
+        return None
+    return "no segmentation"
+
+
+def _annotation_problem(annotation, image, labels):
+    """The reason ``annotation`` is unusable, or None."""
+    if image is None:
+        return f"unknown image id {annotation.get('image_id')!r}"
+    if annotation.get("category_id") not in labels:
+        return f"unknown category id {annotation.get('category_id')!r}"
+    box = annotation.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        return "bbox is not [x, y, w, h]"
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return f"zero area (bbox {box})"
+    height, width = image["height"], image["width"]
+    tol = BOX_TOLERANCE
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        return f"box outside image (bbox {box}, image {width}x{height})"
+    return _segmentation_problem(annotation.get("segmentation"), height, width)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_images(data, image_dir, problems):
+    images = {}
+    for image in data["images"]:
+        record = f"image id {image.get('id')!r}"
+        name = image.get("file_name")
+        size = (image.get("height"), image.get("width"))
+        if not isinstance(name, str) or not all(isinstance(s, int) and s > 0 for s in size):
+            problems.add(record, "needs file_name, height and width")
+            continue
+        path = os.path.join(image_dir, name)
+        if not os.path.isfile(path):
+            problems.add(record, f"missing file {path}")
+            continue
+        images[image["id"]] = dict(image, path=path)
+    return images
+
+
+def read_coco(annotation_file, image_dir, strict=False):
+    """Read and check a COCO detection set; see the module docstring."""
+    data = _load_json(annotation_file)
+    problems = _Problems(annotation_file, strict)
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    labels = {c["id"]: index for index, c in enumerate(categories, start=1)}
+    images = _read_images(data, image_dir, problems)
+    kept = collections.defaultdict(list)
+    for annotation in data["annotations"]:
+        image = images.get(annotation.get("image_id"))
+        reason = _annotation_problem(annotation, image, labels)
+        if reason is not None:
+            problems.add(f"annotation id {annotation.get('id')!r}", reason)
+            continue
+        kept[annotation["image_id"]].append(annotation)
+    problems.report()
+    records = [
+        ImageRecord(
+            image_id=image_id,
+            path=image["path"],
+            height=image["height"],
+            width=image["width"],
+            annotations=[
+                dict(a, label=labels[a["category_id"]], iscrowd=int(a.get("iscrowd", 0)))
+                for a in kept[image_id]
+            ],
+        )
+        for image_id, image in images.items()
+    ]
+    ground_truth = {
+        "images": [{k: v for k, v in images[r.image_id].items() if k != "path"} for r in records],
+        "annotations": [_ground_truth_annotation(a, r) for r in records for a in r.annotations],
+        "categories": categories,
+    }
+    return CocoSet(
+        images=records,
+        category_ids=[c["id"] for c in categories],
+        category_names=[c.get("name", str(c["id"])) for c in categories],
+        ground_truth=ground_truth,
+        skipped=dict(problems.counts),
+    )
+
+
+def _ground_truth_annotation(annotation, record):
+    area = annotation.get("area")
+    if not _is_number(area) or area <= 0:
+        area = float(mask_utils.area(_rle(annotation["segmentation"], record.height, record.width)))
+    keep = ("id", "image_id", "category_id", "bbox", "segmentation")
+    return dict({k: annotation[k] for k in keep}, area=area, iscrowd=annotation["iscrowd"])
+
+
+def _rle(segmentation, height, width):
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def instance_masks(record, annotations=None):
+    """[N, H, W] uint8 masks of ``annotations`` (default all) of ``record``."""
+    annotations = record.annotations if annotations is None else annotations
+    masks = [
+        mask_utils.decode(_rle(a["segmentation"], record.height, record.width)) for a in annotations
+    ]
+    if not masks:
+        return np.zeros((0, record.height, record.width), np.uint8)
+    return np.stack(masks).astype(np.uint8)
