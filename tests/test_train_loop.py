@@ -90,7 +90,8 @@ def _config(rng, tmp_path, name, **overrides):
 
 def _weights(model_dir):
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
+    # Keras 3 models are tracked through the optimizer: weights, momenta, iterations.
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("optimizer/"))
     return {name: reader.get_tensor(name) for name in names}
 
 

@@ -21,6 +21,7 @@ import os
 import shutil
 
 import tensorflow as tf
+from absl import logging
 
 from gn_keras.train import records as records_lib
 from gn_keras.train import strategy as strategy_lib
@@ -106,14 +107,39 @@ class RunOutputs:
         }
 
     def resume(self, completed_epochs):
-        """Keep the epoch records a checkpoint covers; drop the rest."""
-        if os.path.exists(self.paths["results"]):
-            previous = read_json(self.paths["results"]).get("epochs", [])
-            self.records = [
-                records_lib.EpochRecord.from_json(r)
-                for r in previous
-                if r["epoch"] < completed_epochs
-            ]
+        """Keep the epoch records a checkpoint covers; drop the rest.
+
+        A damaged ``results.json`` (not JSON, cut off, the wrong shape) is
+        rebuilt from the TensorBoard logs with a warning naming it; if they
+        lack an epoch too, the run stops with one line naming both.
+        """
+        path = self.paths["results"]
+        if not os.path.exists(path):
+            return
+        try:
+            previous = [records_lib.EpochRecord.from_json(r) for r in read_json(path)["epochs"]]
+        except (ValueError, KeyError, TypeError) as error:
+            previous = self._rebuild(completed_epochs, f"{type(error).__name__}: {error}")
+        self.records = [r for r in previous if r.epoch < completed_epochs]
+
+    def _rebuild(self, completed_epochs, problem):
+        path, logs = self.paths["results"], self.paths["tensorboard"]
+        problem = problem.splitlines()[0][:200] if problem.strip() else "damaged"
+        try:
+            rebuilt = records_lib.records_from_tensorboard(logs, completed_epochs)
+        except ValueError as error:
+            raise ValueError(
+                f"{path} is damaged ({problem}) and cannot be rebuilt: the TensorBoard logs in "
+                f"{logs} have {error}; put back a good copy, or start over in a new --model_dir."
+            ) from None
+        logging.warning(
+            "%s is damaged (%s); rebuilt its %d epoch record(s) from the TensorBoard logs in %s.",
+            path,
+            problem,
+            len(rebuilt),
+            logs,
+        )
+        return rebuilt
 
     def _improves(self, record):
         value = record.val[self.metric]
@@ -135,6 +161,9 @@ class RunOutputs:
         with self._writers["train"].as_default(step=record.epoch):
             tf.summary.scalar("epoch/learning_rate", record.learning_rate)
             tf.summary.scalar("epoch/images_per_sec", record.images_per_sec)
+            # With these two, results.json can be rebuilt from the logs alone.
+            tf.summary.scalar("epoch/seconds", record.seconds)
+            tf.summary.scalar("epoch/resumed_at_step", record.resumed_at_step)
         for writer in self._writers.values():
             writer.flush()
 

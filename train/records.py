@@ -14,9 +14,12 @@ validation metric, and the median speed.
 """
 
 import dataclasses
+import os
 import statistics
 
 LAST_EPOCHS_FOR_MEDIAN = 5
+# Scalars of the train split's TensorBoard log that are not train metrics.
+EPOCH_SCALARS = ("learning_rate", "images_per_sec", "seconds", "resumed_at_step")
 
 
 @dataclasses.dataclass
@@ -74,3 +77,52 @@ def summarize(records, metric="top1_error", lower_is_better=True):
     speeds = [record.images_per_sec for record in records[1:]] or [records[0].images_per_sec]
     summary["images_per_sec"] = statistics.median(speeds)
     return summary
+
+
+def _latest_scalars(log_dir):
+    """``{tag: {step: value}}`` of a TensorBoard log, the latest write of each step winning."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    scalars = {}
+    for tag in events.Tags()["tensors"]:
+        latest = {}
+        for event in sorted(events.Tensors(tag), key=lambda e: e.wall_time):
+            latest[event.step] = float(event.tensor_proto.float_val[0])
+        scalars[tag] = latest
+    return scalars
+
+
+def records_from_tensorboard(tensorboard_dir, epochs):
+    """The records of epochs ``0..epochs-1`` as the run logged them to TensorBoard.
+
+    Raises ValueError naming the first epoch or scalar the logs lack.
+    """
+    prefix = "epoch/"
+    splits = {}
+    for split in ("train", "val"):
+        scalars = _latest_scalars(os.path.join(tensorboard_dir, split))
+        splits[split] = {t[len(prefix) :]: v for t, v in scalars.items() if t.startswith(prefix)}
+    train_metrics = [name for name in splits["train"] if name not in EPOCH_SCALARS]
+    needed = [("train", n) for n in (*train_metrics, *EPOCH_SCALARS)] + [
+        ("val", n) for n in splits["val"]
+    ]
+    records = []
+    for epoch in range(epochs):
+        missing = [f"{s}/{n}" for s, n in needed if epoch not in splits[s].get(n, {})]
+        if missing or not splits["val"] or not train_metrics:
+            raise ValueError(f"no epoch/{(missing or ['val'])[0]} of epoch {epoch + 1}")
+        train = splits["train"]
+        records.append(
+            EpochRecord(
+                epoch=epoch,
+                train={n: train[n][epoch] for n in train_metrics},
+                val={n: values[epoch] for n, values in splits["val"].items()},
+                learning_rate=train["learning_rate"][epoch],
+                images_per_sec=train["images_per_sec"][epoch],
+                seconds=train["seconds"][epoch],
+                resumed_at_step=int(train["resumed_at_step"][epoch]),
+            )
+        )
+    return records

@@ -16,7 +16,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gn_keras.train import checkpoints, loop, outputs, steps
+from gn_keras.train import checkpoints, loop, outputs, settings, steps, workdir
 from gn_keras.train import optimizer as optimizer_lib
 from gn_keras.train import strategy as strategy_lib
 
@@ -102,6 +102,15 @@ def _checked_callbacks(callbacks):
 
 
 def _run_in(task, config, strategy, callbacks):
+    # Before anything is built or written: a rerun must not mix settings.
+    schedule_changes = settings.check_and_record(
+        config.model_dir,
+        settings.shaping_settings(
+            config, config.batch_size_per_replica * strategy.num_replicas_in_sync
+        ),
+        extend_epochs=config.extend_epochs,
+        write=strategy_lib.is_chief(strategy),
+    )
     prepared = prepare(task, config, strategy)
     evaluator = prepared.runner.evaluator
     run_outputs = outputs.RunOutputs(
@@ -109,7 +118,7 @@ def _run_in(task, config, strategy, callbacks):
         strategy,
         config.as_dict(),
         prepared.data.preprocessing,
-        run_info(config, strategy, prepared),
+        {**run_info(config, strategy, prepared), "schedule_changes": schedule_changes},
         metric=evaluator.primary_metric,
         lower_is_better=evaluator.lower_is_better,
     )
@@ -151,6 +160,7 @@ def run(task, config, *, strategy=None, callbacks=None):
     try:
         if strategy is None:
             strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
-        return _run_in(task, config, strategy, callbacks)
+        with workdir.claim(config.model_dir, writes=strategy_lib.is_chief(strategy)):
+            return _run_in(task, config, strategy, callbacks)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)

@@ -20,7 +20,7 @@ import os
 
 import keras
 
-from gn_keras.train import classify, data, outputs
+from gn_keras.train import classify, data, outputs, settings
 from gn_keras.train import config as config_lib
 from gn_keras.train import strategy as strategy_lib
 from gn_keras.train.records import EpochRecord
@@ -28,7 +28,6 @@ from gn_keras.train.records import EpochRecord
 # Fields that may differ between a stored run and the one asked for without
 # changing what was trained (how many checkpoints are kept, or how often,
 # decides only where a resume starts).
-_IGNORED_FIELDS = ("model_dir", "keep_checkpoints", "checkpoint_every_steps")
 
 
 @dataclasses.dataclass
@@ -71,15 +70,13 @@ def is_finished(config, results):
 
 
 def check_same_settings(config, results):
-    """Refuse a run directory that holds a run with other settings."""
-    stored = dict(results.get("flags", {}))
-    wanted = config.as_dict()
-    differing = sorted(
-        key for key in wanted if key not in _IGNORED_FIELDS and stored.get(key) != wanted[key]
+    """Refuse a run directory that holds a run with other settings (``train.settings``)."""
+    differing = settings.differences(
+        settings.compared(results.get("flags", {})), settings.compared(config.as_dict())
     )
     if differing:
         details = ", ".join(
-            f"{key}: stored {stored.get(key)!r} vs {wanted[key]!r}" for key in differing
+            f"{key}: stored {old!r} vs {new!r}" for key, (old, new) in differing.items()
         )
         raise ValueError(
             f"--out_dir holds run {config.model_dir!r} trained with other settings "

@@ -1,0 +1,148 @@
+"""The settings that shape a run, stored with it and compared on every rerun.
+
+Rerunning a command in an existing ``--model_dir`` resumes the run there.
+If a flag that changes what the run computes differs from the stored one
+(``--groups``, ``--image_size``, the data, the schedule, the global batch…)
+the checkpoint may still load, since the weight shapes fit, and the run
+would silently mix two settings and overwrite the finished export.  So the
+first attempt writes ``settings.json``; every later one compares and
+refuses a difference in one line naming the flags with their old and new
+values (a ``FlagError``: exit status 2 from the scripts).
+
+``--extend_epochs`` is the one allowed change: a larger ``--epochs``.  The
+learning-rate schedule is then rebuilt for the new length from the current
+step (a cosine or step schedule jumps there), and ``settings.json`` and
+``results.json`` record where, under ``schedule_changes``.
+
+Settings that change how a run executes but not what it computes are not
+compared: where it writes, how often it logs and checkpoints, how many
+steps go into one compiled call, XLA, and the strategy's name (its replica
+count is compared, through the global batch).
+"""
+
+import os
+
+from gn_keras._checks import FlagError
+from gn_keras.train import outputs as outputs_lib
+
+SETTINGS_FILE = "settings.json"
+NOT_COMPARED = frozenset(
+    {
+        "model_dir",
+        "keep_checkpoints",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "steps_per_loop",
+        "jit_compile",
+        "strategy",
+        "tpu",
+        "preset",
+        "extend_epochs",
+        "worker_wait_timeout",
+    }
+)
+PATH_SETTINGS = ("data_dir",)
+
+
+def compared(flags):
+    """The settings of a config's ``as_dict()`` that are compared, paths made absolute."""
+    settings = {k: v for k, v in flags.items() if k not in NOT_COMPARED}
+    for name in PATH_SETTINGS:
+        if settings.get(name):
+            settings[name] = os.path.abspath(settings[name])
+    return settings
+
+
+def shaping_settings(config, global_batch_size):
+    """The compared settings of ``config``, plus the global batch."""
+    return {**compared(config.as_dict()), "global_batch_size": global_batch_size}
+
+
+def _stored(model_dir):
+    """``(settings, schedule_changes)`` of an earlier attempt, or ``(None, [])``.
+
+    Runs written before ``settings.json`` existed are compared with the
+    flags their ``results.json`` recorded.
+    """
+    path = os.path.join(model_dir, SETTINGS_FILE)
+    if os.path.exists(path):
+        stored = _read(path)
+        return stored["settings"], stored.get("schedule_changes", [])
+    results = os.path.join(model_dir, outputs_lib.RESULTS_FILE)
+    if os.path.exists(results):
+        payload = _read(results)
+        flags = compared(payload.get("flags", {}))
+        if "global_batch_size" in payload:
+            flags["global_batch_size"] = payload["global_batch_size"]
+        return flags, []
+    return None, []
+
+
+def _read(path):
+    try:
+        payload = outputs_lib.read_json(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is unreadable ({error}); move it away to start over.") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} is not a JSON object; move it away to start over.")
+    return payload
+
+
+def differences(stored, settings):
+    """``{name: (old, new)}`` for the settings both know and that differ, epochs first."""
+    names = sorted(set(stored) & set(settings), key=lambda n: (n != "epochs", n))
+    return {n: (stored[n], settings[n]) for n in names if stored[n] != settings[n]}
+
+
+def _completed_epochs(model_dir):
+    path = os.path.join(model_dir, outputs_lib.RESULTS_FILE)
+    try:
+        return len(outputs_lib.read_json(path).get("epochs", []))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _spell(name):
+    if name == "global_batch_size":
+        return "the global batch (per-replica batch x replicas)"
+    return f"--{name}"
+
+
+def check_and_record(model_dir, settings, *, extend_epochs=False, write=True):
+    """Refuse a rerun with other settings; store them; return the schedule changes.
+
+    Args:
+      model_dir: the run's directory.
+      settings: ``shaping_settings`` of this attempt.
+      extend_epochs: allow a larger ``epochs`` than stored (``--extend_epochs``).
+      write: whether this process writes (the chief).
+    """
+    stored, changes = _stored(model_dir)
+    if stored is not None:
+        differing = differences(stored, settings)
+        epochs = differing.pop("epochs", None)
+        if differing:
+            shown = "; ".join(
+                f"{_spell(n)} {old!r} -> {new!r}" for n, (old, new) in differing.items()
+            )
+            raise FlagError(
+                f"--model_dir={model_dir} holds a run with other settings ({shown}): use a new "
+                "--model_dir, or the earlier flags to resume that run."
+            )
+        if epochs is not None:
+            old, new = epochs
+            if not extend_epochs or new < old:
+                raise FlagError(
+                    f"--model_dir={model_dir} holds a run of --epochs={old}, not {new}: use a new "
+                    "--model_dir, or add --extend_epochs to train that run longer (its "
+                    "learning-rate schedule is rebuilt for the new length from where it stands)."
+                )
+            change = {"after_epoch": _completed_epochs(model_dir), "epochs_from": old}
+            changes = [*changes, {**change, "epochs_to": new}]
+    if write:
+        os.makedirs(model_dir, exist_ok=True)
+        outputs_lib.write_json_atomically(
+            os.path.join(model_dir, SETTINGS_FILE),
+            {"settings": settings, "schedule_changes": changes},
+        )
+    return changes
