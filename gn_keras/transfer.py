@@ -26,6 +26,10 @@ import re
 
 import keras
 
+from gn_keras import _checks
+
+# C5, the last stage of a ResNet: freezing up to it freezes the whole backbone.
+MAX_FREEZE_AT = 5
 _PASSTHROUGH = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
 
 # The zoo marks stage outputs with Identity layers "C2".."C5" (VGG also
@@ -134,11 +138,7 @@ def replace_head(model, num_classes, name="finetune_logits"):
 
     The new head outputs logits (no softmax), as the project's models do.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"replace_head: argument `num_classes` must be an integer >= 2, "
-            f"got num_classes={num_classes!r}."
-        )
+    _checks.check_int(num_classes, "`num_classes`", minimum=2, where="replace_head")
     _, pooled, _ = find_head(model)
     logits = keras.layers.Dense(num_classes, name=name)(pooled)
     return keras.Model(model.input, logits, name=model.name)
@@ -148,13 +148,12 @@ def freeze_stages(model, freeze_at):
     """Freeze the stem and the first stages, as Detectron's FREEZE_AT.
 
     ``freeze_at=0`` freezes nothing, 1 the stem (C1), 2 the stem and res2
-    (C2), … 5 the whole backbone.  Returns the names of the frozen layers.
+    (C2), … 5 (:data:`MAX_FREEZE_AT`) the whole backbone.  Returns the names
+    of the frozen layers.
     """
-    if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= 5:
-        raise ValueError(
-            f"freeze_stages: argument `freeze_at` must be an integer in 0..5, "
-            f"got freeze_at={freeze_at!r}."
-        )
+    _checks.check_int(
+        freeze_at, "`freeze_at`", minimum=0, maximum=MAX_FREEZE_AT, where="freeze_stages"
+    )
     if freeze_at == 0:
         return []
     endpoints = stage_endpoints(model)

@@ -57,7 +57,7 @@ def _training_dir(tmp_path, rng):
 def test_export_command_writes_verified_artefacts(tmp_path, rng):
     model, run_dir = _training_dir(tmp_path, rng)
     out = tmp_path / "exported"
-    done = _run_export(f"--model={run_dir}", f"--output_dir={out}", "--format=onnx")
+    done = _run_export(f"--trained_model={run_dir}", f"--output_dir={out}", "--format=onnx")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "onnx: verified" in done.stdout
     for name in (
@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, rng, problem):
             json.dumps({**PREPROCESSING, "num_classes": 10})
         )
         expected = "outputs shape (None, 3) but preprocessing says num_classes=10"
-    done = _run_export(f"--model={source}", f"--output_dir={tmp_path / 'out'}")
+    done = _run_export(f"--trained_model={source}", f"--output_dir={tmp_path / 'out'}")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]

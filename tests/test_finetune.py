@@ -115,7 +115,7 @@ def test_cli_finetunes_saved_model_to_parity_beating_chance(pretrained, tmp_path
     run_dir, parity_dir = pretrained
     out = tmp_path / "parity_run"
     done = _run_cli(
-        f"--pretrained={run_dir / 'saved_model'}",
+        f"--trained_model={run_dir / 'saved_model'}",
         "--dataset=folder",
         f"--data_dir={parity_dir}",
         f"--image_size={SIZE}",
@@ -195,7 +195,7 @@ def test_rerun_resumes_from_checkpoint_and_skips_a_damaged_one(pretrained, tmp_p
     for prefix in kept:
         _damage(prefix, "truncated_data")
     done = _run_cli(
-        f"--pretrained={run_dir / 'best.keras'}",
+        f"--trained_model={run_dir / 'best.keras'}",
         "--dataset=folder",
         f"--data_dir={parity_dir}",
         f"--image_size={SIZE}",
@@ -238,21 +238,21 @@ def test_flags_give_finetuning_defaults_and_refuse_architecture_flags():
 
     values = flags.FlagValues()
     finetune.define_flags(values)
-    values(["gn-finetune", "--pretrained=runs/x", "--epochs=3"])
+    values(["gn-finetune", "--trained_model=runs/x", "--epochs=3"])
     config = finetune.config_from_flags(values)
     assert (config.batch_size_per_replica, config.decay_norm_params, config.epochs) == (2, False, 3)
     values = flags.FlagValues()
     finetune.define_flags(values)
-    values(["gn-finetune", "--pretrained=runs/x", "--norm=bn"])
+    values(["gn-finetune", "--trained_model=runs/x", "--norm=bn"])
     with pytest.raises(ValueError, match="--norm is not used by train.finetune"):
         finetune.config_from_flags(values)
     with pytest.raises(ValueError, match=r"--freeze_at=7 is invalid"):
         finetune.FinetuneOptions("runs/x", freeze_at=7)
 
 
-def test_missing_pretrained_model_is_one_line_error(tmp_path):
+def test_missing_trained_model_is_one_line_error(tmp_path):
     missing = tmp_path / "no_such_run"
-    done = _run_cli(f"--pretrained={missing}", f"--model_dir={tmp_path / 'out'}")
+    done = _run_cli(f"--trained_model={missing}", f"--model_dir={tmp_path / 'out'}")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"gn-finetune: error: {missing}: no such file or directory."

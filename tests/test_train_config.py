@@ -2,12 +2,15 @@
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 from absl import flags
 
+from gn_keras import _checks, load
+from gn_keras.train import cli
 from gn_keras.train import config as config_lib
 from gn_keras.train import flags as flags_lib
 
@@ -186,15 +189,15 @@ def test_command_line_errors_are_one_message_and_start_nothing(argv, message, tm
         (
             "gn_keras.train.finetune",
             "gn-finetune",
-            ["--pretrained={tmp}/run", "--freeze_at=9"],
+            ["--trained_model={tmp}/run", "--freeze_at=9"],
             "--freeze_at=9 is invalid",
         ),
         ("gn_keras.train.study", "gn-study", [], "--study is required"),
-        ("gn_keras.train.export", "gn-export", ["--output_dir={tmp}/out"], "--model"),
+        ("gn_keras.train.export", "gn-export", ["--output_dir={tmp}/out"], "--trained_model"),
         (
             "gn_keras.train.export",
             "gn-export",
-            ["--model={tmp}/m.keras", "--output_dir={tmp}/out", "--tolerance=0"],
+            ["--trained_model={tmp}/m.keras", "--output_dir={tmp}/out", "--tolerance=0"],
             "--tolerance must be > 0",
         ),
     ],
@@ -203,3 +206,93 @@ def test_other_scripts_give_the_same_one_line_usage_error(module, program, argv,
     argv = [a.format(tmp=tmp_path) for a in argv]
     _assert_one_line_usage_error(_run_module(module, argv), program, message)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "program, module, flag_names",
+    [
+        ("gn-export", "gn_keras.train.export", ("--trained_model", "--output_dir", "--tolerance")),
+        ("gn-finetune", "gn_keras.train.finetune", ("--trained_model", "--freeze_at", "--epochs")),
+        ("gn-study", "gn_keras.train.study", ("--study", "--out_dir", "--study_norms", "--epochs")),
+    ],
+)
+def test_help_of_each_script_lists_its_flags(program, module, flag_names):
+    # The console script (whose file defines no flag) if installed, else the module.
+    command = [program] if shutil.which(program) else [sys.executable, "-m", module]
+    completed = subprocess.run(
+        [*command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    # absl ends --help with exit status 1.
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    for name in flag_names:
+        assert f"  {name}:" in completed.stdout, (name, completed.stdout[-3000:])
+
+
+def _assert_one_line_run_error(completed, program, message):
+    """Exit status 1 and a last line naming the problem, without the --helpfull hint."""
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{program}: error: ") and message in last, completed.stderr[-3000:]
+    assert HELP_HINT not in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_an_error_inside_the_run_exits_1_without_the_usage_hint(tmp_path):
+    # A damaged TF_CONFIG is no flag: train() fails where it picks the strategy.
+    completed = subprocess.run(
+        [sys.executable, "-m", "gn_keras.train.classify", f"--model_dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "PYTHONPATH": REPO,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "TF_CONFIG": "{not json",
+        },
+    )
+    _assert_one_line_run_error(completed, "gn-train", "TF_CONFIG is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "error, status, hint",
+    [
+        (ValueError("a model layer cannot be built"), 1, False),
+        (RuntimeError("export differs"), 1, False),
+        (load.ModelFileError("m.keras", "not a .keras archive"), 1, False),
+        (_checks.FlagError("--epochs=0 is invalid"), 2, True),
+        (flags.IllegalFlagValueError("flag --strategy=gpus: bad"), 2, True),
+        ("unexpected arguments: resume", 2, True),
+    ],
+)
+def test_exit_status_is_2_only_for_usage_errors(error, status, hint, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.exit_with_error("gn-test", error)
+    # sys.exit(message) prints the message itself and exits with status 1.
+    code = exited.value.code
+    line = capsys.readouterr().err.strip() if isinstance(code, int) else str(code)
+    assert (code if isinstance(code, int) else 1) == status
+    assert len(line.splitlines()) == 1 and line.startswith("gn-test: error: ")
+    assert str(error) in line and line.endswith(HELP_HINT) == hint
+
+
+def test_config_checks_raise_usage_errors_and_generic_wording():
+    with pytest.raises(_checks.FlagError, match=r"--epochs=0 is invalid: expected a positive"):
+        config_lib.make_config(epochs=0)
+    with pytest.raises(_checks.FlagError, match=r"--momentum=1.5 is invalid: expected a number"):
+        config_lib.make_config(momentum=1.5)
+
+
+def test_script_defaults_sit_between_preset_and_explicit_values():
+    config = config_lib.make_config(
+        "paper_imagenet",
+        {"batch_size_per_replica": 2, "epochs": 5, "data_dir": "/d"},
+        epochs=3,
+    )
+    # preset < script defaults < explicit; untouched preset fields stay.
+    assert (config.batch_size_per_replica, config.epochs, config.groups) == (2, 3, 32)
+    with pytest.raises(ValueError, match="learning_rate"):
+        config_lib.make_config(None, {"learning_rate": 0.1})

@@ -1,15 +1,23 @@
 """Command-line plumbing shared by every script (gn-train, gn-finetune, gn-study, gn-export).
 
-``run_command`` parses absl flags and reports a bad flag in one line;
-``exit_with_error`` ends a script with one line on stderr and the right exit
-status; ``describe_outputs`` tells where a training run left its files.
+``run_command`` defines a script's flags, parses them and reports a bad flag
+in one line; ``exit_with_error`` ends a script with one line on stderr and
+the right exit status; ``describe_outputs`` tells where a training run left
+its files.
+
+Exit statuses: 2 for a usage error only, i.e. a bad flag, argument or
+combination of flags (absl's ``flags.Error`` while parsing, or
+``FlagError`` from the config and option checks, see
+``gn_keras._checks``), with a pointer to --helpfull; 1 for anything else
+that stops a run (a file that cannot be read, a ``ValueError`` raised deep
+in training), without the pointer.
 """
 
 import sys
 
 from absl import app, flags
 
-from gn_keras import load
+from gn_keras._checks import FlagError
 
 USAGE_ERROR_STATUS = 2  # bad flags or arguments, as argparse and POSIX tools exit
 HELP_HINT = "(run with --helpfull for all flags)"
@@ -35,23 +43,46 @@ def describe_outputs(results):
 def exit_with_error(program, error):
     """End the command ``program`` with one line on stderr, no traceback.
 
-    A file that cannot be read (``gn_keras.load.ModelFileError``) exits with
-    status 1; any other error (an exception or a message) is taken as bad
-    flags or arguments: status 2 and a pointer to --helpfull.  Not absl's
-    ``app.UsageError``, which prints the whole flag listing above the one
-    line that matters.
+    ``error`` is an exception or a message.  A message, a ``FlagError`` or
+    an absl ``flags.Error`` is a usage error: status 2 and a pointer to
+    --helpfull (not absl's ``app.UsageError``, which prints the whole flag
+    listing above the one line that matters).  Any other exception (a file
+    that cannot be read, a ``ValueError`` from deep inside a run) exits with
+    status 1 and its message alone.
     """
-    if isinstance(error, load.ModelFileError):
-        sys.exit(f"{program}: error: {error}")
-    sys.stderr.write(f"{program}: error: {error} {HELP_HINT}\n")
-    sys.exit(USAGE_ERROR_STATUS)
+    if isinstance(error, (str, FlagError, flags.Error)):
+        sys.stderr.write(f"{program}: error: {error} {HELP_HINT}\n")
+        sys.exit(USAGE_ERROR_STATUS)
+    sys.exit(f"{program}: error: {_one_line(error)}")
 
 
-def run_command(main, program):
-    """``app.run(main)`` with flag-parsing errors reported by ``exit_with_error``.
+def _one_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
-    Also checks that no positional argument is left over.
+
+def _define_key_flags(define_flags):
+    """Call ``define_flags(flags.FLAGS)``; list the flags it adds in ``--help``.
+
+    absl's ``--help`` shows the flags of the main module, i.e. of
+    ``sys.argv[0]``: a console script's file defines none, and shared flags
+    come from ``train.flags``.  Registering them for ``sys.argv[0]`` lists
+    them however the script is started.
     """
+    before = set(flags.FLAGS)
+    define_flags(flags.FLAGS)
+    for name in sorted(set(flags.FLAGS) - before):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def run_command(main, program, define_flags):
+    """Define the flags, then ``app.run(main)`` with parsing errors reported in one line.
+
+    Every script defines its flags here, when it runs (never at import), so
+    importing a script's module defines nothing.  Also checks that no
+    positional argument is left over.
+    """
+    _define_key_flags(define_flags)
 
     def parse(argv):
         try:

@@ -5,14 +5,16 @@
 command line or from Python with the same names.  Presets are named partial
 configs (``PRESETS``); values given explicitly win over the preset's.
 
-``validate_config`` is the single place that rejects a bad configuration,
-with a ``ValueError`` naming the flag and the value, before any data is read
-or any variable is created.
+``make_config`` is the one precedence rule of every script (defaults,
+preset, the script's defaults, explicit values).  ``validate_config`` is the
+single place that rejects a bad configuration, with a ``FlagError`` (a
+``ValueError``; scripts exit with status 2) naming the flag and the value,
+before any data is read or any variable is created.
 """
 
 import dataclasses
-import math
-import numbers
+
+from gn_keras import _checks
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -73,6 +75,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 3
     log_every_steps: int = 10
+    steps_per_loop: int = 1
+    extend_epochs: bool = False
     preset: str | None = None
 
     def as_dict(self):
@@ -113,18 +117,25 @@ PAPER_IMAGENET = {
 PRESETS = {"paper_imagenet": PAPER_IMAGENET}
 
 
-def make_config(preset=None, **overrides):
-    """A validated ``TrainConfig``: defaults, then the preset, then overrides."""
+def make_config(preset=None, script_defaults=None, **explicit):
+    """A validated ``TrainConfig``: the one precedence rule of every script.
+
+    Later wins: ``TrainConfig``'s defaults, the ``preset``'s recipe, the
+    calling script's own defaults (``script_defaults``, e.g. gn-finetune's
+    batch of 2 or a study's model), then the values given explicitly (the
+    flags present on the command line).
+    """
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"--preset={preset!r} is unknown; expected one of {sorted(PRESETS)}.")
+        _checks.check_choice(preset, "--preset", tuple(PRESETS))
         values.update(PRESETS[preset])
         values["preset"] = preset
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise ValueError(f"Unknown TrainConfig field(s): {unknown}.")
-    values.update(overrides)
+    for layer in (script_defaults or {}, explicit):
+        unknown = sorted(set(layer) - fields)
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig field(s): {unknown}.")
+        values.update(layer)
     config = TrainConfig(**values)
     validate_config(config)
     return config
@@ -136,31 +147,7 @@ def dataset_kind(dataset):
 
 
 def _fail(flag, value, expected):
-    raise ValueError(f"--{flag}={value!r} is invalid: expected {expected}.")
-
-
-def _check_int(config, name, minimum, optional=False):
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        _fail(name, value, f"an integer >= {minimum}" + (" or unset" if optional else ""))
-
-
-def _check_float(config, name, low, high=math.inf, low_open=False):
-    value = getattr(config, name)
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        _fail(name, value, f"a number in {bracket}{low}, {high}]")
-
-
-def _check_choice(config, name, choices):
-    value = getattr(config, name)
-    if value not in choices:
-        _fail(name, value, f"one of {', '.join(choices)}")
+    raise _checks.invalid(f"--{flag}", value, expected)
 
 
 def _check_dataset(config):
@@ -172,7 +159,7 @@ def _check_dataset(config):
     if kind not in DATASET_KINDS:
         _fail("dataset", config.dataset, f"one of {', '.join(DATASET_KINDS)} or tfds:NAME")
     if kind in ("folder", "imagenet_tfrecord") and not config.data_dir:
-        raise ValueError(
+        raise _checks.FlagError(
             f"--dataset={config.dataset} needs --data_dir: the directory holding "
             + (
                 "one sub-folder of images per class."
@@ -183,9 +170,9 @@ def _check_dataset(config):
 
 
 def _check_schedule(config):
-    _check_choice(config, "lr_schedule", LR_SCHEDULES)
+    _checks.check_choice(config.lr_schedule, "--lr_schedule", LR_SCHEDULES)
     boundaries = config.lr_boundaries
-    numeric = all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in boundaries)
+    numeric = all(_checks.is_number(b) for b in boundaries)
     if (
         not numeric
         or list(boundaries) != sorted(set(boundaries))
@@ -204,39 +191,51 @@ def _check_schedule(config):
         )
 
 
+# field -> smallest allowed value; the optional ones may also be None.
+_INTEGERS = {
+    "groups": -1,
+    "batch_size_per_replica": 1,
+    "epochs": 1,
+    "lr_reference_batch": 1,
+    "seed": 0,
+    "image_size": 8,
+    "checkpoint_every_steps": 0,
+    "keep_checkpoints": 1,
+    "log_every_steps": 1,
+    "steps_per_loop": 1,
+    "tfrecord_label_offset": 0,
+}
+_OPTIONAL_INTEGERS = {"group_size": 1, "steps_per_epoch": 1, "eval_steps": 1, "num_classes": 2}
+# field -> (low, high, low_open): the closed or half-open interval allowed.
+_NUMBERS = {
+    "base_lr": (0.0, None, True),
+    "momentum": (0.0, 1.0, False),
+    "weight_decay": (0.0, None, False),
+    "label_smoothing": (0.0, 1.0, False),
+    "warmup_epochs": (0.0, None, False),
+    "lr_decay_factor": (0.0, 1.0, True),
+}
+_CHOICES = {
+    "strategy": STRATEGIES,
+    "mixed_precision": PRECISIONS,
+    "augment": AUGMENTATIONS,
+}
+
+
 def validate_config(config):
-    """Raise ``ValueError`` naming the first bad flag and its value."""
-    for name, minimum in (
-        ("groups", -1),
-        ("batch_size_per_replica", 1),
-        ("epochs", 1),
-        ("lr_reference_batch", 1),
-        ("seed", 0),
-        ("image_size", 8),
-        ("checkpoint_every_steps", 0),
-        ("keep_checkpoints", 1),
-        ("log_every_steps", 1),
-        ("tfrecord_label_offset", 0),
-    ):
-        _check_int(config, name, minimum)
+    """Raise ``FlagError`` (a ``ValueError``) naming the first bad flag and its value."""
+    for name, minimum in _INTEGERS.items():
+        _checks.check_int(getattr(config, name), f"--{name}", minimum=minimum)
     if config.groups == 0:
         _fail("groups", 0, "a positive group count, or -1 for one channel per group")
-    for name, minimum in (
-        ("group_size", 1),
-        ("steps_per_epoch", 1),
-        ("eval_steps", 1),
-        ("num_classes", 2),
-    ):
-        _check_int(config, name, minimum, optional=True)
-    _check_float(config, "base_lr", 0.0, low_open=True)
-    _check_float(config, "momentum", 0.0, 1.0)
-    _check_float(config, "weight_decay", 0.0)
-    _check_float(config, "label_smoothing", 0.0, 1.0)
-    _check_float(config, "warmup_epochs", 0.0)
-    _check_float(config, "lr_decay_factor", 0.0, 1.0, low_open=True)
-    _check_choice(config, "strategy", STRATEGIES)
-    _check_choice(config, "mixed_precision", PRECISIONS)
-    _check_choice(config, "augment", AUGMENTATIONS)
+    for name, minimum in _OPTIONAL_INTEGERS.items():
+        _checks.check_int(getattr(config, name), f"--{name}", minimum=minimum, optional=True)
+    for name, (low, high, low_open) in _NUMBERS.items():
+        _checks.check_number(
+            getattr(config, name), f"--{name}", low=low, high=high, low_open=low_open
+        )
+    for name, choices in _CHOICES.items():
+        _checks.check_choice(getattr(config, name), f"--{name}", choices)
     _check_schedule(config)
     _check_dataset(config)
     if not config.model_dir:

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
+from gn_keras._checks import FlagError
 from gn_keras.train import config as config_lib
 from gn_keras.train import sources
 
@@ -204,7 +205,7 @@ def steps_per_epoch(config, source, global_batch_size):
         return config.steps_per_epoch
     full = source.num_train // global_batch_size
     if full == 0:
-        raise ValueError(
+        raise FlagError(
             f"--batch_size_per_replica={config.batch_size_per_replica} gives a global batch "
             f"of {global_batch_size}, larger than the {source.num_train} training examples "
             f"of --dataset={config.dataset}; use a smaller batch or set --steps_per_epoch."
@@ -215,7 +216,7 @@ def steps_per_epoch(config, source, global_batch_size):
 def eval_steps(config, source, global_batch_size):
     """Global batches covering the validation set once, capped by ``--eval_steps``."""
     if source.num_eval == 0:
-        raise ValueError(
+        raise FlagError(
             f"--dataset={config.dataset} has no validation examples; "
             "expected a non-empty validation (or test) split."
         )

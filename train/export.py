@@ -1,6 +1,6 @@
 """``python -m gn_keras.train.export`` (console script ``gn-export``): models for other runtimes.
 
-Reads a trained model (a ``.keras`` file, a SavedModel written by
+Reads ``--trained_model`` (a ``.keras`` file, a SavedModel written by
 ``gn_keras.export``, or a training ``--model_dir``) with its
 ``preprocessing.json``, and writes into ``--output_dir``:
 
@@ -15,12 +15,11 @@ Reads a trained model (a ``.keras`` file, a SavedModel written by
 
 Every artefact is verified right after writing; a file problem or a
 mismatch beyond ``--tolerance`` ends the command with a one-line error and
-exit status 1.
+exit status 1 (a bad flag: status 2, see ``train.cli``).
 """
 
 import json
 import os
-import sys
 
 import numpy as np
 from absl import flags, logging
@@ -30,41 +29,51 @@ from gn_keras.train import cli
 
 FORMATS = ("saved_model", "onnx", "tflite")
 
-flags.DEFINE_string(
-    "model",
-    None,
-    "A .keras file, a SavedModel directory, or a training --model_dir (best.keras is used).",
-)
-flags.DEFINE_string("output_dir", None, "Directory to write the exports into.")
-flags.DEFINE_string(
-    "preprocessing",
-    None,
-    "preprocessing.json to use; default: the one beside the model (or inside its SavedModel).",
-)
-flags.DEFINE_multi_enum(
-    "format",
-    ["saved_model"],
-    FORMATS,
-    "Artefacts to write; saved_model and model.keras are always "
-    "written. Repeat the flag: --format=onnx --format=tflite.",
-)
-flags.DEFINE_float(
-    "tolerance",
-    None,
-    "Largest allowed |export - Keras| relative to "
-    "max(1, max |Keras|) on the check batch; default max(1e-4, 8 eps "
-    "of the model's least precise compute dtype): 1e-4 for float32, "
-    "7.8e-3 for float16, 6.25e-2 for bfloat16 (the SavedModel); ONNX "
-    "and LiteRT hold and are checked against the float32 twin of a "
-    "mixed-precision model, at 1e-4.",
-)
-flags.register_validator(
-    "tolerance",
-    lambda value: value is None or value > 0,
-    message="--tolerance must be > 0 (it bounds a relative difference)",
-)
-flags.mark_flags_as_required(["model", "output_dir"])
-FLAGS = flags.FLAGS
+
+def define_flags(flag_values=flags.FLAGS):
+    """The flags of ``gn-export`` on ``flag_values``."""
+    flags.DEFINE_string(
+        "trained_model",
+        None,
+        "The model to export: a .keras file, a SavedModel directory, or a training "
+        "--model_dir (best.keras is used).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "output_dir", None, "Directory to write the exports into.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "preprocessing",
+        None,
+        "preprocessing.json to use; default: the one beside the model (or inside its SavedModel).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_multi_enum(
+        "format",
+        ["saved_model"],
+        FORMATS,
+        "Artefacts to write; saved_model and model.keras are always "
+        "written. Repeat the flag: --format=onnx --format=tflite.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "tolerance",
+        None,
+        "Largest allowed |export - Keras| relative to "
+        "max(1, max |Keras|) on the check batch; default max(1e-4, 8 eps "
+        "of the model's least precise compute dtype): 1e-4 for float32, "
+        "7.8e-3 for float16, 6.25e-2 for bfloat16 (the SavedModel); ONNX "
+        "and LiteRT hold and are checked against the float32 twin of a "
+        "mixed-precision model, at 1e-4.",
+        flag_values=flag_values,
+    )
+    flags.register_validator(
+        "tolerance",
+        lambda value: value is None or value > 0,
+        message="--tolerance must be > 0 (it bounds a relative difference)",
+        flag_values=flag_values,
+    )
+    flags.mark_flags_as_required(["trained_model", "output_dir"], flag_values=flag_values)
 
 
 def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None):
@@ -107,25 +116,30 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
 
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
-    if not FLAGS["verbosity"].present:
+    values = flags.FLAGS
+    if not values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines hide the result
     try:
-        model = load.load_model(FLAGS.model)
-        preprocessing = load.load_preprocessing(FLAGS.preprocessing or FLAGS.model)
+        model = load.load_model(values.trained_model)
+        preprocessing = load.load_preprocessing(values.preprocessing or values.trained_model)
         report = export_all(
-            model, FLAGS.output_dir, preprocessing, formats=FLAGS.format, tolerance=FLAGS.tolerance
+            model,
+            values.output_dir,
+            preprocessing,
+            formats=values.format,
+            tolerance=values.tolerance,
         )
-    except (ValueError, export.ExportMismatchError, OSError) as error:
-        sys.exit(f"gn-export: error: {error}")
+    except (ValueError, export.ExportMismatchError, OSError) as error:  # exit 1: see below
+        cli.exit_with_error("gn-export", error)
     for artefact, outputs in report["max_abs_difference"].items():
         worst = max(outputs.values())
         print(f"{artefact}: verified, max |export - keras| = {worst:.3g}")
-    print(f"wrote {FLAGS.output_dir}")
+    print(f"wrote {values.output_dir}")
 
 
 def run():
     """Console-script entry point (``gn-export``)."""
-    cli.run_command(main, "gn-export")
+    cli.run_command(main, "gn-export", define_flags)
 
 
 if __name__ == "__main__":

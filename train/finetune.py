@@ -1,6 +1,6 @@
 """``python -m gn_keras.train.finetune`` (console script ``gn-finetune``): transfer a trained model.
 
-Starts from ``--pretrained`` (a ``.keras`` file, a SavedModel written by
+Starts from ``--trained_model`` (a ``.keras`` file, a SavedModel written by
 ``gn_keras.export``, or a training ``--model_dir``), gives it a new head for
 the classes of ``--dataset``, optionally freezes the stem and first stages
 (``--freeze_at``, Detectron's FREEZE_AT) and turns BN into BN*
@@ -22,7 +22,8 @@ import os
 
 from absl import flags, logging
 
-from gn_keras import convert, load, transfer
+from gn_keras import _checks, convert, load, transfer
+from gn_keras._checks import FlagError
 from gn_keras.frozen_bn import FrozenBatchNormalization
 from gn_keras.train import classify, cli
 from gn_keras.train import flags as flags_lib
@@ -43,21 +44,25 @@ FINETUNE_FILE = "finetune.json"
 class FinetuneOptions:
     """What fine-tuning adds to a ``TrainConfig``."""
 
-    pretrained: str
+    trained_model: str
     freeze_at: int = 0
     freeze_bn: bool = False
 
     def __post_init__(self):
-        if not self.pretrained:
-            raise ValueError(
-                "--pretrained is required: a .keras file, a SavedModel "
+        if not self.trained_model:
+            raise FlagError(
+                "--trained_model is required: a .keras file, a SavedModel "
                 "directory or a training --model_dir."
             )
-        if isinstance(self.freeze_at, bool) or self.freeze_at not in range(6):
-            raise ValueError(
-                f"--freeze_at={self.freeze_at!r} is invalid: expected an "
-                "integer in 0..5 (0: nothing, 1: stem, 2: stem+res2, ...)."
-            )
+        _checks.check_int(
+            self.freeze_at,
+            "--freeze_at",
+            minimum=0,
+            maximum=transfer.MAX_FREEZE_AT,
+            expected=f"an integer in 0..{transfer.MAX_FREEZE_AT} (0: nothing, 1: stem, "
+            "2: stem+res2, ...)",
+        )
+        _checks.check_bool(self.freeze_bn, "--freeze_bn")
 
 
 def check_transfer(pretrained, source, preprocessing, pretrained_preprocessing, config):
@@ -65,15 +70,15 @@ def check_transfer(pretrained, source, preprocessing, pretrained_preprocessing, 
     expected = (*preprocessing["image_size"], preprocessing["channels"])
     actual = tuple(pretrained.inputs[0].shape[1:])
     if actual != expected:
-        raise ValueError(
-            f"--pretrained={source} takes images of shape {actual} but "
+        raise FlagError(
+            f"--trained_model={source} takes images of shape {actual} but "
             f"--dataset={config.dataset} with --image_size={config.image_size} gives "
             f"{expected}; set --image_size to the pre-trained size and use data with "
             f"{actual[-1]} channel(s)."
         )
     classes = preprocessing["num_classes"]
     if config.num_classes is not None and config.num_classes != classes:
-        raise ValueError(
+        raise FlagError(
             f"--num_classes={config.num_classes} but --dataset={config.dataset} has "
             f"{classes} classes; drop --num_classes or fix the data."
         )
@@ -100,12 +105,12 @@ def make_builder(options, report):
     """
 
     def build_model(config, preprocessing):
-        pretrained = load.load_model(options.pretrained)
+        pretrained = load.load_model(options.trained_model)
         check_transfer(
             pretrained,
-            options.pretrained,
+            options.trained_model,
             preprocessing,
-            load.load_preprocessing(options.pretrained),
+            load.load_preprocessing(options.trained_model),
             config,
         )
         model = pretrained
@@ -115,7 +120,7 @@ def make_builder(options, report):
         model = transfer.replace_head(model, preprocessing["num_classes"])
         frozen = transfer.freeze_stages(model, options.freeze_at)
         report.update(
-            pretrained=os.path.abspath(options.pretrained),
+            trained_model=os.path.abspath(options.trained_model),
             freeze_at=options.freeze_at,
             freeze_bn=options.freeze_bn,
             frozen_batchnorm_layers=frozen_bn,
@@ -128,17 +133,17 @@ def make_builder(options, report):
 
 
 def finetune(config, options, *, strategy=None):
-    """Fine-tune ``options.pretrained`` with ``config``; return results.json's dict."""
+    """Fine-tune ``options.trained_model`` with ``config``; return results.json's dict."""
     # Fail on a missing model or preprocessing.json before any data is read.
-    load.resolve_model_path(options.pretrained)
-    load.preprocessing_path(options.pretrained)
+    load.resolve_model_path(options.trained_model)
+    load.preprocessing_path(options.trained_model)
     # A rerun resumes through classify.train's Checkpointer, which skips a
     # damaged newest checkpoint as gn-train does (train.checkpoints).
     report = {}
-    # The network comes from --pretrained; results.json records that instead
-    # of the zoo's name and norm.
+    # The network comes from --trained_model; results.json records that
+    # instead of the zoo's name and norm.
     config = dataclasses.replace(
-        config, model=f"pretrained:{options.pretrained}", norm="pretrained"
+        config, model=f"pretrained:{options.trained_model}", norm="pretrained"
     )
     results = classify.train(config, strategy=strategy, build_model=make_builder(options, report))
     if report:
@@ -151,14 +156,10 @@ def config_from_flags(flag_values):
     """The training config of a fine-tuning run: fine-tuning defaults, then flags."""
     given = [name for name in ARCHITECTURE_FLAGS if flag_values[name].present]
     if given:
-        raise ValueError(
-            f"--{given[0]} is not used by train.finetune: the network comes from --pretrained."
+        raise FlagError(
+            f"--{given[0]} is not used by train.finetune: the network comes from --trained_model."
         )
-    config = flags_lib.config_from_flags(flag_values)
-    defaults = {
-        name: value for name, value in FINETUNE_DEFAULTS.items() if not flag_values[name].present
-    }
-    return dataclasses.replace(config, **defaults)
+    return flags_lib.config_from_flags(flag_values, script_defaults=FINETUNE_DEFAULTS)
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -166,7 +167,7 @@ def define_flags(flag_values=flags.FLAGS):
     for name, value in FINETUNE_DEFAULTS.items():  # so --help shows them
         flag_values.set_default(name, value)
     flags.DEFINE_string(
-        "pretrained",
+        "trained_model",
         None,
         "The model to start from: a .keras file, a "
         "SavedModel written by gn_keras.export, or a training --model_dir.",
@@ -175,8 +176,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer(
         "freeze_at",
         0,
-        "Freeze the stem and first stages (Detectron "
-        "FREEZE_AT): 0 nothing, 1 stem, 2 stem+res2, ... 5 backbone.",
+        "Freeze the stem and first stages (Detectron FREEZE_AT): 0 nothing, 1 stem, "
+        f"2 stem+res2, ... {transfer.MAX_FREEZE_AT} backbone.",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(
@@ -192,9 +193,9 @@ def main(argv):
     values = flags.FLAGS
     try:
         config = config_from_flags(values)
-        options = FinetuneOptions(values.pretrained, values.freeze_at, values.freeze_bn)
+        options = FinetuneOptions(values.trained_model, values.freeze_at, values.freeze_bn)
         results = finetune(config, options)
-    except ValueError as error:  # bad flags; a missing or damaged file
+    except ValueError as error:  # bad flags (exit 2); a missing or damaged file (exit 1)
         cli.exit_with_error("gn-finetune", error)
     if results.get("outputs"):
         print(cli.describe_outputs(results))
@@ -203,8 +204,7 @@ def main(argv):
 
 def run():
     """Console entry point ``gn-finetune``."""
-    define_flags(flags.FLAGS)
-    cli.run_command(main, "gn-finetune")
+    cli.run_command(main, "gn-finetune", define_flags)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """absl flags for the training scripts: one flag per ``TrainConfig`` field.
 
 Defaults come from ``TrainConfig`` itself, so the dataclass stays the one
-source of truth.  ``config_from_flags`` turns parsed flags into a validated
-config: defaults, then ``--preset``, then every flag given explicitly on the
-command line (so ``--preset=paper_imagenet --epochs=2`` keeps the preset's
-recipe but trains 2 epochs).
+source of truth, and the names a help text lists come from their registries
+(``models.available()``, ``norms.available()``, the config's tuples).
+``config_from_flags`` turns parsed flags into a validated config by
+``config.make_config``'s precedence: defaults, then ``--preset``, then the
+script's own defaults, then every flag given explicitly on the command line
+(so ``--preset=paper_imagenet --epochs=2`` keeps the preset's recipe but
+trains 2 epochs).
 """
 
 import dataclasses
 
 from absl import flags
 
+from gn_keras import _checks, models, norms
 from gn_keras.train import config as config_lib
 
 _DEFAULTS = config_lib.TrainConfig()
@@ -18,11 +22,8 @@ _DEFAULTS = config_lib.TrainConfig()
 # name -> (kind, help); kind picks the absl DEFINE_* and, for enums, the
 # allowed values.
 _FLAG_SPECS = {
-    "model": ("string", "Model name from the model zoo (models.available())."),
-    "norm": (
-        "string",
-        "Normalization: bn, sync_bn, frozen_bn, brn, gn, ln, in, wn, gn+ws, none, keras_gn.",
-    ),
+    "model": ("string", f"Model name from the model zoo: {', '.join(models.available())}."),
+    "norm": ("string", f"Normalization: {', '.join(norms.available())}."),
     "groups": (
         "integer",
         "GN groups G (-1: one channel per group). Default 8 suits "
@@ -30,7 +31,7 @@ _FLAG_SPECS = {
     ),
     "group_size": ("integer", "GN channels per group; replaces --groups when set."),
     "zero_init_residual": ("bool", "Zero-init the last norm's gamma in each residual block."),
-    "dataset": ("string", "digits | synthetic | folder | imagenet_tfrecord | tfds:NAME."),
+    "dataset": ("string", f"{' | '.join(config_lib.DATASET_KINDS)} | tfds:NAME."),
     "data_dir": ("string", "Data location for folder/imagenet_tfrecord; TFDS data_dir."),
     "image_size": ("integer", "Square input size in pixels."),
     "augment": (config_lib.AUGMENTATIONS, "Training augmentation; auto picks by dataset."),
@@ -74,6 +75,16 @@ _FLAG_SPECS = {
     "checkpoint_every_steps": ("integer", "Also checkpoint every N steps (0: epoch ends only)."),
     "keep_checkpoints": ("integer", "How many checkpoints to keep."),
     "log_every_steps": ("integer", "TensorBoard step-summary interval."),
+    "extend_epochs": (
+        "bool",
+        "Allow a larger --epochs than the run in --model_dir started with; its lr schedule is "
+        "rebuilt for the new length from the current step (recorded in results.json).",
+    ),
+    "steps_per_loop": (
+        "integer",
+        "Training steps per compiled call (orbit's steps_per_loop); the loss is read and "
+        "logged only every --log_every_steps.",
+    ),
     "preset": (tuple(config_lib.PRESETS), "Named recipe; explicit flags override it."),
 }
 
@@ -95,27 +106,25 @@ def define_flags(flag_values=flags.FLAGS):
             definer(name, default, help_text, flag_values=flag_values)
 
 
-def flag_names():
-    """The names of the training flags (``TrainConfig``'s fields)."""
-    return tuple(_FLAG_SPECS)
-
-
 def _parse_boundaries(values):
     try:
         return tuple(float(v) for v in values)
     except ValueError:
-        raise ValueError(
-            f"--lr_boundaries={','.join(values)!r} is invalid: expected "
-            "comma-separated epoch numbers, e.g. 30,60,90."
+        raise _checks.invalid(
+            "--lr_boundaries", ",".join(values), "comma-separated epoch numbers, e.g. 30,60,90"
         ) from None
 
 
-def config_from_flags(flag_values=flags.FLAGS):
-    """A validated ``TrainConfig`` from parsed flags (explicit flags win)."""
-    overrides = {}
+def config_from_flags(flag_values=flags.FLAGS, script_defaults=None):
+    """A validated ``TrainConfig`` from parsed flags (see ``config.make_config``).
+
+    ``script_defaults``: the calling script's own defaults, which beat the
+    preset's and lose to flags given on the command line.
+    """
+    explicit = {}
     for name in _FLAG_SPECS:
         if name == "preset" or not flag_values[name].present:
             continue
         value = flag_values[name].value
-        overrides[name] = _parse_boundaries(value) if name == "lr_boundaries" else value
-    return config_lib.make_config(flag_values["preset"].value, **overrides)
+        explicit[name] = _parse_boundaries(value) if name == "lr_boundaries" else value
+    return config_lib.make_config(flag_values["preset"].value, script_defaults, **explicit)

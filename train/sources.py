@@ -6,8 +6,9 @@ and yields raw ``(image, label)`` records for one input-pipeline shard:
 (``Source.encoding``).  Shuffling, augmentation, batching and padding are
 ``train.data``'s job, the same for every source.
 
-Every path problem raises one ``ValueError`` naming the flag and what was
-expected, before training starts, and no source is ever empty.
+Every path problem raises one ``FlagError`` (a ``ValueError``: a usage
+error for the scripts) naming the flag and what was expected, before
+training starts, and no source is ever empty.
 """
 
 import dataclasses
@@ -16,6 +17,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
+
+from gn_keras._checks import FlagError
 
 # The mean/std of ImageNet's RGB pixels on the 0–255 scale, the convention of
 # tf-models-official's classification parser (preprocess_ops.MEAN_RGB/STDDEV_RGB).
@@ -143,7 +146,7 @@ def _tfds_builder(name, data_dir):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(
+        raise FlagError(
             f"--dataset=tfds:{name} is not a TensorFlow Datasets name; see "
             "https://www.tensorflow.org/datasets/catalog (e.g. tfds:cifar10)."
         ) from None
@@ -168,7 +171,7 @@ def tfds_source(name, data_dir):
     builder = _tfds_builder(name, data_dir)
     features = builder.info.features
     if "image" not in features or "label" not in features:
-        raise ValueError(
+        raise FlagError(
             f"--dataset=tfds:{name} has features {sorted(features.keys())}; "
             "expected an image classification dataset with 'image' and 'label'."
         )
@@ -231,7 +234,7 @@ def imagenet_tfrecord_source(data_dir, num_classes, label_offset):
     from official.vision.dataloaders import classification_input
 
     if not os.path.isdir(data_dir):
-        raise ValueError(
+        raise FlagError(
             f"--data_dir={data_dir!r} is not a directory; expected the "
             "folder of ImageNet TFRecord shards."
         )
@@ -241,7 +244,7 @@ def imagenet_tfrecord_source(data_dir, num_classes, label_offset):
     }
     for split, found in files.items():
         if not found:
-            raise ValueError(
+            raise FlagError(
                 f"--data_dir={data_dir!r} has no {split} shards: expected files named "
                 f"{split}-NNNNN-of-NNNNN (the standard ImageNet TFRecord layout)."
             )
@@ -316,7 +319,7 @@ def _folder_splits(data_dir):
             classes, train = _list_class_folders(os.path.join(data_dir, "train"))
             eval_classes, held_out = _list_class_folders(os.path.join(data_dir, eval_name))
             if eval_classes != classes:
-                raise ValueError(
+                raise FlagError(
                     f"--data_dir={data_dir!r}: train/ has classes {classes} but "
                     f"{eval_name}/ has {eval_classes}; they must match."
                 )
@@ -333,7 +336,7 @@ def _folder_splits(data_dir):
 def folder_source(data_dir):
     """A directory with one sub-folder of images per class."""
     if not os.path.isdir(data_dir):
-        raise ValueError(
+        raise FlagError(
             f"--data_dir={data_dir!r} is not a directory; expected one "
             "sub-folder of images per class."
         )
@@ -343,7 +346,7 @@ def folder_source(data_dir):
         "at least 2 classes, and 10+ images per class (or train/ and val/ trees)"
     )
     if len(classes) < 2 or not train or not held_out:
-        raise ValueError(
+        raise FlagError(
             f"--data_dir={data_dir!r} has {len(classes)} class folder(s), {len(train)} "
             f"training and {len(held_out)} validation images; expected {expected}."
         )

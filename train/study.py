@@ -14,13 +14,13 @@ which are refused (e.g. ``--norm`` with ``--study=norms``; use
 same command skips finished runs and resumes a half-finished one.
 """
 
-import dataclasses
 import sys
 
 from absl import flags
 
+from gn_keras import _checks
+from gn_keras._checks import FlagError
 from gn_keras.train import cli, studies
-from gn_keras.train import config as config_lib
 from gn_keras.train import flags as flags_lib
 from gn_keras.train.studies import specs
 
@@ -61,8 +61,8 @@ def _integers(flag_values, name):
     try:
         return tuple(int(v) for v in values)
     except ValueError:
-        raise ValueError(
-            f"--{name}={','.join(values)!r} is invalid: expected a list of positive integers."
+        raise _checks.invalid(
+            f"--{name}", ",".join(values), "a list of positive integers"
         ) from None
 
 
@@ -80,30 +80,24 @@ def options_from_flags(flag_values=flags.FLAGS):
 def base_config_from_flags(study, flag_values=flags.FLAGS):
     """The config every run starts from: training flags and the study's defaults.
 
-    Precedence: ``TrainConfig`` defaults, ``--preset``, the study's defaults,
-    then flags given explicitly.
+    Precedence (``config.make_config``): ``TrainConfig`` defaults,
+    ``--preset``, the study's defaults, then flags given explicitly.
     """
     refused = sorted(name for name in study.controlled | {"model_dir"} if flag_values[name].present)
     if refused:
-        raise ValueError(
+        raise FlagError(
             f"--{refused[0]} cannot be set with --study={study.name}: the study sets "
             f"{', '.join(sorted(study.controlled))} per run and puts runs under "
             "--out_dir (use --study_norms, --study_batch_sizes, --study_groups or "
             "--study_group_sizes to change a grid)."
         )
-    config = flags_lib.config_from_flags(flag_values)
-    defaults = {
-        field: value for field, value in study.defaults.items() if not flag_values[field].present
-    }
-    config = dataclasses.replace(config, **defaults)
-    config_lib.validate_config(config)
-    return config
+    return flags_lib.config_from_flags(flag_values, script_defaults=study.defaults)
 
 
 def run_from_flags(flag_values=flags.FLAGS, command=""):
     """Run the study the flags describe; return its ``StudyOutcome``."""
     if flag_values["study"].value is None:
-        raise ValueError(f"--study is required: one of {', '.join(sorted(specs.STUDIES))}.")
+        raise FlagError(f"--study is required: one of {', '.join(sorted(specs.STUDIES))}.")
     study = specs.get_study(flag_values["study"].value)
     base_config = base_config_from_flags(study, flag_values)
     return studies.run_study(
@@ -120,7 +114,7 @@ def main(argv):
     command = "python -m gn_keras.train.study " + " ".join(sys.argv[1:])
     try:
         outcome = run_from_flags(flags.FLAGS, command=command)
-    except ValueError as error:  # bad flags, a conflicting out_dir, a damaged file
+    except ValueError as error:  # bad flags, a conflicting out_dir (exit 2); a damaged file (1)
         cli.exit_with_error("gn-study", error)
     runs = outcome.runs
     print(
@@ -131,8 +125,7 @@ def main(argv):
 
 def run():
     """Console entry point ``gn-study``."""
-    define_study_flags(flags.FLAGS)
-    cli.run_command(main, "gn-study")
+    cli.run_command(main, "gn-study", define_study_flags)
 
 
 if __name__ == "__main__":
