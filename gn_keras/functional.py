@@ -6,11 +6,15 @@ group's channels and every non-batch, non-channel axis, normalize, and apply
 the per-channel γ, β of Eqn. (6).  It is written against ``keras.ops`` so it
 runs on the TensorFlow, JAX and PyTorch backends.
 
-Two choices go beyond the paper's listing:
+Three choices go beyond the paper's listing:
 
-* Statistics are computed in float32 whenever the input is a 16-bit float,
-  so mixed-precision models neither overflow the sum of squares nor lose
-  the variance to rounding.  The result is cast back to the input dtype.
+* Statistics are computed in float32 whenever the input is a 16-bit float
+  (and in float64 for float64 inputs), so mixed-precision models neither
+  overflow the sum of squares nor lose the variance to rounding.  The
+  result is cast back to the input dtype.  Dtypes are compared by their
+  standardized names, since a torch or JAX dtype never equals a string.
+* Means are sums divided by the element count: ``keras.ops.mean`` computes
+  float64 inputs in float32 on the JAX and PyTorch backends.
 * γ is folded into the inverse standard deviation: a per-(sample, channel)
   scale ``a = γ/σ`` is formed on the small statistics tensor and the big
   tensor is touched once more, as ``(x − μ)·a + β``.  The fully folded
@@ -29,11 +33,20 @@ from keras import ops
 
 from gn_keras import _checks
 
-_LOW_PRECISION = ("float16", "bfloat16")
+
+def statistics_dtype(dtype):
+    """The dtype GN's statistics take for inputs of ``dtype`` (any backend's).
+
+    float64 keeps float64; everything else (16-bit floats, float32,
+    integers) is computed in float32.
+    """
+    return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
 
 
-def _statistics_dtype(dtype):
-    return "float32" if dtype in _LOW_PRECISION else dtype
+def _output_dtype(dtype):
+    """The input's dtype when it is a float, else the statistics dtype."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return dtype if keras.backend.is_float_dtype(dtype) else statistics_dtype(dtype)
 
 
 def _grouped_shape(x, axis, groups):
@@ -51,14 +64,24 @@ def _broadcast_shape(rank, axis, groups, channels):
     return shape
 
 
+def _element_count(xg, axes):
+    """Elements of ``xg`` along ``axes``, in ``xg``'s dtype (dims may be dynamic)."""
+    shape = ops.shape(xg)
+    count = 1
+    for axis in axes:
+        count = count * shape[axis]
+    return ops.cast(count, xg.dtype)
+
+
 def _moments(xg, reduce_axes, mask, axis):
     if mask is None:
         first = tuple(
             slice(0, 1) if i in reduce_axes else slice(None) for i in range(len(xg.shape))
         )
         shift = ops.stop_gradient(xg[first])
-        mean = shift + ops.mean(xg - shift, axis=reduce_axes, keepdims=True)
-        variance = ops.mean(ops.square(xg - mean), axis=reduce_axes, keepdims=True)
+        count = _element_count(xg, reduce_axes)
+        mean = shift + ops.sum(xg - shift, axis=reduce_axes, keepdims=True) / count
+        variance = ops.sum(ops.square(xg - mean), axis=reduce_axes, keepdims=True) / count
         return mean, variance
     # The mask covers every axis but the channels: give it back the channel
     # axis as (1, 1) so it broadcasts over a group's (G, C/G) entries.
@@ -73,6 +96,36 @@ def _moments(xg, reduce_axes, mask, axis):
     centred = (xg - mean) * weights
     variance = ops.sum(ops.square(centred), axis=reduce_axes, keepdims=True) / count
     return mean, variance
+
+
+def _shapes_agree(shape, expected):
+    """Equal ranks, and equal sizes wherever both are known."""
+    return len(shape) == len(expected) and all(
+        a is None or b is None or a == b for a, b in zip(shape, expected)
+    )
+
+
+def _checked_mask(mask, x, axis, where):
+    """``mask`` shaped like ``x`` without its channel axis, or a ValueError.
+
+    A mask that keeps the channel axis with size 1 (a trailing ``(..., 1)``
+    for channels_last, as tf-keras's masks do) is squeezed.  Any other shape
+    is refused: broadcasting it would silently mix up samples or positions.
+    """
+    mask = ops.convert_to_tensor(mask)
+    given_shape = shape = tuple(mask.shape)
+    input_shape = tuple(x.shape)
+    expected = input_shape[:axis] + input_shape[axis + 1 :]
+    if len(shape) == len(input_shape) and shape[axis] == 1:
+        mask = ops.squeeze(mask, axis)
+        shape = shape[:axis] + shape[axis + 1 :]
+    if not _shapes_agree(shape, expected):
+        raise ValueError(
+            f"{where}: mask of shape {given_shape} does not fit the input of "
+            f"shape {input_shape}: it must have the input's shape without its channel "
+            f"axis, {expected}, or with that axis of size 1."
+        )
+    return mask
 
 
 def group_norm(
@@ -95,21 +148,29 @@ def group_norm(
         ``1`` for a single group (LN over all non-batch axes).
       group_size: channels per group; when given it decides the group count.
       axis: the channel axis (``-1`` channels_last, ``1`` channels_first).
-      epsilon: added to the variance; the paper's default is 1e-5.
+      epsilon: added to the variance; the paper's default is 1e-5.  It must
+        be positive (Keras and torch also accept 0).
       mask: optional boolean/0-1 tensor shaped like ``x`` without its
-        channel axis, e.g. ``(N, T)`` for a sequence; masked-out positions
-        are left out of the statistics (their outputs are still computed).
+        channel axis, e.g. ``(N, T)`` for a sequence, or with that axis of
+        size 1; masked-out positions are left out of the statistics (their
+        outputs are still computed).  Other shapes raise a ``ValueError``.
 
     Returns:
-      A tensor of the shape and dtype of ``x``.
+      A tensor of the shape and dtype of ``x`` (float32 for integer ``x``).
     """
-    where = "group_norm"
+    return normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, "group_norm")
+
+
+def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where):
+    """:func:`group_norm`, with errors naming ``where`` (the layer or function)."""
     x = ops.convert_to_tensor(x)
     _checks.check_epsilon(epsilon, where)
     given_axis = axis
     axis = _checks.normalize_axis(axis, tuple(x.shape), where)
     channels = _checks.channel_count(tuple(x.shape), axis, where, given_axis)
     num_groups = _checks.resolve_groups(channels, groups, group_size, where)
+    if mask is not None:
+        mask = _checked_mask(mask, x, axis, where)
 
     # TensorFlow fast path (closed-form gradient; compiled CPU kernels, or
     # XLA-scoped TF ops): see gn_keras/tf_fast.py.  Masks and the other
@@ -120,8 +181,7 @@ def group_norm(
         if tf_fast.supports(x):
             return tf_fast.group_norm(x, gamma, beta, num_groups, axis, epsilon)
 
-    input_dtype = x.dtype
-    stats_dtype = _statistics_dtype(input_dtype)
+    stats_dtype = statistics_dtype(x.dtype)
     rank = len(x.shape)
     xg = ops.reshape(ops.cast(x, stats_dtype), _grouped_shape(x, axis, num_groups))
     reduce_axes = tuple(i for i in range(rank + 1) if i not in (0, axis))
@@ -134,4 +194,4 @@ def group_norm(
     y = (xg - mean) * scale
     if beta is not None:
         y = y + ops.reshape(ops.cast(beta, stats_dtype), per_channel)
-    return ops.cast(ops.reshape(y, ops.shape(x)), input_dtype)
+    return ops.cast(ops.reshape(y, ops.shape(x)), _output_dtype(x.dtype))

@@ -1,15 +1,16 @@
 """The ``GroupNormalization`` Keras layer: weights, validation, config.
 
 The math lives in :func:`gn_keras.functional.group_norm`; this module owns
-what makes it a layer: the per-channel γ and β (stored in float32 under a
-mixed-precision policy), argument checks at construction and build time,
-mask propagation, and a ``get_config`` that round-trips every argument.
+what makes it a layer: the per-channel γ and β (float32, or float64 under a
+float64 policy), the dtypes in and out (no input autocast; the output in
+the compute dtype), argument checks at construction and build time, mask
+propagation, and a ``get_config`` that round-trips every argument.
 """
 
 import keras
 
 from gn_keras import _checks
-from gn_keras.functional import group_norm
+from gn_keras.functional import normalize
 
 
 @keras.saving.register_keras_serializable(package="gn_keras")
@@ -38,9 +39,13 @@ class GroupNormalization(keras.layers.Layer):
       beta_initializer, gamma_initializer, beta_regularizer,
       gamma_regularizer, beta_constraint, gamma_constraint: as in Keras.
 
-    Under ``mixed_float16``/``mixed_bfloat16`` the statistics are computed in
-    float32 and γ/β stay float32; the output has the compute dtype.  A Keras
-    mask on a sequence leaves padded steps out of the statistics.
+    Inputs are never narrowed (no autocast: a float32 input under
+    ``mixed_float16`` is not rounded to float16 first); narrower ones are
+    widened to the compute dtype, which is exact.  Statistics are
+    float32 for 16-bit and float32 inputs and float64 for float64 ones; the
+    output has the policy's compute dtype.  γ/β are float32 under every
+    policy except ``float64``, where they are float64.  A Keras mask on a
+    sequence leaves padded steps out of the statistics.
 
     Example:
       >>> y = GroupNormalization(groups=32)(keras.Input((56, 56, 256)))
@@ -81,6 +86,10 @@ class GroupNormalization(keras.layers.Layer):
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
         self.supports_masking = True
+        # Keras would round float inputs to the compute dtype before call():
+        # a float32 input above 65504 would become inf under mixed_float16.
+        # The statistics are float32 anyway; the output is cast in call().
+        self.autocast = False
         self._where = where
 
     @property
@@ -95,8 +104,6 @@ class GroupNormalization(keras.layers.Layer):
             channels, self.groups, self.group_size, self._where
         )
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={axis: channels})
-        # autocast=False keeps γ/β in float32 under a mixed policy: they
-        # enter the float32 statistics, not the 16-bit tensor.
         self.gamma = self._add_affine(
             "gamma",
             channels,
@@ -118,25 +125,38 @@ class GroupNormalization(keras.layers.Layer):
     def _add_affine(self, name, channels, enabled, initializer, regularizer, constraint):
         if not enabled:
             return None
+        # γ/β enter the float32 statistics, not the 16-bit tensor: float32
+        # even under a plain float16/bfloat16 policy, whose 16-bit γ near 1
+        # could not take updates below 1e-3; float64 under float64.
+        # autocast=False keeps them so inside a mixed policy's autocast scope.
         return self.add_weight(
             shape=(channels,),
             name=name,
             initializer=initializer,
             regularizer=regularizer,
             constraint=constraint,
+            dtype=affine_dtype(self.variable_dtype),
             autocast=False,
         )
 
     def call(self, inputs, mask=None):
-        return group_norm(
+        inputs = keras.ops.convert_to_tensor(inputs)
+        if _widens(inputs.dtype, self.compute_dtype):
+            inputs = keras.ops.cast(inputs, self.compute_dtype)
+        outputs = normalize(
             inputs,
-            gamma=self.gamma,
-            beta=self.beta,
-            groups=self._resolved_groups,
-            axis=self.axis,
-            epsilon=self.epsilon,
-            mask=mask,
+            self.gamma,
+            self.beta,
+            self._resolved_groups,
+            None,
+            self.axis,
+            self.epsilon,
+            mask,
+            self._where,
         )
+        if keras.backend.standardize_dtype(outputs.dtype) != self.compute_dtype:
+            outputs = keras.ops.cast(outputs, self.compute_dtype)
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -162,3 +182,20 @@ class GroupNormalization(keras.layers.Layer):
         if self.group_size is not None and _checks.groups_is_default(self.groups):
             config["groups"] = None  # group_size decided; don't freeze a fake 32
         return config
+
+
+def _widens(dtype, compute_dtype):
+    """Whether casting ``dtype`` to ``compute_dtype`` is exact and loses nothing.
+
+    Then a float16 input under a float32 policy yields a float32 result that
+    was never rounded to float16; narrowing casts wait for the output.
+    """
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == compute_dtype or not keras.backend.is_float_dtype(compute_dtype):
+        return False
+    return keras.backend.result_type(dtype, compute_dtype) == compute_dtype
+
+
+def affine_dtype(variable_dtype):
+    """The dtype of γ/β under a policy whose variables are ``variable_dtype``."""
+    return "float64" if keras.backend.standardize_dtype(variable_dtype) == "float64" else "float32"

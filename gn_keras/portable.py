@@ -27,22 +27,13 @@ for export, which never hold the kernels (nor a custom gradient):
 """
 
 import contextlib
-import sys
 import threading
 
-from tensorflow.python.saved_model import save_context  # no public query
+from gn_keras import _internals
 
-# Keras's TensorFlow training loops: their graphs run in this process only.
-KERAS_LOOP_MODULES = ("keras.src.backend.tensorflow.trainer",)
-# Modules that trace graphs to write them out or convert them.
-EXPORTER_MODULES = (
-    "keras.src.export",
-    "tf2onnx",
-    "tensorflow.lite",
-    "tensorflow.python.saved_model",
-    "ai_edge_litert",
-)
-_MAX_FRAMES = 400
+# Module-name prefixes looked up on the call stack (see gn_keras/_internals.py).
+KERAS_LOOP_MODULES = _internals.KERAS_LOOP_MODULES
+EXPORTER_MODULES = _internals.EXPORTER_MODULES + _internals.OPTIONAL_EXPORTER_MODULES
 _state = threading.local()
 
 
@@ -68,27 +59,16 @@ def portable_ops():
 
 
 def required():
-    """Whether the graph being traced now must hold standard ops only."""
-    if getattr(_state, "depth", 0) > 0 or save_context.in_save_context():
+    """Whether the graph being traced now must hold standard ops only.
+
+    Asks private TensorFlow and Keras details: call it only when
+    :func:`gn_keras._internals.available`.
+    """
+    if getattr(_state, "depth", 0) > 0 or _internals.in_save_context():
         return True
-    return _exporter_on_stack()
+    return _internals.module_on_stack(EXPORTER_MODULES, skip=2)
 
 
 def keras_loop_on_stack():
     """Whether Keras's ``fit``/``evaluate``/``predict`` is tracing this graph."""
-    return _module_on_stack(KERAS_LOOP_MODULES)
-
-
-def _exporter_on_stack():
-    return _module_on_stack(EXPORTER_MODULES)
-
-
-def _module_on_stack(prefixes):
-    frame = sys._getframe(2)
-    for _ in range(_MAX_FRAMES):
-        if frame is None:
-            return False
-        if frame.f_globals.get("__name__", "").startswith(prefixes):
-            return True
-        frame = frame.f_back
-    return False
+    return _internals.module_on_stack(KERAS_LOOP_MODULES, skip=2)

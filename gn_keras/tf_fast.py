@@ -48,19 +48,24 @@ backward is taken by autodiff through the plain forward ops, recomputed.
 import functools
 import typing
 
+import keras
 import tensorflow as tf
-from tensorflow.python.eager import record as _tape_record  # no public query
-from tensorflow.python.framework import ops as _tf_ops
-from tensorflow.python.ops import control_flow_util as _control_flow_util
 
-from gn_keras import kernels, portable
+from gn_keras import _internals, kernels, portable
+from gn_keras.functional import statistics_dtype
 
-_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# The input dtypes the compiled kernels take (float32 statistics).
+_KERNEL_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _dtype_name(dtype):
+    return keras.backend.standardize_dtype(dtype)
 
 
 def supports(x):
     """Whether :func:`group_norm` handles ``x`` (masks are the caller's check)."""
-    return tf.is_tensor(x) and x.dtype in _FLOAT_DTYPES
+    return tf.is_tensor(x) and _dtype_name(x.dtype) in _FLOAT_DTYPES
 
 
 def group_norm(x, gamma, beta, groups, axis, epsilon):
@@ -73,7 +78,7 @@ def group_norm(x, gamma, beta, groups, axis, epsilon):
     # ``variables=`` protocol; reading it here keeps x a plain input.
     x = tf.convert_to_tensor(x)
     channels = int(x.shape[axis])
-    stats_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
+    stats_dtype = tf.as_dtype(statistics_dtype(x.dtype))
     layout = _Layout(channels, groups, axis, float(epsilon), len(x.shape), stats_dtype.name)
     gamma = _affine(gamma, channels, 1.0, stats_dtype)
     beta = _affine(beta, channels, 0.0, stats_dtype)
@@ -131,7 +136,13 @@ class _Kernels(typing.NamedTuple):
 
 
 def _choose_kernels(x, layout):
-    """The fastest implementation allowed for this call (module docstring)."""
+    """The fastest implementation allowed for this call (module docstring).
+
+    Without the private TensorFlow/Keras queries of :mod:`gn_keras._internals`
+    no graph can be told apart from an export, so every call is portable.
+    """
+    if not _internals.available():
+        return PORTABLE
     if not tf.executing_eagerly() and portable.required():
         return PORTABLE
     if _fused_allowed(x, layout) and kernels.load() is not None:
@@ -148,15 +159,15 @@ def _fused_allowed(x, layout):
     custom op), and only training graphs or Keras's own loops
     (:mod:`gn_keras.portable` says why).
     """
-    if layout.axis != layout.rank - 1 or x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+    if layout.axis != layout.rank - 1 or _dtype_name(x.dtype) not in _KERNEL_DTYPES:
         return False
     if _gpu_visible():
         return False
     if tf.executing_eagerly():
         return True
-    if _control_flow_util.GraphOrParentsInXlaContext(_tf_ops.get_default_graph()):
+    if _internals.graph_in_xla_context():
         return False
-    return _tape_record.could_possibly_record() or portable.keras_loop_on_stack()
+    return _internals.tape_could_record() or portable.keras_loop_on_stack()
 
 
 @functools.cache
@@ -176,7 +187,7 @@ def _use_xla(x):
     return (
         not tf.executing_eagerly()
         and x.shape[1:].is_fully_defined()
-        and _tape_record.could_possibly_record()
+        and _internals.tape_could_record()
     )
 
 

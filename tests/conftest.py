@@ -38,3 +38,10 @@ def _seed_global_generators(request):
     import keras
 
     keras.utils.set_random_seed(zlib.crc32(f"{SESSION_SEED}/{request.node.nodeid}".encode()))
+
+
+@pytest.fixture(params=["compiled", "tf_ops"])
+def kernels_setting(request, monkeypatch):
+    """Runs a check on the compiled kernels, then on TensorFlow ops alone."""
+    monkeypatch.setenv("GN_KERAS_KERNELS", "require" if request.param == "compiled" else "off")
+    return request.param

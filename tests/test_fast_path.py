@@ -4,7 +4,7 @@ Values are checked against the float64 NumPy reference; first and second
 derivatives against autodiff of the keras.ops implementation in float64
 (the same ``group_norm`` with the fast path switched off).  Every check runs
 eagerly and inside ``tf.function`` with static shapes.  The checks marked
-with the ``kernels_setting`` fixture run twice: on the compiled kernels of
+with the ``kernels_setting`` fixture (tests/conftest.py) run twice: on the compiled kernels of
 gn_keras/kernels (float32/16-bit channels-last inputs), and with them
 switched off, on TensorFlow ops (plain eagerly and in inference graphs,
 XLA-compiled clusters in training graphs).  float64 inputs and other
@@ -69,13 +69,6 @@ def _xla_compiled_calls(concrete_function):
         for f in library
         if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b
     ]
-
-
-@pytest.fixture(params=["compiled", "tf_ops"])
-def kernels_setting(request, monkeypatch):
-    """Runs a check on the compiled kernels, then on TensorFlow ops alone."""
-    monkeypatch.setenv("GN_KERAS_KERNELS", "require" if request.param == "compiled" else "off")
-    return request.param
 
 
 @pytest.fixture

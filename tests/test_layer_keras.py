@@ -32,6 +32,49 @@ def test_functional_mask_leaves_padding_out_of_statistics(rng, axis):
     np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_mask_with_a_size_1_channel_axis_is_squeezed(rng, axis, batch):
+    """tf-keras style masks keep the channel axis with size 1: (N, T, 1) for channels_last."""
+    mask = _lengths_mask(rng, batch, 5)
+    shape = (batch, 5, 4) if axis == -1 else (batch, 4, 5)
+    x = (rng.normal(size=shape) * 2 + 1).astype("float32")
+    layer = GroupNormalization(groups=2, axis=axis, center=False, scale=False)
+    with_channel = mask[:, None, :] if axis == 1 else mask[..., None]
+    expected = group_norm_reference(x, groups=2, axis=axis, mask=mask)
+    np.testing.assert_allclose(layer(x, mask=with_channel).numpy(), expected, atol=2e-5)
+    np.testing.assert_allclose(layer(x, mask=mask).numpy(), expected, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "mask_shape",
+    [(1, 4), (1, 5, 2), (1, 5, 4), (2, 5), (1, 5, 1, 1), (1,)],
+)
+def test_mask_of_any_other_shape_names_both_shapes(rng, mask_shape):
+    x = rng.normal(size=(1, 5, 4)).astype("float32")
+    mask = rng.integers(0, 2, size=mask_shape).astype(bool)
+    layer = GroupNormalization(groups=2)
+    with pytest.raises(
+        ValueError, match=r"mask of shape .* the input of shape \(1, 5, 4\)"
+    ) as error:
+        layer(x, mask=mask)
+    assert str(mask_shape) in str(error.value) and "(1, 5)" in str(error.value)
+    with pytest.raises(ValueError, match=r"group_norm: mask of shape"):
+        group_norm(x, groups=2, mask=mask)
+
+
+def test_mask_shape_is_checked_in_graphs_with_unknown_sizes(rng):
+    x = rng.normal(size=(2, 6, 4)).astype("float32")
+    mask = _lengths_mask(rng, 2, 6)
+    normalize = tf.function(lambda x, m: group_norm(x, groups=2, mask=m))
+    spec = tf.TensorSpec([None, None, 4])
+    traced = normalize.get_concrete_function(spec, tf.TensorSpec([None, None, 1], tf.bool))
+    expected = group_norm_reference(x, groups=2, mask=mask)
+    np.testing.assert_allclose(traced(x, mask[..., None]).numpy(), expected, atol=2e-5)
+    with pytest.raises(ValueError, match=r"mask of shape \(None, None, 2\)"):
+        normalize.get_concrete_function(spec, tf.TensorSpec([None, None, 2], tf.bool))
+
+
 def test_keras_mask_from_masking_layer(rng):
     """Padded steps (value 0 after Masking) don't change the valid steps."""
     steps, channels = 7, 12
