@@ -11,6 +11,8 @@ trained ``BatchNormalization``.
 import keras
 from keras import ops
 
+from gn_keras import _checks
+
 
 @keras.saving.register_keras_serializable(package="gn_keras")
 class FrozenBatchNormalization(keras.layers.Layer):
@@ -32,16 +34,9 @@ class FrozenBatchNormalization(keras.layers.Layer):
 
     def __init__(self, axis=-1, epsilon=1e-5, zero_init=False, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(
-                f"FrozenBatchNormalization(name={self.name!r}): argument `axis` "
-                f"must be an integer, got axis={axis!r}."
-            )
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon <= 0:
-            raise ValueError(
-                f"FrozenBatchNormalization(name={self.name!r}): argument "
-                f"`epsilon` must be a positive number, got epsilon={epsilon!r}."
-            )
+        where = f"FrozenBatchNormalization(name={self.name!r})"
+        _checks.check_int(axis, "`axis`", where=where)
+        _checks.check_epsilon(epsilon, where)
         self.axis = axis
         self.epsilon = float(epsilon)
         self.zero_init = bool(zero_init)

@@ -27,6 +27,8 @@ import zipfile
 
 import keras
 
+from gn_keras import _checks
+
 # Inside a SavedModel: the folder TensorFlow reserves for extra files.
 EXTRA_DIR = "assets.extra"
 CONFIG_FILE = "keras_model.json"
@@ -219,10 +221,10 @@ def check_preprocessing(spec, where="preprocessing"):
     if not (
         isinstance(size, (list, tuple))
         and len(size) == 2
-        and all(isinstance(s, int) and s > 0 for s in size)
+        and all(_checks.is_integer(s) and s > 0 for s in size)
     ):
         raise ValueError(f"{where}: `image_size` must be [H, W] positive integers, got {size!r}.")
-    if not isinstance(channels, int) or channels <= 0:
+    if not _checks.is_integer(channels) or channels <= 0:
         raise ValueError(f"{where}: `channels` must be a positive integer, got {channels!r}.")
     for key in ("mean", "std"):
         values = spec[key]

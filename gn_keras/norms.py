@@ -133,25 +133,34 @@ def _identity(factory, axis, zero_init, name):
     return keras.layers.Identity(name=name)
 
 
-# name -> (layer maker, conv style, whether it normalizes features)
+# name -> (layer maker, conv style, whether it normalizes features, the
+# paper's short name for tables and legends)
 _KINDS = {
-    "bn": (_batch_norm, "plain", True),
-    "sync_bn": (_sync_batch_norm, "plain", True),
-    "frozen_bn": (_frozen_batch_norm, "plain", True),
-    "brn": (_batch_renorm, "plain", True),
-    "gn": (_group_norm, "plain", True),
-    "ln": (_layer_norm, "plain", True),
-    "in": (_instance_norm, "plain", True),
-    "gn+ws": (_group_norm, "ws", True),
-    "wn": (_identity, "wn", False),
-    "keras_gn": (_keras_group_norm, "plain", True),
-    "none": (_identity, "plain", False),
+    "bn": (_batch_norm, "plain", True, "BN"),
+    "sync_bn": (_sync_batch_norm, "plain", True, "SyncBN"),
+    "frozen_bn": (_frozen_batch_norm, "plain", True, "BN*"),
+    "brn": (_batch_renorm, "plain", True, "BRN"),
+    "gn": (_group_norm, "plain", True, "GN"),
+    "ln": (_layer_norm, "plain", True, "LN"),
+    "in": (_instance_norm, "plain", True, "IN"),
+    "gn+ws": (_group_norm, "ws", True, "GN+WS"),
+    "wn": (_identity, "wn", False, "WN"),
+    "keras_gn": (_keras_group_norm, "plain", True, "Keras GN"),
+    "none": (_identity, "plain", False, "none"),
 }
 
 
 def available():
     """The normalization names ``get`` accepts."""
     return tuple(_KINDS)
+
+
+def label(name):
+    """The paper's short name of normalization ``name`` (e.g. ``BN*`` for ``frozen_bn``).
+
+    Unknown names are returned unchanged, so a table can show any run.
+    """
+    return _KINDS[name][3] if name in _KINDS else name
 
 
 class NormFactory:
@@ -168,7 +177,7 @@ class NormFactory:
         self.group_size = group_size
         self.epsilon = epsilon
         self.momentum = momentum
-        self._make_layer, self._conv_style, self.normalizes_features = _KINDS[kind]
+        self._make_layer, self._conv_style, self.normalizes_features, _ = _KINDS[kind]
 
     def __call__(self, axis=-1, zero_init=False, name=None):
         """A new normalization layer over channel ``axis``.
@@ -207,17 +216,6 @@ class NormFactory:
         )
 
 
-def _check_momentum(momentum, where):
-    if (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, (int, float))
-        or not 0 <= momentum < 1
-    ):
-        raise ValueError(
-            f"{where}: argument `momentum` must be a number in [0, 1), got momentum={momentum!r}."
-        )
-
-
 def get(name, *, groups=_checks.DEFAULT_GROUPS, group_size=None, epsilon=None, momentum=None):
     """The factory for normalization ``name`` (see :func:`available`).
 
@@ -243,7 +241,7 @@ def get(name, *, groups=_checks.DEFAULT_GROUPS, group_size=None, epsilon=None, m
     epsilon = EPSILON if epsilon is None else epsilon
     _checks.check_epsilon(epsilon, where)
     momentum = BN_MOMENTUM if momentum is None else momentum
-    _check_momentum(momentum, where)
+    _checks.check_number(momentum, "`momentum`", low=0, high=1, high_open=True, where=where)
     if name == "keras_gn" and (group_size is not None or groups is None):
         raise ValueError(
             f"{where}: keras.layers.GroupNormalization takes only `groups`, "

@@ -19,6 +19,8 @@ float32 even under a mixed-precision policy.
 import keras
 from keras import ops
 
+from gn_keras import _checks
+
 # Kernel norms are floored so an all-zero filter gives w = 0, not NaN.
 _NORM_FLOOR = 1e-12
 # BiT's weight-standardized convolution adds 1e-10 to the variance.
@@ -46,11 +48,7 @@ def kernel_norms(kernel):
 
 
 def _check_epsilon(layer, epsilon):
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon <= 0:
-        raise ValueError(
-            f"{type(layer).__name__}(name={layer.name!r}): argument `epsilon` "
-            f"must be a positive number, got epsilon={epsilon!r}."
-        )
+    _checks.check_epsilon(epsilon, f"{type(layer).__name__}(name={layer.name!r})")
 
 
 class _StandardizedKernel:

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from gn_keras._checks import FlagError
 from gn_keras.train import outputs
 from gn_keras.train.studies import feature_stats, figures, summary, tables
 
@@ -169,7 +170,7 @@ def _markdown(study, table, paths, text, runs, command):
 def write_report(study, specs, runs, study_dir, command=""):
     """Write the study's Markdown, PNGs and summary.json; return the .md path."""
     if not runs.results:
-        raise ValueError(
+        raise FlagError(
             f"--study={study.name}: none of its settings could run "
             f"({runs.not_applicable}); nothing to report."
         )

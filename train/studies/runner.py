@@ -20,6 +20,7 @@ import os
 
 import keras
 
+from gn_keras._checks import FlagError
 from gn_keras.train import classify, data, outputs, settings
 from gn_keras.train import config as config_lib
 from gn_keras.train import strategy as strategy_lib
@@ -78,7 +79,7 @@ def check_same_settings(config, results):
         details = ", ".join(
             f"{key}: stored {old!r} vs {new!r}" for key, (old, new) in differing.items()
         )
-        raise ValueError(
+        raise FlagError(
             f"--out_dir holds run {config.model_dir!r} trained with other settings "
             f"({details}); use a new --out_dir or the flags of that study."
         )

@@ -19,23 +19,8 @@ for one of those would be silently overridden, so the CLI refuses it.
 """
 
 import dataclasses
-import numbers
 
-from gn_keras import norms
-
-NORM_LABELS = {
-    "bn": "BN",
-    "sync_bn": "SyncBN",
-    "frozen_bn": "BN*",
-    "brn": "BRN",
-    "gn": "GN",
-    "ln": "LN",
-    "in": "IN",
-    "wn": "WN",
-    "gn+ws": "GN+WS",
-    "none": "none",
-    "keras_gn": "Keras GN",
-}
+from gn_keras import _checks, norms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +37,7 @@ class StudyOptions:
         known = norms.available()
         for norm in self.norms:
             if norm not in known:
-                raise ValueError(
+                raise _checks.FlagError(
                     f"--study_norms: {norm!r} is not a normalization; "
                     f"expected some of {', '.join(known)}."
                 )
@@ -63,21 +48,12 @@ class StudyOptions:
             ("study_group_sizes", self.group_sizes, "positive integers"),
         )
         for flag, values, expected in grids:
-            valid = flag == "study_norms" or all(_positive_int(v) for v in values)
+            valid = flag == "study_norms" or all(_checks.is_integer(v) and v >= 1 for v in values)
             if not values or not valid or len(set(values)) != len(values):
-                raise ValueError(
-                    f"--{flag}={','.join(map(str, values))!r} is invalid: "
-                    f"expected a list of distinct {expected}."
+                raise _checks.invalid(
+                    f"--{flag}", ",".join(map(str, values)), f"a list of distinct {expected}"
                 )
-        if not _positive_int(self.runs_per_config):
-            raise ValueError(
-                f"--runs_per_config={self.runs_per_config!r} is invalid: "
-                "expected a positive integer."
-            )
-
-
-def _positive_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+        _checks.check_int(self.runs_per_config, "--runs_per_config", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,9 +110,7 @@ class Study:
 
 def _norm_settings(options):
     return [
-        Setting(
-            norm, NORM_LABELS.get(norm, norm), {"norm": norm}, column=NORM_LABELS.get(norm, norm)
-        )
+        Setting(norm, norms.label(norm), {"norm": norm}, column=norms.label(norm))
         for norm in options.norms
     ]
 
@@ -145,7 +119,7 @@ def _batch_size_settings(options):
     return [
         Setting(
             f"{norm}_b{size}",
-            f"{NORM_LABELS[norm]}, {size} ims/replica",
+            f"{norms.label(norm)}, {size} ims/replica",
             {"norm": norm, "batch_size_per_replica": size},
             panel=norm,
             column=str(size),
@@ -181,7 +155,7 @@ def _group_settings(options):
 
 def _feature_stats_settings(options):
     return [
-        Setting(norm, NORM_LABELS[norm], {"norm": norm}, column=NORM_LABELS[norm])
+        Setting(norm, norms.label(norm), {"norm": norm}, column=norms.label(norm))
         for norm in ("none", "bn", "gn")
     ]
 
@@ -220,7 +194,7 @@ STUDIES = {
 
 
 def get_study(name):
-    """The study called ``name``; a ``ValueError`` lists the known ones."""
+    """The study called ``name``; a ``FlagError`` lists the known ones."""
     if name not in STUDIES:
-        raise ValueError(f"--study={name!r} is unknown; expected one of {sorted(STUDIES)}.")
+        raise _checks.invalid("--study", name, f"one of {', '.join(sorted(STUDIES))}")
     return STUDIES[name]
