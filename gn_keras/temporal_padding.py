@@ -1,4 +1,5 @@
-"""Padding a video's time axis by repeating its first and last frames.
+"""Video layers of the 3D models: time padding by frame repetition, and max
+pooling that runs under float16 on a CPU.
 
 An inflated 3D network (Carreira & Zisserman 2017) should see a clip of
 identical frames exactly as its 2D parent sees one frame. With zero padding
@@ -6,6 +7,13 @@ in time, a k-tap temporal kernel at the clip's ends covers fewer real frames
 than in the middle, so the ends drift from the 2D features; repeating the end
 frames keeps every position identical. The ResNet-50 I3D in ``models/`` pads
 time with this layer (``ZeroPadding3D`` stays available as an option there).
+
+TensorFlow registers no float16 CPU kernel for ``MaxPool3D`` (nor its
+gradients; float32 and bfloat16 only), so a 3D model with Keras's
+``MaxPooling3D`` cannot even run forward under ``mixed_float16`` on a CPU.
+:class:`VideoMaxPooling3D` pools float16 in float32 and casts back, which is
+exact: the cast to float32 is lossless, max commutes with it, and the result
+is one of the float16 inputs.
 """
 
 import keras
@@ -58,3 +66,17 @@ class TemporalReplicatePadding(keras.layers.Layer):
         config = super().get_config()
         config.update({"padding": self.padding, "data_format": self.data_format})
         return config
+
+
+@keras.saving.register_keras_serializable(package="gn_keras")
+class VideoMaxPooling3D(keras.layers.MaxPooling3D):
+    """``keras.layers.MaxPooling3D`` that also runs float16 on a CPU (same arguments).
+
+    float16 inputs are pooled in float32 (exact, see the module docstring);
+    other dtypes use TensorFlow's kernels directly.
+    """
+
+    def call(self, inputs):
+        if keras.backend.standardize_dtype(inputs.dtype) != "float16":
+            return super().call(inputs)
+        return ops.cast(super().call(ops.cast(inputs, "float32")), "float16")

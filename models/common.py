@@ -23,7 +23,7 @@ across 2D/3D, so weights map by name. Stage outputs are marked by
 
 import keras
 
-from gn_keras.temporal_padding import TemporalReplicatePadding
+from gn_keras.temporal_padding import TemporalReplicatePadding, VideoMaxPooling3D
 
 CLASSIFIER_STDDEV = 0.01
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -120,7 +120,7 @@ class Builder:
         """
         pool, strides = self.kernel(pool), self.kernel(strides)
         x, padding = self._pad(x, pool, strides, name)
-        pooling = keras.layers.MaxPooling2D if self.rank == 2 else keras.layers.MaxPooling3D
+        pooling = keras.layers.MaxPooling2D if self.rank == 2 else VideoMaxPooling3D
         return pooling(pool, strides, padding, self.data_format, name=name)(x)
 
     def global_pool(self, x, pooling, name):

@@ -45,6 +45,13 @@ def _specs():
     specs["resnet50_i3d"] = ModelSpec(
         resnet3d.build_resnet50_i3d, 3, (32, 224, 224, 3), options=("temporal_padding",)
     )
+    # A CPU-sized I3D for small clips (the video task's default), see resnet3d.
+    specs["resnet20_i3d"] = ModelSpec(
+        resnet3d.build_resnet20_i3d,
+        3,
+        (8, 32, 32, 3),
+        options=("temporal_padding", "width_multiplier"),
+    )
     return specs
 
 

@@ -27,10 +27,8 @@ def blocks_per_stage(depth):
     return (depth - 2) // 6
 
 
-def build_resnet_cifar(
-    builder, inputs, *, depth, include_top, num_classes, pooling, width_multiplier=1
-):
-    """The CIFAR ResNet of ``depth`` (one of :data:`DEPTHS`)."""
+def check_width_multiplier(depth, width_multiplier):
+    """A one-line ``ValueError`` unless ``width_multiplier`` is a positive integer."""
     if (
         isinstance(width_multiplier, bool)
         or not isinstance(width_multiplier, int)
@@ -40,6 +38,13 @@ def build_resnet_cifar(
             f"resnet{depth}: argument `width_multiplier` must be a positive "
             f"integer, got width_multiplier={width_multiplier!r}."
         )
+
+
+def build_resnet_cifar(
+    builder, inputs, *, depth, include_top, num_classes, pooling, width_multiplier=1
+):
+    """The CIFAR ResNet of ``depth`` (one of :data:`DEPTHS`)."""
+    check_width_multiplier(depth, width_multiplier)
     widths = [width * width_multiplier for width in STAGE_WIDTHS]
     x = builder.conv_norm(inputs, widths[0], 3, 1, "conv1")
     count = blocks_per_stage(depth)

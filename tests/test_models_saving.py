@@ -37,8 +37,8 @@ def randomize(model, rng):
 
 
 def test_cases_cover_every_image_model_and_norm():
-    # resnet50_i3d is saved in test_models_video.py.
-    assert {case[0] for case in CASES} | {"resnet50_i3d"} == set(models.available())
+    # The I3D models are saved in test_models_video.py.
+    assert {case[0] for case in CASES} | {"resnet50_i3d", "resnet20_i3d"} == set(models.available())
     assert {case[1] for case in CASES} == set(norms.available())
 
 

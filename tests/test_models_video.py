@@ -12,6 +12,7 @@ from gn_reference import group_norm_reference
 from test_models import check_forward_and_training
 from test_models_saving import check_keras_file_round_trip, randomize
 
+import gn_keras.temporal_padding
 from gn_keras import models
 
 FRAMES, SIZE = 4, 32
@@ -114,3 +115,104 @@ def test_i3d_round_trips_through_keras_file(rng, tmp_path, norm, extra):
     model = models.build("resnet50_i3d", norm=norm, num_classes=5, input_shape=CLIP_SHAPE, **extra)
     randomize(model, rng)
     check_keras_file_round_trip(model, _clip(rng), tmp_path / "i3d.keras")
+
+
+# ResNet-20 I3D, the CPU-sized video model; 8 frames so res3/res4 keep 4.
+SMALL_CLIP = (8, 16, 16, 3)
+SMALL = {"groups": 8}  # GN on its 16-channel res2
+
+
+def _small_clip(rng, batch=2):
+    return rng.normal(size=(batch,) + SMALL_CLIP).astype("float32")
+
+
+def test_resnet20_i3d_layout():
+    model = models.build("resnet20_i3d", input_shape=SMALL_CLIP, **SMALL)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv3D)]
+    spanning = sorted(c.name for c in convs if c.kernel_size[0] == 3)
+    expected = ["conv1_conv"] + [f"res{s}_block{i}_a_conv" for s in (2, 3, 4) for i in (1, 2, 3)]
+    assert spanning == sorted(expected)
+    assert all(c.kernel_size[0] == 1 for c in convs if c.name not in expected)
+    shapes = {name: tuple(t.shape) for name, t in models.feature_endpoints(model).items()}
+    assert shapes == {
+        "C2": (None, 8, 16, 16, 16),
+        "C3": (None, 4, 8, 8, 32),
+        "C4": (None, 4, 4, 4, 64),
+    }
+    model2d = models.build("resnet20", input_shape=(16, 16, 3), **SMALL)
+    assert model.count_params() > model2d.count_params()
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn", "ln", "in", "gn+ws"])
+def test_resnet20_i3d_builds_runs_and_trains(rng, norm):
+    model = models.build(
+        "resnet20_i3d",
+        norm=norm,
+        num_classes=3,
+        input_shape=SMALL_CLIP,
+        zero_init_residual=False,
+        **SMALL,
+    )
+    check_forward_and_training(model, _small_clip(rng), 3, rng)
+
+
+@pytest.mark.parametrize("norm,width", [("gn", 2), ("bn", 1)])
+def test_inflated_resnet20_on_a_boring_clip_gives_the_2d_logits(rng, norm, width):
+    shape2d = SMALL_CLIP[1:]
+    kwargs = {"norm": norm, "num_classes": 5, "width_multiplier": width, **SMALL}
+    model2d = models.build("resnet20", input_shape=shape2d, **kwargs)
+    randomize(model2d, rng)
+    model3d = models.build("resnet20_i3d", input_shape=SMALL_CLIP, **kwargs)
+    models.inflate_2d_to_3d(model2d, model3d)
+    images = rng.normal(size=(2,) + shape2d).astype("float32")
+    boring = np.repeat(images[:, None], SMALL_CLIP[0], axis=1)
+    logits2d = np.asarray(model2d(images, training=False))
+    np.testing.assert_allclose(
+        model3d(boring, training=False), logits2d, rtol=1e-4, atol=1e-4 * np.abs(logits2d).max()
+    )
+
+
+def test_resnet20_i3d_checks_width_multiplier():
+    with pytest.raises(ValueError, match="width_multiplier.*got width_multiplier=0"):
+        models.build("resnet20_i3d", width_multiplier=0)
+
+
+def test_resnet20_i3d_round_trips_through_keras_file(rng, tmp_path):
+    model = models.build("resnet20_i3d", num_classes=4, input_shape=SMALL_CLIP, **SMALL)
+    randomize(model, rng)
+    check_keras_file_round_trip(model, _small_clip(rng), tmp_path / "small.keras")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_video_max_pooling_equals_keras_pooling_in_float32(rng, dtype):
+    # float16 has no MaxPool3D CPU kernel: the layer pools in float32, exactly.
+    x = rng.normal(size=(2, 5, 7, 6, 3)).astype("float32")
+    narrow = keras.ops.cast(x, dtype)
+    layer = gn_keras.temporal_padding.VideoMaxPooling3D((2, 3, 3), (1, 2, 2), "valid", dtype=dtype)
+    reference = keras.layers.MaxPooling3D((2, 3, 3), (1, 2, 2), "valid")
+    pooled = layer(narrow)
+    assert keras.backend.standardize_dtype(pooled.dtype) == dtype
+    expected = reference(keras.ops.cast(narrow, "float32"))
+    np.testing.assert_array_equal(keras.ops.cast(pooled, "float32"), expected)
+    assert layer.get_config()["pool_size"] == (2, 3, 3)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+# float16 convs on a CPU run on a slow emulated path, so the clips are tiny.
+@pytest.mark.parametrize(
+    "name,shape", [("resnet50_i3d", (2, 16, 16, 3)), ("resnet20_i3d", (2, 8, 8, 3))]
+)
+def test_every_3d_model_trains_under_mixed_precision(rng, policy, name, shape):
+    # Before VideoMaxPooling3D, mixed_float16 failed on a CPU at the stem's
+    # pool ("Could not find device for node MaxPool3D[T=DT_HALF]").
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = models.build(
+            name, num_classes=3, input_shape=shape, zero_init_residual=False, groups=8
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    x = rng.normal(size=(2,) + shape).astype("float32")
+    assert keras.backend.standardize_dtype(model(x).dtype) == policy.split("_")[1]
+    check_forward_and_training(model, x, 3, rng)

@@ -83,5 +83,6 @@ def test_available_lists_the_issue_models():
         "resnet110",
         "vgg16",
         "resnet50_i3d",
+        "resnet20_i3d",
     }
     assert set(models.available()) == wanted
