@@ -17,6 +17,8 @@
 import keras
 from keras import ops
 
+from gn_keras import _checks
+
 
 def peak_learning_rate(config, global_batch_size):
     """The linearly scaled rate reached after warm-up."""
@@ -34,11 +36,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, after_warmup, warmup_steps):
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(
-                f"LinearWarmup: argument `warmup_steps` must be a non-negative "
-                f"integer, got warmup_steps={warmup_steps!r}."
-            )
+        _checks.check_int(warmup_steps, "`warmup_steps`", minimum=0, where="LinearWarmup")
         self.after_warmup = after_warmup
         self.warmup_steps = warmup_steps
 
