@@ -19,10 +19,13 @@ batch size (each replica's share of the global mean, as
 
 import tensorflow as tf
 
+graph_code = tf.autograph.experimental.do_not_convert  # plain TF ops, nothing to convert
+
 RPN_SMOOTH_L1_BETA = 1.0 / 9.0
 ROI_SMOOTH_L1_BETA = 1.0
 
 
+@graph_code
 def smooth_l1(difference, beta):
     """Elementwise smooth L1: 0.5·x²/β where |x| < β, |x| − 0.5·β elsewhere."""
     absolute = tf.abs(difference)
@@ -35,6 +38,7 @@ def _flatten_levels(per_level, width):
     return tf.concat(parts, axis=1)
 
 
+@graph_code
 def rpn_losses(scores, boxes, score_targets, box_targets):
     """RPN objectness and box losses per image, from per-level dicts."""
     levels = sorted(scores, key=int)
@@ -52,6 +56,7 @@ def rpn_losses(scores, boxes, score_targets, box_targets):
     return score_loss, box_loss
 
 
+@graph_code
 def roi_losses(class_logits, box_deltas, roi_classes, roi_box_targets):
     """RoI class and box losses per image; ``roi_classes`` 0 is background."""
     class_logits = tf.cast(class_logits, tf.float32)
@@ -69,6 +74,7 @@ def roi_losses(class_logits, box_deltas, roi_classes, roi_box_targets):
     return class_loss, box_loss
 
 
+@graph_code
 def mask_loss(mask_logits, mask_classes, mask_targets):
     """Mask loss per image: ``mask_logits`` [B, K, m, m] of each RoI's class."""
     foreground = tf.cast(mask_classes > 0, tf.float32)
@@ -81,6 +87,7 @@ def mask_loss(mask_logits, mask_classes, mask_targets):
     )
 
 
+@graph_code
 def mask_rcnn_losses(outputs, batch):
     """All five per-image losses from the model's training outputs and the batch."""
     rpn_score, rpn_box = rpn_losses(

@@ -94,6 +94,7 @@ class MaskRCNN(keras.Model):
             return [tf.reshape(o, tf.concat([shape[:2], tf.shape(o)[1:]], 0)) for o in outputs]
         return tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
 
+    @ops.graph_code
     def call(self, inputs, training=False):
         if not isinstance(inputs, dict):
             inputs = {"images": inputs}

@@ -34,9 +34,14 @@ from official.vision.ops import anchor, box_ops, spatial_transform_ops
 
 from gn_keras.models.detection.config import MAX_LEVEL, MIN_LEVEL
 
+# Every function here is graph code already (TFM uses explicit tf.cond and
+# tf.while_loop); converting it again with AutoGraph only costs trace time.
+graph_code = tf.autograph.experimental.do_not_convert
+
 ROI_LEVELS = tuple(str(level) for level in range(MIN_LEVEL, 6))  # P2..P5
 
 
+@graph_code
 def multilevel_anchors(config):
     """``{"2": [h, w, A·4], ..., "6": ...}`` for ``config.image_size``."""
     return anchor.Anchor(
@@ -49,6 +54,7 @@ def multilevel_anchors(config):
     ).multilevel_boxes
 
 
+@graph_code
 def rpn_targets(config, anchors, gt_boxes, gt_classes):
     """RPN score and box targets of one image (runs in the input pipeline).
 
@@ -67,6 +73,7 @@ def rpn_targets(config, anchors, gt_boxes, gt_classes):
     return labeler.label_anchors(anchors, tf.cast(gt_boxes, tf.float32), gt_labels)
 
 
+@graph_code
 def batched_anchors(anchors, batch_size):
     """Per-level anchors flattened to [batch, h·w·A, 4]."""
     return {
@@ -75,6 +82,7 @@ def batched_anchors(anchors, batch_size):
     }
 
 
+@graph_code
 def propose_rois(config, raw_boxes, raw_scores, anchors, image_sizes, training):
     """Top RPN proposals of each image: ([B, P, 4] boxes, [B, P] scores)."""
     batch_size = tf.shape(image_sizes)[0]
@@ -90,6 +98,7 @@ def propose_rois(config, raw_boxes, raw_scores, anchors, image_sizes, training):
     return tf.stop_gradient(rois), tf.stop_gradient(scores)
 
 
+@graph_code
 def roi_align(features, boxes, output_size):
     """RoIAlign from P2..P5: [B, R, output_size, output_size, C]."""
     pyramid = {level: features[level] for level in ROI_LEVELS}
@@ -98,6 +107,7 @@ def roi_align(features, boxes, output_size):
     )
 
 
+@graph_code
 def sample_rois(config, proposals, gt_boxes, gt_classes):
     """Detectron's RoI sampling: 512 per image, a quarter positive.
 
@@ -116,15 +126,18 @@ def sample_rois(config, proposals, gt_boxes, gt_classes):
     return tf.stop_gradient(rois), boxes, tf.cast(classes, tf.int32), indices
 
 
+@graph_code
 def box_targets(config, rois, matched_gt_boxes):
     """Encoded regression targets with Detectron's weights (10, 10, 5, 5)."""
     return box_ops.encode_boxes(matched_gt_boxes, rois, weights=list(config.box_coder_weights))
 
 
+@graph_code
 def decode(config, deltas, rois):
     return box_ops.decode_boxes(deltas, rois, weights=list(config.box_coder_weights))
 
 
+@graph_code
 def mask_targets(config, rois, matched_gt_boxes, matched_gt_classes, matched_gt_indices, gt_masks):
     """Foreground RoIs and their binary mask targets.
 
@@ -147,6 +160,7 @@ def mask_targets(config, rois, matched_gt_boxes, matched_gt_classes, matched_gt_
     return tf.stop_gradient(fg_rois), fg_classes, tf.stop_gradient(targets)
 
 
+@graph_code
 def detections(config, class_logits, box_deltas, rois, image_sizes):
     """Per-class decoding and NMS: Detectron's test-time output.
 
