@@ -82,9 +82,13 @@ def _named_inputs(model):
     if isinstance(model, keras.Sequential):
         return None
 
+    # Each input tensor is the output of an InputLayer (public API; the
+    # tensor's own name differs from the layer's for unnamed inputs).
+    inputs = [layer for layer in model.layers if isinstance(layer, keras.layers.InputLayer)]
+    names = {id(layer.output): layer.name for layer in inputs}
+
     def fresh(tensor):
-        name = tensor._keras_history.operation.name
-        return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name)
+        return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=names[id(tensor)])
 
     return keras.tree.map_structure(fresh, model.input)
 
