@@ -67,6 +67,7 @@ class TrainConfig:
     # Execution.
     strategy: str = "auto"
     tpu: str = ""
+    worker_wait_timeout: int = 0
     mixed_precision: str = "float32"
     jit_compile: bool = False
     seed: int = 0
@@ -203,6 +204,7 @@ _INTEGERS = {
     "keep_checkpoints": 1,
     "log_every_steps": 1,
     "steps_per_loop": 1,
+    "worker_wait_timeout": 0,
     "tfrecord_label_offset": 0,
 }
 _OPTIONAL_INTEGERS = {"group_size": 1, "steps_per_epoch": 1, "eval_steps": 1, "num_classes": 2}

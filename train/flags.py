@@ -68,6 +68,11 @@ _FLAG_SPECS = {
     "label_smoothing": ("float", "Label smoothing of the cross-entropy."),
     "strategy": (config_lib.STRATEGIES, "tf.distribute strategy; multi_worker reads TF_CONFIG."),
     "tpu": ("string", "TPU address for --strategy=tpu ('' for a local TPU)."),
+    "worker_wait_timeout": (
+        "integer",
+        "Multi-worker: seconds to wait for every TF_CONFIG worker to start before giving up "
+        "(0: no limit).",
+    ),
     "mixed_precision": (config_lib.PRECISIONS, "Keras dtype policy."),
     "jit_compile": ("bool", "XLA-compile the per-replica step."),
     "seed": ("integer", "Seed for weights, data order and augmentation."),
