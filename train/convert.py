@@ -19,11 +19,14 @@ from gn_keras.models import pretrained
 from gn_keras.train import cli
 
 PROGRAM = "gn-convert"
+POSITIVE_FLAGS = ("groups", "num_classes", "image_size", "tolerance")
 
 
 def define_flags(flag_values=flags.FLAGS):
     def define(kind, name, default, help_text, **extra):
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values, **extra)
+        getattr(flags, f"DEFINE_{kind}")(
+            name, default, help=help_text, flag_values=flag_values, **extra
+        )
 
     define(
         "enum", "source", None, "Where the checkpoint comes from.", enum_values=pretrained.SOURCES
@@ -112,17 +115,19 @@ def main(argv):
     values = flags.FLAGS
     if not values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    for name in POSITIVE_FLAGS:
+        if values[name].value is not None and values[name].value <= 0:
+            cli.exit_with_error(PROGRAM, f"--{name}={values[name].value} must be positive")
     try:
         report = convert(values)
-    except ValueError as error:  # bad flags, an unreadable or mismatched checkpoint
+    except ValueError as error:  # an unreadable or mismatched checkpoint, a taken output_dir
         cli.exit_with_error(PROGRAM, error)
     print(describe(report, values.output_dir))
 
 
 def run():
     """Console entry point ``gn-convert``."""
-    define_flags(flags.FLAGS)
-    cli.run_command(main, PROGRAM)
+    cli.run_command(main, PROGRAM, define_flags)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class FillResult:
     filled: list = dataclasses.field(default_factory=list)  # Keras weight paths
     unused: list = dataclasses.field(default_factory=list)  # source tensor names
     missing: list = dataclasses.field(default_factory=list)  # Keras weight paths
-    # "source (shape) vs path (shape)": neither unused nor missing, but not loaded
+    # "source as (Keras-layout shape) vs path (shape)": neither unused nor missing, not loaded
     mismatched: list = dataclasses.field(default_factory=list)
 
 
@@ -91,7 +91,7 @@ def _fill_layer(layer, module, tensors, origin, result, flip):
         source_name = origin.get(f"{module}.{source_kind}", f"{module}.{source_kind}")
         if tuple(value.shape) != tuple(variable.shape):
             result.mismatched.append(
-                f"{source_name} {tuple(value.shape)} vs {variable.path} {tuple(variable.shape)}"
+                f"{source_name} as {tuple(value.shape)} vs {variable.path} {tuple(variable.shape)}"
             )
             used.add(source_kind)  # reported as mismatched, not again as unused
             continue

@@ -20,6 +20,7 @@ import pickle
 import numpy as np
 
 from gn_keras import load
+from gn_keras.models.pretrained import torch_runtime
 
 HUB_PREFIX = "hub:"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
@@ -61,7 +62,7 @@ def _first_line(error):
 
 def _require(module, path, what):
     try:
-        return __import__(module, fromlist=["_"])
+        return torch_runtime.import_module(module)
     except ImportError:
         raise load.ModelFileError(
             path, f"reading {what} needs the '{module.split('.')[0]}' package; pip install it."

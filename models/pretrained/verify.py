@@ -17,6 +17,7 @@ import numpy as np
 
 from gn_keras import load
 from gn_keras.models import endpoints
+from gn_keras.models.pretrained import torch_runtime
 
 TOLERANCE = 1e-4
 BATCH = 2
@@ -25,11 +26,9 @@ SEED = 20180322
 
 def _runtime():
     try:
-        import timm
-        import torch
+        return torch_runtime.import_module("torch"), torch_runtime.import_module("timm")
     except ImportError:
         return None
-    return torch, timm
 
 
 def _reference(conversion, torch, timm):
