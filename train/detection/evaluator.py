@@ -5,11 +5,13 @@
 the graph and returns its detections with the batch's ``image_id``,
 ``scale`` and ``original_size``; ``accumulate`` (on the host, NumPy)
 takes boxes back to input-image pixels, pastes each 28×28 mask into its
-box at the image's size (TF Model Garden's ``paste_instance_masks``,
-Detectron's paste) and encodes it as RLE; ``result`` runs COCOeval for
+box at the image's size (TF Model Garden's ``paste_instance_masks_v2``:
+continuous box edges, pixel centres at +0.5, unlike the v1 paste's
+inclusive integer boxes) and encodes it as RLE; ``result`` runs COCOeval for
 ``bbox`` and ``segm`` and returns the paper's Table 6 columns (AP, AP50,
 AP75) plus APs/m/l, keyed ``bbox_AP``, ``segm_AP50``, … as fractions in
-[0, 1] (COCO's -1 where the ground truth has no object of that size). Rows with ``image_id < 0`` (batch padding) are ignored.
+[0, 1] (COCO's -1 where the ground truth has no object of that size).
+Rows with ``image_id < 0`` (batch padding) are ignored.
 """
 
 import contextlib
@@ -92,7 +94,7 @@ class CocoEvaluator:
         xywh = np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=1)
         rles = [None] * count
         if "segm" in self.iou_types and count:
-            pasted = mask_ops.paste_instance_masks(
+            pasted = mask_ops.paste_instance_masks_v2(
                 outputs["masks"][row, :count], xywh, height, width
             )
             rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in pasted]
