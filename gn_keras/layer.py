@@ -135,7 +135,7 @@ class GroupNormalization(keras.layers.Layer):
             initializer=initializer,
             regularizer=regularizer,
             constraint=constraint,
-            dtype=affine_dtype(self.variable_dtype),
+            dtype=_affine_dtype(self.variable_dtype),
             autocast=False,
         )
 
@@ -196,6 +196,6 @@ def _widens(dtype, compute_dtype):
     return keras.backend.result_type(dtype, compute_dtype) == compute_dtype
 
 
-def affine_dtype(variable_dtype):
+def _affine_dtype(variable_dtype):
     """The dtype of γ/β under a policy whose variables are ``variable_dtype``."""
     return "float64" if keras.backend.standardize_dtype(variable_dtype) == "float64" else "float32"
