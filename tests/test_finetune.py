@@ -167,6 +167,7 @@ def test_rerun_resumes_from_checkpoint_and_skips_a_damaged_one(pretrained, tmp_p
             batch_size_per_replica=2,
             decay_norm_params=False,
             model_dir=str(model_dir),
+            extend_epochs=True,  # each rerun trains the run one epoch longer
         )
 
     options = finetune.FinetuneOptions(str(run_dir / "best.keras"))
@@ -202,6 +203,7 @@ def test_rerun_resumes_from_checkpoint_and_skips_a_damaged_one(pretrained, tmp_p
         "--augment=none",
         "--warmup_epochs=0",
         "--epochs=4",
+        "--extend_epochs",
         "--steps_per_epoch=10",
         "--eval_steps=5",
         f"--model_dir={model_dir}",

@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from gn_keras import _checks
+from gn_keras import _checks, norms
 from gn_keras._checks import FlagError
 from gn_keras.train import cli, studies
 from gn_keras.train import flags as flags_lib
@@ -43,7 +43,7 @@ def define_study_flags(flag_values=flags.FLAGS):
         flag_values=flag_values,
     )
     for name, field, help_text in (
-        ("study_norms", "norms", "Norms of --study=norms."),
+        ("study_norms", "norms", f"Norms of --study=norms, of: {', '.join(norms.available())}."),
         ("study_batch_sizes", "batch_sizes", "Batch sizes per replica of --study=batch_size."),
         ("study_groups", "groups", "Group counts G of --study=groups (top panel)."),
         (
