@@ -19,6 +19,10 @@ is one of the float16 inputs.
 import keras
 from keras import ops
 
+from gn_keras import _checks
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
 
 @keras.saving.register_keras_serializable(package="gn_keras")
 class TemporalReplicatePadding(keras.layers.Layer):
@@ -32,17 +36,9 @@ class TemporalReplicatePadding(keras.layers.Layer):
 
     def __init__(self, padding=1, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(
-                f"TemporalReplicatePadding(name={self.name!r}): argument `padding` "
-                f"must be a non-negative integer, got padding={padding!r}."
-            )
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                f"TemporalReplicatePadding(name={self.name!r}): argument "
-                f"`data_format` must be 'channels_last' or 'channels_first', got "
-                f"data_format={data_format!r}."
-            )
+        where = f"TemporalReplicatePadding(name={self.name!r})"
+        _checks.check_int(padding, "`padding`", minimum=0, where=where)
+        _checks.check_choice(data_format, "`data_format`", DATA_FORMATS, where=where)
         self.padding = padding
         self.data_format = data_format
         self._time_axis = 1 if data_format == "channels_last" else 2

@@ -8,7 +8,6 @@ softmax) when ``include_top=True``.
 
 import dataclasses
 import functools
-import numbers
 
 import keras
 
@@ -64,7 +63,7 @@ def available():
 
 
 def _is_positive_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    return _checks.is_integer(value) and value > 0
 
 
 def _resolve_input_shape(name, spec, input_shape, data_format, include_top):
@@ -93,11 +92,7 @@ def _resolve_input_shape(name, spec, input_shape, data_format, include_top):
 
 
 def _check_choice(name, argument, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"models.build({name!r}): argument `{argument}` must be one of "
-            f"{list(choices)}, got {argument}={value!r}."
-        )
+    _checks.check_choice(value, f"`{argument}`", choices, where=f"models.build({name!r})")
 
 
 def _check_arguments(name, num_classes, include_top, zero_init_residual, options):
@@ -105,20 +100,11 @@ def _check_arguments(name, num_classes, include_top, zero_init_residual, options
         raise ValueError(
             f"models.build: unknown model name={name!r}; valid names are {', '.join(available())}."
         )
-    if include_top and not _is_positive_int(num_classes):
-        raise ValueError(
-            f"models.build({name!r}): argument `num_classes` must be a positive "
-            f"integer, got num_classes={num_classes!r}."
-        )
-    for argument, value in (
-        ("include_top", include_top),
-        ("zero_init_residual", zero_init_residual),
-    ):
-        if not isinstance(value, bool):
-            raise ValueError(
-                f"models.build({name!r}): argument `{argument}` must be True or False, "
-                f"got {value!r}."
-            )
+    where = f"models.build({name!r})"
+    if include_top:
+        _checks.check_int(num_classes, "`num_classes`", minimum=1, where=where)
+    _checks.check_bool(include_top, "`include_top`", where=where)
+    _checks.check_bool(zero_init_residual, "`zero_init_residual`", where=where)
     unknown = sorted(set(options) - set(_MODELS[name].options))
     if unknown:
         raise ValueError(

@@ -17,6 +17,7 @@ Names follow :mod:`models.resnet`: stem ``conv1``, stages ``res2``..``res4``
 (endpoints ``C2``..``C4``), classifier ``logits``.
 """
 
+from gn_keras import _checks
 from gn_keras.models.resnet import basic_block, head, stage
 
 DEPTHS = (20, 32, 44, 56, 110)
@@ -29,15 +30,7 @@ def blocks_per_stage(depth):
 
 def check_width_multiplier(depth, width_multiplier):
     """A one-line ``ValueError`` unless ``width_multiplier`` is a positive integer."""
-    if (
-        isinstance(width_multiplier, bool)
-        or not isinstance(width_multiplier, int)
-        or width_multiplier < 1
-    ):
-        raise ValueError(
-            f"resnet{depth}: argument `width_multiplier` must be a positive "
-            f"integer, got width_multiplier={width_multiplier!r}."
-        )
+    _checks.check_int(width_multiplier, "`width_multiplier`", minimum=1, where=f"resnet{depth}")
 
 
 def build_resnet_cifar(

@@ -138,7 +138,7 @@ def _is_number(value):
 
 
 def _is_positive_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    return _checks.is_integer(value) and value > 0
 
 
 def _check_names(config):

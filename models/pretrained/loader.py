@@ -16,7 +16,7 @@ the pixel means subtracted. Their first conv is flipped to RGB here (see
 import dataclasses
 import os
 
-from gn_keras import load
+from gn_keras import _checks, load
 from gn_keras.models import registry, resnet
 from gn_keras.models.pretrained import assign, checkpoints, names
 
@@ -63,9 +63,7 @@ def _check_arguments(source, model, norm, groups, image_size, num_classes, input
         ("image_size", image_size),
         ("num_classes", num_classes),
     ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value <= 0
-        ):
+        if value is not None and not (_checks.is_integer(value) and value > 0):
             bad(argument, value, "a positive integer")
     if input_format is not None and input_format not in INPUT_FORMATS:
         bad("input_format", input_format, f"one of {list(INPUT_FORMATS)}")
