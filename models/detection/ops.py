@@ -12,7 +12,9 @@ conventions Mask R-CNN needs and names the Detectron settings:
   ``anchor_scale · 2^level``), RPN targets: its ``RpnAnchorLabeler`` (IoU
   0.7/0.3, every ground-truth box gets its best anchor, balanced sampling);
 - proposals: per-level top-k, decode, clip, NMS, then the overall top-k
-  (``roi_generator._multilevel_propose_rois``);
+  (``roi_generator._multilevel_propose_rois``, with its batched NMS: the
+  standard ``CombinedNonMaxSuppression`` op, CPU/GPU only, as is the
+  test-time NMS below);
 - RoI sampling: ``roi_sampler.ROISampler`` (ground truth mixed into the
   proposals, as Detectron does), mask targets:
   ``mask_sampler._sample_and_crop_foreground_masks``, which resamples each
@@ -94,6 +96,7 @@ def propose_rois(config, raw_boxes, raw_scores, anchors, image_sizes, training):
         pre_nms_top_k=config.train_pre_nms_top_k if training else config.test_pre_nms_top_k,
         nms_iou_threshold=config.rpn_nms_iou,
         num_proposals=config.train_proposals if training else config.test_proposals,
+        use_batched_nms=True,  # one CombinedNonMaxSuppression op per level: faster to trace and run
     )
     return tf.stop_gradient(rois), tf.stop_gradient(scores)
 

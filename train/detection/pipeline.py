@@ -31,6 +31,10 @@ from official.vision.ops import box_ops
 from gn_keras.models.detection import ops
 from gn_keras.train.detection import coco
 
+# Graph code already (TF Model Garden's labeler uses explicit tf.cond);
+# AutoGraph converting it again for every tf.data map only costs time.
+graph_code = tf.autograph.experimental.do_not_convert
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -83,6 +87,7 @@ def coco_examples(coco_set, indices=None):
             coco.instance_masks(record).astype(np.float32),
         )
 
+    @graph_code
     def decode(index):
         types = (tf.int64, tf.string, tf.float32, tf.int64, tf.bool, tf.float32)
         image_id, path, boxes, classes, crowd, masks = tf.numpy_function(load, [index], types)
@@ -119,6 +124,7 @@ def tfrecord_examples(file_pattern, category_ids):
         default_value=-1,
     )
 
+    @graph_code
     def decode(serialized):
         example = decoder.decode(serialized)
         labels = table.lookup(tf.cast(example["groundtruth_classes"], tf.int64))
@@ -153,6 +159,7 @@ def _resize_and_pad(image, input_config, image_size):
     return padded, new_size, scale
 
 
+@graph_code
 def parse_eval(example, input_config, image_size):
     """What evaluation and prediction need of one decoded example."""
     images, image_sizes, scale = _resize_and_pad(example["image"], input_config, image_size)
@@ -171,6 +178,7 @@ def _pad_rows(tensor, rows, value):
     return tf.pad(tensor, padding, constant_values=value)
 
 
+@graph_code
 def parse_train(example, input_config, model_config, anchors, seed=None):
     """One training example: image, padded ground truth and RPN targets."""
     inputs = parse_eval(example, input_config, model_config.image_size)

@@ -1,0 +1,250 @@
+"""The detection task: Mask R-CNN for the shared training machinery.
+
+``DetectionTask`` implements the data, model, loss, metrics and evaluator
+parts of ``gn_keras.train.task.Task`` from this package's pieces: a
+:class:`DetectionSource` for training and one for validation (COCO JSON +
+images, the generated shapes set, or TF Model Garden TFRecords), the
+:class:`~gn_keras.models.detection.MaskRCNN` model, its five losses and the
+pycocotools evaluator. Not here yet: ``export`` (the serving SavedModel)
+and starting the backbone from a pre-trained model, which belong to the
+``gn-detect`` step; ``build_model`` takes an optional ``backbone_fn`` for
+the latter.
+
+From the run's ``config`` the task reads only ``batch_size_per_replica``,
+``seed``, ``steps_per_epoch`` and ``eval_steps`` (``None`` = one pass).
+An epoch's order depends only on (seed, epoch), flips included, so a
+resumed epoch can skip what it trained. Validation batches are filled up
+with blank images of ``image_id`` -1, which the evaluator ignores, so every
+batch has the same static shape.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from pycocotools import mask as mask_utils
+
+from gn_keras.models.detection import MaskRCNN, mask_rcnn_losses, ops
+from gn_keras.train import task as task_lib
+from gn_keras.train.detection import coco, evaluator, pipeline, shapes
+
+LOSS_NAMES = ("rpn_score_loss", "rpn_box_loss", "roi_class_loss", "roi_box_loss", "mask_loss")
+
+
+@dataclasses.dataclass
+class DetectionSource:
+    """Decoded examples of one split and what evaluation needs about them.
+
+    ``examples(seed, num_shards, shard)`` returns this shard's decoded
+    examples (:mod:`.pipeline`'s form), shuffled by ``seed`` unless it is
+    None.
+    """
+
+    examples: object
+    num_examples: int
+    category_ids: list
+    category_names: list
+    ground_truth: dict | None = None
+
+
+def coco_source(annotation_file, image_dir, strict=False, training=False):
+    """A COCO JSON + image folder; training keeps only images with objects."""
+    data = coco.read_coco(annotation_file, image_dir, strict=strict)
+    if training:
+        data.images = [r for r in data.images if any(not a["iscrowd"] for a in r.annotations)]
+    if not data.images:
+        raise ValueError(f"{annotation_file}: no usable images in {image_dir}.")
+
+    def examples(seed, num_shards, shard):
+        order = np.arange(len(data.images))
+        if seed is not None:
+            order = np.random.default_rng(seed).permutation(order)
+        return pipeline.coco_examples(data, order[shard::num_shards])
+
+    return DetectionSource(
+        examples, len(data.images), data.category_ids, data.category_names, data.ground_truth
+    )
+
+
+def shapes_source(directory, num_images, image_size=64, seed=0, training=False):
+    """The generated shapes set, written into ``directory`` and read back."""
+    path = shapes.write_shapes(directory, num_images, image_size=image_size, seed=seed)
+    return coco_source(path, f"{directory}/{shapes.IMAGE_DIR}", training=training)
+
+
+def ground_truth_from_examples(dataset, num_shards=1):
+    """A COCO ground-truth dict from decoded examples (e.g. TFRecords)."""
+    images, annotations = [], []
+    for example in dataset:
+        height, width = (int(v) for v in example["image"].shape[:2])
+        image_id = int(example["source_id"])
+        images.append({"id": image_id, "height": height, "width": width})
+        boxes = example["groundtruth_boxes"].numpy() * [height, width, height, width]
+        masks = example["groundtruth_instance_masks"].numpy() > 0.5
+        for box, label, crowd, mask in zip(
+            boxes,
+            example["groundtruth_classes"].numpy(),
+            example["groundtruth_is_crowd"].numpy(),
+            masks,
+        ):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            y0, x0, y1, x1 = (float(v) for v in box)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": float(mask.sum()),
+                    "segmentation": rle,
+                    "iscrowd": int(crowd),
+                }
+            )
+    return images, annotations
+
+
+def tfrecord_source(file_pattern, category_ids, category_names=None, evaluation=False):
+    """TF Model Garden detection TFRecords; ``evaluation`` builds the ground truth."""
+    every = pipeline.tfrecord_examples(file_pattern, category_ids)
+    count = int(every.reduce(0, lambda n, _: n + 1))
+    names = list(category_names or [str(i) for i in category_ids])
+    ground_truth = None
+    if evaluation:
+        images, annotations = ground_truth_from_examples(every)
+        # Decoded classes are 1..K; the ground truth speaks COCO ids.
+        for annotation in annotations:
+            annotation["category_id"] = int(category_ids[annotation["category_id"] - 1])
+        categories = [{"id": int(i), "name": n} for i, n in zip(category_ids, names)]
+        ground_truth = {"images": images, "annotations": annotations, "categories": categories}
+
+    def examples(seed, num_shards, shard):
+        dataset = pipeline.tfrecord_examples(file_pattern, category_ids).shard(num_shards, shard)
+        return dataset if seed is None else dataset.shuffle(1024, seed=seed)
+
+    return DetectionSource(examples, count, list(category_ids), names, ground_truth)
+
+
+class DetectionTask:
+    """Mask R-CNN for ``gn_keras.train.trainer``; see the module docstring.
+
+    Args:
+      model_config: a :class:`~gn_keras.models.detection.MaskRCNNConfig`;
+        its ``num_classes`` must equal the sources' category count.
+      input_config: a :class:`~gn_keras.train.detection.pipeline.InputConfig`.
+      train_source, eval_source: :class:`DetectionSource`; the evaluation
+        one needs its ``ground_truth``.
+      backbone_fn: optional ``f(model_config) -> C2..C5 extractor``.
+    """
+
+    name = "detect"
+
+    def __init__(self, model_config, input_config, train_source, eval_source, backbone_fn=None):
+        self.model_config = model_config.validate()
+        self.input_config = input_config.validate(model_config.image_size)
+        for split, source in (("train", train_source), ("eval", eval_source)):
+            if len(source.category_ids) != model_config.num_classes:
+                raise ValueError(
+                    f"DetectionTask: the {split} data has {len(source.category_ids)} categories "
+                    f"but model_config.num_classes={model_config.num_classes}."
+                )
+        if eval_source.ground_truth is None:
+            raise ValueError("DetectionTask: argument `eval_source` needs its ground_truth.")
+        self.train_source, self.eval_source = train_source, eval_source
+        self.backbone_fn = backbone_fn
+        self.anchors = ops.multilevel_anchors(self.model_config)
+
+    def preprocessing(self):
+        config = self.input_config
+        return {
+            "image_size": list(self.model_config.image_size),
+            "short_side": config.short_side,
+            "max_side": config.max_side,
+            "mean": list(config.mean),
+            "std": list(config.std),
+            "category_ids": list(self.eval_source.category_ids),
+            "category_names": list(self.eval_source.category_names),
+        }
+
+    def _train_dataset_fn(self, config, global_batch_size):
+        def for_epoch(epoch, skip_steps=0):
+            def dataset_fn(context):
+                seed = [int(config.seed), int(epoch)]
+                examples = self.train_source.examples(
+                    hash(tuple(seed)) % (2**31),
+                    context.num_input_pipelines,
+                    context.input_pipeline_id,
+                )
+                flips = tf.data.Dataset.range(2**62).map(
+                    lambda i: tf.stack([seed[0] * 9973 + seed[1], i])
+                )
+                parse = lambda e, s: pipeline.parse_train(  # noqa: E731
+                    e, self.input_config, self.model_config, self.anchors, s
+                )
+                batch = context.get_per_replica_batch_size(global_batch_size)
+                dataset = tf.data.Dataset.zip(examples.repeat(), flips)
+                return pipeline.batched(dataset, parse, batch, True).skip(skip_steps)
+
+            return dataset_fn
+
+        return for_epoch
+
+    def _eval_dataset_fn(self, global_batch_size):
+        def for_steps(steps):
+            def dataset_fn(context):
+                batch = context.get_per_replica_batch_size(global_batch_size)
+                examples = self.eval_source.examples(
+                    None, context.num_input_pipelines, context.input_pipeline_id
+                )
+                blank = {
+                    "source_id": tf.constant(-1, tf.int64),
+                    "image": tf.zeros([8, 8, 3], tf.uint8),
+                }
+                examples = examples.map(lambda e: {k: e[k] for k in blank})
+                filler = tf.data.Dataset.from_tensors(blank).repeat(batch - 1)
+                parse = lambda e: pipeline.parse_eval(  # noqa: E731
+                    e, self.input_config, self.model_config.image_size
+                )
+                dataset = pipeline.batched(examples.concatenate(filler), parse, batch, True)
+                return dataset.take(steps)
+
+            return dataset_fn
+
+        return for_steps
+
+    def make_data(self, config, strategy):
+        global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
+        num_train, num_eval = self.train_source.num_examples, self.eval_source.num_examples
+        steps_per_epoch = config.steps_per_epoch or max(num_train // global_batch_size, 1)
+        eval_steps = config.eval_steps or math.ceil(num_eval / global_batch_size)
+        return task_lib.TaskData(
+            train_dataset_fn=self._train_dataset_fn(config, global_batch_size),
+            eval_dataset_fn=self._eval_dataset_fn(global_batch_size),
+            steps_per_epoch=steps_per_epoch,
+            eval_steps=eval_steps,
+            global_batch_size=global_batch_size,
+            preprocessing=self.preprocessing(),
+            info={"num_train_examples": num_train, "num_eval_examples": num_eval},
+        )
+
+    def build_model(self, config, data):
+        backbone = self.backbone_fn(self.model_config) if self.backbone_fn else None
+        return MaskRCNN(self.model_config, backbone=backbone)
+
+    def compute_loss(self, model, batch, global_batch_size):
+        parts = mask_rcnn_losses(model(batch, training=True), batch)
+        per_image = tf.add_n(list(parts.values()))
+        loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
+        return loss, dict(parts, loss=per_image)
+
+    def make_train_metrics(self):
+        return {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES}
+
+    def update_train_metrics(self, metrics, batch, outputs):
+        for name, metric in metrics.items():
+            metric.update_state(outputs[name])
+
+    def make_evaluator(self, data):
+        del data
+        return evaluator.CocoEvaluator(self.eval_source.ground_truth, self.eval_source.category_ids)
