@@ -15,11 +15,11 @@ Library: :mod:`gn_keras.models.pretrained`; docs/pretrained.md.
 
 from absl import flags, logging
 
+from gn_keras import _checks
 from gn_keras.models import pretrained
 from gn_keras.train import cli
 
 PROGRAM = "gn-convert"
-POSITIVE_FLAGS = ("groups", "num_classes", "image_size", "tolerance")
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -71,6 +71,14 @@ def define_flags(flag_values=flags.FLAGS):
     flags.mark_flags_as_required(["source", "checkpoint", "output_dir"], flag_values=flag_values)
 
 
+def check_flags(flag_values):
+    """A ``FlagError`` (exit status 2) for a count, size or tolerance that is not positive."""
+    _checks.check_int(flag_values.groups, "--groups", minimum=1)
+    for name in ("num_classes", "image_size"):  # unset: taken from the checkpoint
+        _checks.check_int(flag_values[name].value, f"--{name}", minimum=1, optional=True)
+    _checks.check_number(flag_values.tolerance, "--tolerance", low=0, low_open=True)
+
+
 def convert(flag_values):
     """Run the conversion the flags describe; return the report."""
     return pretrained.convert_to_directory(
@@ -115,12 +123,11 @@ def main(argv):
     values = flags.FLAGS
     if not values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    for name in POSITIVE_FLAGS:
-        if values[name].value is not None and values[name].value <= 0:
-            cli.exit_with_error(PROGRAM, f"--{name}={values[name].value} must be positive")
     try:
+        check_flags(values)
         report = convert(values)
-    except ValueError as error:  # an unreadable or mismatched checkpoint, a taken output_dir
+    except ValueError as error:  # bad flags (exit 2); an unreadable or mismatched checkpoint,
+        # a taken output_dir (exit 1)
         cli.exit_with_error(PROGRAM, error)
     print(describe(report, values.output_dir))
 
