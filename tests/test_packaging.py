@@ -10,6 +10,7 @@ user's packages and ours import side by side.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -29,21 +30,14 @@ def _run(command, **kwargs):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            REPO,
-        ],
-        cwd=str(out),
+    # Build from a copy: building writes build/ and *.egg-info next to the sources.
+    source = out / "source"
+    ignored = shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", "runs", ".pytest_cache"
     )
+    shutil.copytree(REPO, source, ignore=ignored)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    _run([*command, "-q", "-w", str(out), str(source)], cwd=str(out))
     (path,) = [os.path.join(out, name) for name in os.listdir(out) if name.endswith(".whl")]
     return path
 

@@ -1,12 +1,15 @@
-"""The training configuration: one dataclass, the presets, and validation.
+"""The training configuration: dataclasses, the presets, and validation.
 
-``TrainConfig`` holds every knob of a training run; each absl flag of
-``train.flags`` is one of its fields, so a run can be driven from the
+``RunConfig`` holds the settings every task shares (batch, schedule,
+optimizer, execution, outputs); ``TrainConfig`` extends it for
+classification, and the detection and video configs do the same.  Each
+absl flag of ``train.flags`` is one field, so a run can be driven from the
 command line or from Python with the same names.  Presets are named partial
 configs (``PRESETS``); values given explicitly win over the preset's.
 
-``make_config`` is the one precedence rule of every script (defaults,
-preset, the script's defaults, explicit values).  ``validate_config`` is the
+``make_task_config`` is the one precedence rule of every script (defaults,
+preset, the script's defaults, explicit values); ``make_config`` applies it
+to classification.  ``validate_config`` is the
 single place that rejects a bad configuration, with a ``FlagError`` (a
 ``ValueError``; scripts exit with status 2) naming the flag and the value,
 before any data is read or any variable is created.
@@ -24,7 +27,55 @@ DATASET_KINDS = ("digits", "synthetic", "folder", "imagenet_tfrecord")
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class RunConfig:
+    """The settings every task shares: batch and schedule, optimizer, execution, outputs.
+
+    A task's config extends it with its own model and data fields (and may
+    change a default, e.g. ``model_dir``); ``validate_run_config`` checks
+    these, the task's own validation the rest.
+    """
+
+    # Batch and schedule.
+    batch_size_per_replica: int = 32
+    epochs: int = 8
+    steps_per_epoch: int | None = None
+    eval_steps: int | None = None
+    base_lr: float = 0.1
+    lr_reference_batch: int = 32
+    lr_schedule: str = "cosine"
+    lr_boundaries: tuple = (30, 60, 90)
+    lr_decay_factor: float = 0.1
+    warmup_epochs: float = 1.0
+    # Optimizer.
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    decay_norm_params: bool = True
+    # Execution.
+    strategy: str = "auto"
+    tpu: str = ""
+    worker_wait_timeout: int = 0
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+    # Outputs.
+    model_dir: str = "runs/classify"
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    log_every_steps: int = 10
+    steps_per_loop: int = 1
+    extend_epochs: bool = False
+    preset: str | None = None
+
+    def as_dict(self):
+        """The config as JSON-ready plain values (tuples become lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+
+@dataclasses.dataclass
+class TrainConfig(RunConfig):
     """Every setting of a classification training run (one field per flag).
 
     The defaults describe the quick run on sklearn's digits: a CIFAR-style
@@ -48,44 +99,8 @@ class TrainConfig:
     augment: str = "auto"
     num_classes: int | None = None
     tfrecord_label_offset: int = 1
-    # Batch and schedule.
-    batch_size_per_replica: int = 32
-    epochs: int = 8
-    steps_per_epoch: int | None = None
-    eval_steps: int | None = None
-    base_lr: float = 0.1
-    lr_reference_batch: int = 32
-    lr_schedule: str = "cosine"
-    lr_boundaries: tuple = (30, 60, 90)
-    lr_decay_factor: float = 0.1
-    warmup_epochs: float = 1.0
-    # Optimizer and loss.
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    decay_norm_params: bool = True
+    # Loss.
     label_smoothing: float = 0.0
-    # Execution.
-    strategy: str = "auto"
-    tpu: str = ""
-    worker_wait_timeout: int = 0
-    mixed_precision: str = "float32"
-    jit_compile: bool = False
-    seed: int = 0
-    # Outputs.
-    model_dir: str = "runs/classify"
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 3
-    log_every_steps: int = 10
-    steps_per_loop: int = 1
-    extend_epochs: bool = False
-    preset: str | None = None
-
-    def as_dict(self):
-        """The config as JSON-ready plain values (tuples become lists)."""
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()
-        }
 
 
 # §4.1 "Implementation details" of the paper, plus its learning-rate rule
@@ -118,28 +133,38 @@ PAPER_IMAGENET = {
 PRESETS = {"paper_imagenet": PAPER_IMAGENET}
 
 
-def make_config(preset=None, script_defaults=None, **explicit):
-    """A validated ``TrainConfig``: the one precedence rule of every script.
+def make_task_config(
+    config_class, validate, presets, preset=None, script_defaults=None, **explicit
+):
+    """A validated ``config_class``: the one precedence rule of every script.
 
-    Later wins: ``TrainConfig``'s defaults, the ``preset``'s recipe, the
-    calling script's own defaults (``script_defaults``, e.g. gn-finetune's
-    batch of 2 or a study's model), then the values given explicitly (the
-    flags present on the command line).
+    Later wins: ``config_class``'s defaults, the ``preset``'s recipe (from
+    ``presets``), the calling script's own defaults (``script_defaults``,
+    e.g. gn-finetune's batch of 2 or a study's model), then the values given
+    explicitly (the flags present on the command line).  ``validate`` checks
+    the result.
     """
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name for f in dataclasses.fields(config_class)}
     values = {}
     if preset is not None:
-        _checks.check_choice(preset, "--preset", tuple(PRESETS))
-        values.update(PRESETS[preset])
+        _checks.check_choice(preset, "--preset", tuple(presets))
+        values.update(presets[preset])
         values["preset"] = preset
     for layer in (script_defaults or {}, explicit):
         unknown = sorted(set(layer) - fields)
         if unknown:
-            raise ValueError(f"Unknown TrainConfig field(s): {unknown}.")
+            raise ValueError(f"Unknown {config_class.__name__} field(s): {unknown}.")
         values.update(layer)
-    config = TrainConfig(**values)
-    validate_config(config)
+    config = config_class(**values)
+    validate(config)
     return config
+
+
+def make_config(preset=None, script_defaults=None, **explicit):
+    """A validated classification ``TrainConfig`` (``make_task_config``'s precedence)."""
+    return make_task_config(
+        TrainConfig, validate_config, PRESETS, preset, script_defaults, **explicit
+    )
 
 
 def dataset_kind(dataset):
@@ -193,54 +218,68 @@ def _check_schedule(config):
 
 
 # field -> smallest allowed value; the optional ones may also be None.
-_INTEGERS = {
-    "groups": -1,
+_RUN_INTEGERS = {
     "batch_size_per_replica": 1,
     "epochs": 1,
     "lr_reference_batch": 1,
     "seed": 0,
-    "image_size": 8,
     "checkpoint_every_steps": 0,
     "keep_checkpoints": 1,
     "log_every_steps": 1,
     "steps_per_loop": 1,
     "worker_wait_timeout": 0,
-    "tfrecord_label_offset": 0,
 }
-_OPTIONAL_INTEGERS = {"group_size": 1, "steps_per_epoch": 1, "eval_steps": 1, "num_classes": 2}
+_RUN_OPTIONAL_INTEGERS = {"steps_per_epoch": 1, "eval_steps": 1}
 # field -> (low, high, low_open): the closed or half-open interval allowed.
-_NUMBERS = {
+_RUN_NUMBERS = {
     "base_lr": (0.0, None, True),
     "momentum": (0.0, 1.0, False),
     "weight_decay": (0.0, None, False),
-    "label_smoothing": (0.0, 1.0, False),
     "warmup_epochs": (0.0, None, False),
     "lr_decay_factor": (0.0, 1.0, True),
 }
-_CHOICES = {
-    "strategy": STRATEGIES,
-    "mixed_precision": PRECISIONS,
-    "augment": AUGMENTATIONS,
-}
+_RUN_CHOICES = {"strategy": STRATEGIES, "mixed_precision": PRECISIONS}
+
+_CLASSIFY_INTEGERS = {"groups": -1, "image_size": 8, "tfrecord_label_offset": 0}
+_CLASSIFY_OPTIONAL_INTEGERS = {"group_size": 1, "num_classes": 2}
+_CLASSIFY_NUMBERS = {"label_smoothing": (0.0, 1.0, False)}
+_CLASSIFY_CHOICES = {"augment": AUGMENTATIONS}
+
+
+def check_fields(config, integers=None, optional_integers=None, numbers=None, choices=None):
+    """Check ``config``'s fields by table (see the tables above); FlagError names the flag."""
+    for name, minimum in (integers or {}).items():
+        _checks.check_int(getattr(config, name), f"--{name}", minimum=minimum)
+    for name, minimum in (optional_integers or {}).items():
+        _checks.check_int(getattr(config, name), f"--{name}", minimum=minimum, optional=True)
+    for name, (low, high, low_open) in (numbers or {}).items():
+        _checks.check_number(
+            getattr(config, name), f"--{name}", low=low, high=high, low_open=low_open
+        )
+    for name, choices_of_name in (choices or {}).items():
+        _checks.check_choice(getattr(config, name), f"--{name}", choices_of_name)
+
+
+def validate_run_config(config):
+    """Check the ``RunConfig`` fields of any task's config."""
+    check_fields(config, _RUN_INTEGERS, _RUN_OPTIONAL_INTEGERS, _RUN_NUMBERS, _RUN_CHOICES)
+    _check_schedule(config)
+    if not config.model_dir:
+        _fail("model_dir", config.model_dir, "a directory path for checkpoints and outputs")
 
 
 def validate_config(config):
     """Raise ``FlagError`` (a ``ValueError``) naming the first bad flag and its value."""
-    for name, minimum in _INTEGERS.items():
-        _checks.check_int(getattr(config, name), f"--{name}", minimum=minimum)
+    check_fields(
+        config,
+        _CLASSIFY_INTEGERS,
+        _CLASSIFY_OPTIONAL_INTEGERS,
+        _CLASSIFY_NUMBERS,
+        _CLASSIFY_CHOICES,
+    )
     if config.groups == 0:
         _fail("groups", 0, "a positive group count, or -1 for one channel per group")
-    for name, minimum in _OPTIONAL_INTEGERS.items():
-        _checks.check_int(getattr(config, name), f"--{name}", minimum=minimum, optional=True)
-    for name, (low, high, low_open) in _NUMBERS.items():
-        _checks.check_number(
-            getattr(config, name), f"--{name}", low=low, high=high, low_open=low_open
-        )
-    for name, choices in _CHOICES.items():
-        _checks.check_choice(getattr(config, name), f"--{name}", choices)
-    _check_schedule(config)
+    validate_run_config(config)
     _check_dataset(config)
-    if not config.model_dir:
-        _fail("model_dir", config.model_dir, "a directory path for checkpoints and outputs")
     if not config.model or not config.norm:
         _fail("model" if not config.model else "norm", "", "a non-empty name")

@@ -1,4 +1,10 @@
-"""absl flags for the training scripts: one flag per ``TrainConfig`` field.
+"""absl flags for the training scripts: one flag per config field.
+
+``RUN_FLAG_SPECS`` are the flags of the ``RunConfig`` fields every task
+shares; ``CLASSIFY_FLAG_SPECS`` classification's own.  A task's script
+defines its flags with ``define_config_flags(flag_values, ItsConfig,
+{**ITS_SPECS, **RUN_FLAG_SPECS})`` and reads them back with
+``explicit_values`` and ``config.make_task_config``.
 
 Defaults come from ``TrainConfig`` itself, so the dataclass stays the one
 source of truth, and the names a help text lists come from their registries
@@ -17,32 +23,10 @@ from absl import flags
 from gn_keras import _checks, models, norms
 from gn_keras.train import config as config_lib
 
-_DEFAULTS = config_lib.TrainConfig()
-
 # name -> (kind, help); kind picks the absl DEFINE_* and, for enums, the
-# allowed values.
-_FLAG_SPECS = {
-    "model": ("string", f"Model name from the model zoo: {', '.join(models.available())}."),
-    "norm": ("string", f"Normalization: {', '.join(norms.available())}."),
-    "groups": (
-        "integer",
-        "GN groups G (-1: one channel per group). Default 8 suits "
-        "CIFAR-style ResNets whose first stage has 16 channels.",
-    ),
-    "group_size": ("integer", "GN channels per group; replaces --groups when set."),
-    "zero_init_residual": ("bool", "Zero-init the last norm's gamma in each residual block."),
-    "dataset": ("string", f"{' | '.join(config_lib.DATASET_KINDS)} | tfds:NAME."),
-    "data_dir": ("string", "Data location for folder/imagenet_tfrecord; TFDS data_dir."),
-    "image_size": ("integer", "Square input size in pixels."),
-    "augment": (config_lib.AUGMENTATIONS, "Training augmentation; auto picks by dataset."),
-    "num_classes": (
-        "integer",
-        "Class count for synthetic/imagenet_tfrecord (others read it from the data).",
-    ),
-    "tfrecord_label_offset": (
-        "integer",
-        "Subtracted from image/class/label; standard ImageNet shards store 1..1000.",
-    ),
+# allowed values.  RUN_FLAG_SPECS are the flags of every task's RunConfig
+# fields; each task adds its own (and its --preset).
+RUN_FLAG_SPECS = {
     "batch_size_per_replica": ("integer", "Images per replica per step."),
     "epochs": ("integer", "Training epochs."),
     "steps_per_epoch": (
@@ -65,7 +49,6 @@ _FLAG_SPECS = {
     "momentum": ("float", "SGD momentum."),
     "weight_decay": ("float", "Coupled L2 (added to the gradient before momentum)."),
     "decay_norm_params": ("bool", "Apply --weight_decay to normalization gamma/beta too."),
-    "label_smoothing": ("float", "Label smoothing of the cross-entropy."),
     "strategy": (config_lib.STRATEGIES, "tf.distribute strategy; multi_worker reads TF_CONFIG."),
     "tpu": ("string", "TPU address for --strategy=tpu ('' for a local TPU)."),
     "worker_wait_timeout": (
@@ -90,18 +73,46 @@ _FLAG_SPECS = {
         "Training steps per compiled call (orbit's steps_per_loop); the loss is read and "
         "logged only every --log_every_steps.",
     ),
+}
+CLASSIFY_FLAG_SPECS = {
+    "model": ("string", f"Model name from the model zoo: {', '.join(models.available())}."),
+    "norm": ("string", f"Normalization: {', '.join(norms.available())}."),
+    "groups": (
+        "integer",
+        "GN groups G (-1: one channel per group). Default 8 suits "
+        "CIFAR-style ResNets whose first stage has 16 channels.",
+    ),
+    "group_size": ("integer", "GN channels per group; replaces --groups when set."),
+    "zero_init_residual": ("bool", "Zero-init the last norm's gamma in each residual block."),
+    "dataset": ("string", f"{' | '.join(config_lib.DATASET_KINDS)} | tfds:NAME."),
+    "data_dir": ("string", "Data location for folder/imagenet_tfrecord; TFDS data_dir."),
+    "image_size": ("integer", "Square input size in pixels."),
+    "augment": (config_lib.AUGMENTATIONS, "Training augmentation; auto picks by dataset."),
+    "num_classes": (
+        "integer",
+        "Class count for synthetic/imagenet_tfrecord (others read it from the data).",
+    ),
+    "tfrecord_label_offset": (
+        "integer",
+        "Subtracted from image/class/label; standard ImageNet shards store 1..1000.",
+    ),
+    "label_smoothing": ("float", "Label smoothing of the cross-entropy."),
     "preset": (tuple(config_lib.PRESETS), "Named recipe; explicit flags override it."),
 }
+_FLAG_SPECS = {**CLASSIFY_FLAG_SPECS, **RUN_FLAG_SPECS}
 
 
-def define_flags(flag_values=flags.FLAGS):
-    """Define one flag per ``TrainConfig`` field on ``flag_values``."""
-    fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
-    missing = fields.symmetric_difference(_FLAG_SPECS)
+def define_config_flags(flag_values, config_class, specs):
+    """Define one flag per field of ``config_class`` from ``specs`` (defaults from the class)."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    missing = fields.symmetric_difference(specs)
     if missing:
-        raise ValueError(f"TrainConfig fields and flags disagree on: {sorted(missing)}.")
-    for name, (kind, help_text) in _FLAG_SPECS.items():
-        default = getattr(_DEFAULTS, name)
+        raise ValueError(
+            f"{config_class.__name__} fields and flags disagree on: {sorted(missing)}."
+        )
+    defaults = config_class()
+    for name, (kind, help_text) in specs.items():
+        default = getattr(defaults, name)
         if isinstance(kind, tuple):
             flags.DEFINE_enum(name, default, kind, help_text, flag_values=flag_values)
         elif kind == "list":
@@ -109,6 +120,11 @@ def define_flags(flag_values=flags.FLAGS):
         else:
             definer = getattr(flags, f"DEFINE_{kind}")
             definer(name, default, help_text, flag_values=flag_values)
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Define one flag per ``TrainConfig`` field on ``flag_values``."""
+    define_config_flags(flag_values, config_lib.TrainConfig, _FLAG_SPECS)
 
 
 def _parse_boundaries(values):
@@ -120,16 +136,22 @@ def _parse_boundaries(values):
         ) from None
 
 
+def explicit_values(flag_values, specs):
+    """The values of the flags in ``specs`` given on the command line (``--preset`` aside)."""
+    explicit = {}
+    for name in specs:
+        if name == "preset" or not flag_values[name].present:
+            continue
+        value = flag_values[name].value
+        explicit[name] = _parse_boundaries(value) if name == "lr_boundaries" else value
+    return explicit
+
+
 def config_from_flags(flag_values=flags.FLAGS, script_defaults=None):
     """A validated ``TrainConfig`` from parsed flags (see ``config.make_config``).
 
     ``script_defaults``: the calling script's own defaults, which beat the
     preset's and lose to flags given on the command line.
     """
-    explicit = {}
-    for name in _FLAG_SPECS:
-        if name == "preset" or not flag_values[name].present:
-            continue
-        value = flag_values[name].value
-        explicit[name] = _parse_boundaries(value) if name == "lr_boundaries" else value
+    explicit = explicit_values(flag_values, _FLAG_SPECS)
     return config_lib.make_config(flag_values["preset"].value, script_defaults, **explicit)

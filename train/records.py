@@ -81,6 +81,7 @@ def summarize(records, metric="top1_error", lower_is_better=True):
 
 def _latest_scalars(log_dir):
     """``{tag: {step: value}}`` of a TensorBoard log, the latest write of each step winning."""
+    import tensorflow as tf
     from tensorboard.backend.event_processing import event_accumulator
 
     events = event_accumulator.EventAccumulator(log_dir, size_guidance={"tensors": 0})
@@ -89,7 +90,7 @@ def _latest_scalars(log_dir):
     for tag in events.Tags()["tensors"]:
         latest = {}
         for event in sorted(events.Tensors(tag), key=lambda e: e.wall_time):
-            latest[event.step] = float(event.tensor_proto.float_val[0])
+            latest[event.step] = float(tf.make_ndarray(event.tensor_proto))
         scalars[tag] = latest
     return scalars
 
