@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 
 from gn_keras.models.detection import MaskRCNNConfig, ops
 from gn_keras.train.detection import coco, pipeline, shapes
+from gn_keras.train.detection import task as detection_task
 
 SIZE = (48, 64)  # height, width
 
@@ -326,4 +327,27 @@ def test_tfrecords_decode_like_the_coco_reader(tmp_path):
         np.testing.assert_array_equal(got["groundtruth_classes"], want["groundtruth_classes"])
         np.testing.assert_array_equal(
             got["groundtruth_instance_masks"], want["groundtruth_instance_masks"]
+        )
+
+
+def test_tfrecord_ground_truth_matches_the_json_one(tmp_path):
+    path = shapes.write_shapes(str(tmp_path), 3, image_size=32, seed=2)
+    data = coco.read_coco(path, str(tmp_path / "images"))
+    records = str(tmp_path / "shapes.tfrecord")
+    with tf.io.TFRecordWriter(records) as writer:
+        for record in data.images:
+            writer.write(tf_example(record, data))
+    source = detection_task.tfrecord_source(records, data.category_ids, evaluation=True)
+    assert source.num_examples == 3
+    got, want = source.ground_truth["annotations"], data.ground_truth["annotations"]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g["image_id"], g["category_id"], g["area"]) == (
+            w["image_id"],
+            w["category_id"],
+            w["area"],
+        )
+        np.testing.assert_allclose(g["bbox"], w["bbox"], atol=1e-4)
+        np.testing.assert_array_equal(
+            mask_utils.decode(g["segmentation"]), mask_utils.decode(w["segmentation"])
         )
