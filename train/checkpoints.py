@@ -25,23 +25,34 @@ from them, so the manager keeps rotating the old files out.
 
 On multi-worker and TPU strategies a
 ``tf.distribute.experimental.PreemptionCheckpointHandler`` watches for a
-preemption notice and saves before the process is stopped.  Every worker
-saves (MultiWorkerMirroredStrategy needs all of them in a save); the chief
-into ``checkpoints/``, the others into throw-away directories, and everyone
-restores from the chief's.
+preemption notice (SIGTERM on any worker) and, at the next step boundary
+that all workers agree on, saves and stops every worker with one line saying
+where the state went and to rerun all workers (exit status
+``PREEMPTED_EXIT_STATUS``).  Every worker saves (MultiWorkerMirroredStrategy
+needs all of them in a save); the chief into ``checkpoints/``, the others
+into throw-away directories, and everyone restores from the chief's.
+
+Every checkpoint, preemption ones included, is numbered by the global step
+it holds (``ckpt-<step>``), so the numbers order the checkpoints in time and
+an index rebuilt from the files on disk takes the newest for the newest.
 """
 
 import os
 import re
 import shutil
+import sys
 
 import tensorflow as tf
 from absl import logging
+from tensorflow.python.util import deprecation
 
 from gn_keras import load
 from gn_keras.train import strategy as strategy_lib
 
 _PREEMPTIBLE = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+# TensorFlow's own exit status after a preemption save: cluster managers
+# restart a job that ends with it.
+PREEMPTED_EXIT_STATUS = 42
 _INDEX_FILE = "checkpoint"  # tf.train.CheckpointManager's default latest_filename
 # A saved checkpoint's own .index file (the manager's default checkpoint_name).
 _SAVED_CHECKPOINT = re.compile(r"ckpt-(\d+)\.index")
@@ -123,10 +134,13 @@ class Checkpointer:
         self.write_directory = strategy_lib.worker_write_dir(strategy, directory)
         if self.write_directory == directory:  # other workers only read it
             _rebuild_index(directory)
+        # A copy left by a killed save must not be restored by the preemption handler.
+        self._drop_worker_copy()
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self.write_directory, max_to_keep=max_to_keep
         )
         self._preemption = None
+        self._preempted_at = None
 
     def restore(self):
         """Load the latest checkpoint if any; return ``(epoch, step_in_epoch)``."""
@@ -144,7 +158,11 @@ class Checkpointer:
             # Created after the restore: it would otherwise restore from this
             # worker's own (empty, on non-chief workers) directory.
             self._preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
-                self.strategy.cluster_resolver, self.manager
+                self.strategy.cluster_resolver,
+                self.manager,
+                termination_config=tf.distribute.experimental.TerminationConfig(
+                    save_fn=self._save_for_preemption, exit_fn=self._stop_after_preemption
+                ),
             )
         return int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
 
@@ -188,12 +206,29 @@ class Checkpointer:
         self._drop_worker_copy()
         return path
 
-    def after_step(self, epoch, step_in_epoch):
+    def after_step(self, epoch, step_in_epoch, global_step):
         """Let the preemption handler save (and stop) if a notice came."""
         if self._preemption is None:
             return
-        self._record(epoch, step_in_epoch)
-        self._preemption.save_checkpoint_if_preempted()
+        # Its save reads its own deprecated total_run_calls: 6 lines of warning.
+        # (The exit after a save leaves the warnings off, as the process ends.)
+        with deprecation.silence():
+            self._preemption.save_checkpoint_if_preempted(epoch, step_in_epoch, global_step)
+
+    def _save_for_preemption(self, epoch, step_in_epoch, global_step):
+        self.save(epoch, step_in_epoch, global_step)
+        self._preempted_at = (epoch, step_in_epoch, global_step)
+
+    def _stop_after_preemption(self):
+        """The handler's ``exit_fn``, on every worker once the state is saved."""
+        epoch, step_in_epoch, global_step = self._preempted_at
+        saved = os.path.join(self.directory, f"ckpt-{global_step}")
+        sys.stderr.write(
+            f"Preempted (SIGTERM): the training state after {global_step} steps ({epoch} "
+            f"epochs and {step_in_epoch} steps) was saved to {saved}; rerun the same "
+            "command on all workers to resume.\n"
+        )
+        sys.exit(PREEMPTED_EXIT_STATUS)
 
     def _drop_worker_copy(self):
         if self.write_directory != self.directory:

@@ -119,7 +119,7 @@ def _train_epoch(run, epoch, first_step):
             break  # the epoch-end checkpoint follows evaluation and results
         if plan.checkpoint_every_steps and step % plan.checkpoint_every_steps == 0:
             checkpointer.save(epoch, step, epoch * plan.steps_per_epoch + step)
-        checkpointer.after_step(epoch, step)
+        checkpointer.after_step(epoch, step, epoch * plan.steps_per_epoch + step)
     seconds = time.perf_counter() - started
     trained = plan.steps_per_epoch - first_step
     return runner.train_results(), trained * plan.global_batch_size / seconds

@@ -13,6 +13,8 @@ import os
 
 import tensorflow as tf
 
+from gn_keras.train import cluster
+
 
 def _tf_config():
     raw = os.environ.get("TF_CONFIG", "")
@@ -58,8 +60,12 @@ def _tpu_strategy(tpu_address):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def make_strategy(name, tpu_address=""):
-    """Create the strategy named by ``--strategy`` (call once per process)."""
+def make_strategy(name, tpu_address="", worker_wait_timeout=0):
+    """Create the strategy named by ``--strategy`` (call once per process).
+
+    A multi-worker strategy waits for every worker of ``TF_CONFIG`` to start,
+    at most ``worker_wait_timeout`` seconds (0: no limit; ``train.cluster``).
+    """
     name = resolve_strategy_name(name)
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
@@ -68,7 +74,7 @@ def make_strategy(name, tpu_address=""):
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         _check_multi_worker_env()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return cluster.join(worker_wait_timeout)
     if name == "tpu":
         return _tpu_strategy(tpu_address)
     raise ValueError(

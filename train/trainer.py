@@ -16,7 +16,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gn_keras.train import checkpoints, loop, outputs, settings, steps, workdir
+from gn_keras.train import checkpoints, cluster, loop, outputs, settings, steps, workdir
 from gn_keras.train import optimizer as optimizer_lib
 from gn_keras.train import strategy as strategy_lib
 
@@ -159,8 +159,13 @@ def run(task, config, *, strategy=None, callbacks=None):
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     try:
         if strategy is None:
-            strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
-        with workdir.claim(config.model_dir, writes=strategy_lib.is_chief(strategy)):
+            strategy = strategy_lib.make_strategy(
+                config.strategy, config.tpu, config.worker_wait_timeout
+            )
+        with (
+            workdir.claim(config.model_dir, writes=strategy_lib.is_chief(strategy)),
+            cluster.lost_workers_reported(strategy, config.model_dir),
+        ):
             return _run_in(task, config, strategy, callbacks)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
