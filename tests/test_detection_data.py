@@ -108,47 +108,22 @@ def test_reader_decodes_polygons_rle_and_crowd_like_pycocotools(rng, tmp_path):
     assert {a["id"] for a in data.ground_truth["annotations"]} == {1, 2, 3, 4}
 
 
+def broken(annotation_id, image_id, category_id, bbox):
+    x, y = bbox[:2]
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "segmentation": [square_polygon(x, y, 4)],
+    }
+
+
 BROKEN = [
-    (
-        {
-            "id": 10,
-            "image_id": 1,
-            "category_id": 7,
-            "bbox": [50, 30, 30, 30],
-            "segmentation": [square_polygon(50, 30, 10)],
-        },
-        "box outside image",
-    ),
-    (
-        {
-            "id": 11,
-            "image_id": 1,
-            "category_id": 7,
-            "bbox": [5, 5, 0, 4],
-            "segmentation": [square_polygon(5, 5, 4)],
-        },
-        "zero area",
-    ),
-    (
-        {
-            "id": 12,
-            "image_id": 1,
-            "category_id": 99,
-            "bbox": [5, 5, 4, 4],
-            "segmentation": [square_polygon(5, 5, 4)],
-        },
-        "unknown category id 99",
-    ),
-    (
-        {
-            "id": 13,
-            "image_id": 42,
-            "category_id": 7,
-            "bbox": [5, 5, 4, 4],
-            "segmentation": [square_polygon(5, 5, 4)],
-        },
-        "unknown image id 42",
-    ),
+    (broken(10, 1, 7, [50, 30, 30, 30]), "box outside image"),
+    (broken(11, 1, 7, [5, 5, 0, 4]), "zero area"),
+    (broken(12, 1, 99, [5, 5, 4, 4]), "unknown category id 99"),
+    (broken(13, 42, 7, [5, 5, 4, 4]), "unknown image id 42"),
 ]
 
 
@@ -310,13 +285,19 @@ def tf_example(record, data):
     return tf.train.Example(features=features).SerializeToString()
 
 
-def test_tfrecords_decode_like_the_coco_reader(tmp_path):
-    path = shapes.write_shapes(str(tmp_path), 3, image_size=32, seed=1)
-    data = coco.read_coco(path, str(tmp_path / "images"))
-    records = str(tmp_path / "shapes.tfrecord")
+def shapes_as_tfrecords(directory, seed):
+    """Three shapes images as COCO JSON (read back) and as one TFRecord file."""
+    path = shapes.write_shapes(str(directory), 3, image_size=32, seed=seed)
+    data = coco.read_coco(path, str(directory / "images"))
+    records = str(directory / "shapes.tfrecord")
     with tf.io.TFRecordWriter(records) as writer:
         for record in data.images:
             writer.write(tf_example(record, data))
+    return data, records
+
+
+def test_tfrecords_decode_like_the_coco_reader(tmp_path):
+    data, records = shapes_as_tfrecords(tmp_path, seed=1)
     from_records = list(pipeline.tfrecord_examples(records, data.category_ids))
     from_json = list(pipeline.coco_examples(data))
     assert len(from_records) == len(from_json) == 3
@@ -331,12 +312,7 @@ def test_tfrecords_decode_like_the_coco_reader(tmp_path):
 
 
 def test_tfrecord_ground_truth_matches_the_json_one(tmp_path):
-    path = shapes.write_shapes(str(tmp_path), 3, image_size=32, seed=2)
-    data = coco.read_coco(path, str(tmp_path / "images"))
-    records = str(tmp_path / "shapes.tfrecord")
-    with tf.io.TFRecordWriter(records) as writer:
-        for record in data.images:
-            writer.write(tf_example(record, data))
+    data, records = shapes_as_tfrecords(tmp_path, seed=2)
     source = detection_task.tfrecord_source(records, data.category_ids, evaluation=True)
     assert source.num_examples == 3
     got, want = source.ground_truth["annotations"], data.ground_truth["annotations"]

@@ -8,34 +8,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from detection_helpers import TINY, tiny_config
 
 from gn_keras import GroupNormalization, models
 from gn_keras.frozen_bn import FrozenBatchNormalization
-from gn_keras.models.detection import MaskRCNN, MaskRCNNConfig, losses, mask_rcnn_losses, ops
-
-TINY = dict(
-    num_classes=3,
-    image_size=(64, 64),
-    backbone="resnet18_narrow",
-    groups=4,
-    fpn_channels=16,
-    head_conv_channels=16,
-    box_head_fc_units=32,
-    rois_per_image=32,
-    masks_per_image=8,
-    train_pre_nms_top_k=200,
-    train_proposals=64,
-    test_pre_nms_top_k=100,
-    test_proposals=32,
-    detections_per_image=8,
-)
+from gn_keras.models.detection import MaskRCNN, losses, mask_rcnn_losses, ops
 
 # Paper Table 5: (backbone, box head) norms with a 4conv1fc head; GN heads include the mask head.
 TABLE5_ROWS = [("frozen_bn", "none"), ("frozen_bn", "gn"), ("gn", "gn")]
-
-
-def tiny_config(**changes):
-    return MaskRCNNConfig(**dict(TINY, **changes))
 
 
 def norm_types(model):

@@ -4,8 +4,8 @@ import types
 
 import numpy as np
 import tensorflow as tf
+from detection_helpers import tiny_config
 
-from gn_keras.models.detection import MaskRCNNConfig
 from gn_keras.train.detection import pipeline
 from gn_keras.train.detection import task as detection_task
 
@@ -13,23 +13,7 @@ from gn_keras.train.detection import task as detection_task
 def tiny_task(tmp_path):
     train = detection_task.shapes_source(str(tmp_path / "train"), 6, image_size=32, training=True)
     val = detection_task.shapes_source(str(tmp_path / "val"), 3, image_size=32, seed=1)
-    model_config = MaskRCNNConfig(
-        num_classes=3,
-        image_size=(64, 64),
-        backbone="resnet18_narrow",
-        backbone_norm="gn",
-        groups=4,
-        fpn_channels=16,
-        head_conv_channels=16,
-        box_head_fc_units=32,
-        rois_per_image=32,
-        masks_per_image=8,
-        train_pre_nms_top_k=100,
-        train_proposals=64,
-        test_pre_nms_top_k=100,
-        test_proposals=32,
-        detections_per_image=8,
-    )
+    model_config = tiny_config(backbone_norm="gn", train_pre_nms_top_k=100)
     input_config = pipeline.InputConfig(
         short_side=64, max_side=64, max_instances=6, mask_crop_size=16
     )
