@@ -125,19 +125,26 @@ def train_view(frames, spec, seed=None):
     return tf.ensure_shape(frames, (spec.frames, spec.crop_size, spec.crop_size, None))
 
 
-def centre_view(frames, spec, crops=1):
-    """Short side to ``eval_short_side``, then the centre crop (or 3 crops stacked)."""
+def _centre_crops(frames, spec, crops):
+    """``(crops, T, crop, crop, C)``: short side to ``eval_short_side``, 1 or 3 crops."""
     frames = preprocess_ops_3d.resize_smallest(_as_float(frames), spec.eval_short_side)
     frames = preprocess_ops_3d.crop_image(frames, spec.crop_size, spec.crop_size, num_crops=crops)
-    size = (crops, spec.frames, spec.crop_size, spec.crop_size, -1)
-    views = tf.reshape(frames, size)
+    return tf.reshape(frames, (crops, spec.frames, spec.crop_size, spec.crop_size, -1))
+
+
+def centre_view(frames, spec, crops=1):
+    """Short side to ``eval_short_side``, then the centre crop (or 3 crops stacked).
+
+    Three crops run along the long side: its start, centre and end.
+    """
+    views = _centre_crops(frames, spec, crops)
     return views[0] if crops == 1 else views
 
 
 def test_views(clips, spec):
     """``(test_views, T, crop, crop, C)`` from ``(test_clips, T, H, W, C)`` frames."""
     views = tf.map_fn(
-        lambda clip: centre_view(clip, spec, crops=spec.test_crops),
+        lambda clip: _centre_crops(clip, spec, spec.test_crops),
         clips,
         fn_output_signature=tf.TensorSpec(
             (spec.test_crops, spec.frames, spec.crop_size, spec.crop_size, None), tf.float32

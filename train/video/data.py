@@ -1,0 +1,150 @@
+"""Per-replica video datasets for the training machinery (``TaskData``'s functions).
+
+The same contract as the image pipeline (:mod:`gn_keras.train.data`):
+
+* epoch ``e``'s order is shuffled from ``(seed, e)`` only, so a resumed
+  epoch skips exactly the batches it trained; training repeats its shard;
+* evaluation pads each shard with zero-weight examples up to whole global
+  batches, so every real video counts exactly once;
+* clips go to the model as ``(pixels − mean) / std`` on the 0–255 scale
+  (ImageNet's statistics, as for RGB images), and ``preprocessing()`` is the
+  ``preprocessing.json`` the export reads.
+
+Datasets give ``(clips, labels)`` for training, ``(clips, labels,
+weights)`` for validation (one centre clip) and ``(views, labels,
+weights)`` for the final test, ``views`` being ``(batch, test_views, T, H,
+W, 3)`` for :func:`clips.average_view_probabilities`.
+"""
+
+import tensorflow as tf
+from official.vision.ops import preprocess_ops
+
+from gn_keras.train import data as image_data
+from gn_keras.train import sources as image_sources
+from gn_keras.train.video import clips
+
+SHUFFLE_BUFFER = 1_000  # videos are big: a smaller buffer than images'
+
+
+class VideoPipeline:
+    """Train, validation and test datasets of one ``VideoSource`` and ``ClipSpec``."""
+
+    def __init__(self, source, spec, batch_size_per_replica, seed=0):
+        self.source = source
+        self.spec = spec
+        self.batch_size_per_replica = batch_size_per_replica
+        self.seed = seed
+        self.mean = image_sources.IMAGENET_MEAN
+        self.std = image_sources.IMAGENET_STD
+
+    def preprocessing(self):
+        """The ``preprocessing.json`` contract shared with the export."""
+        spec = self.spec
+        return {
+            "task": "video",
+            "clip_shape": [spec.frames, spec.crop_size, spec.crop_size],
+            "frames": spec.frames,
+            "frame_stride": spec.frame_stride,
+            "image_size": [spec.crop_size, spec.crop_size],
+            "eval_short_side": spec.eval_short_side,
+            "test_clips": spec.test_clips,
+            "test_crops": spec.test_crops,
+            "channels": self.source.channels,
+            "mean": [float(m) for m in self.mean],
+            "std": [float(s) for s in self.std],
+            "data_format": "channels_last",
+            "num_classes": self.source.num_classes,
+            "class_names": self.source.class_names,
+        }
+
+    def normalize(self, clip):
+        return preprocess_ops.normalize_image(clip, offset=self.mean, scale=self.std)
+
+    def train_clip(self, video, seed=None):
+        """One augmented training clip of ``video``."""
+        indices = clips.train_indices(self.source.length(video), self.spec, seed)
+        frames = self.source.read(video, indices)
+        return self.normalize(clips.train_view(frames, self.spec, seed))
+
+    def centre_clip(self, video):
+        indices = clips.centre_indices(self.source.length(video), self.spec)
+        return self.normalize(clips.centre_view(self.source.read(video, indices), self.spec))
+
+    def test_views(self, video):
+        indices = clips.test_indices(self.source.length(video), self.spec)
+        frames = self.source.read(video, tf.reshape(indices, [-1]))
+        shape = tf.concat([tf.shape(indices), tf.shape(frames)[1:]], 0)
+        return self.normalize(clips.test_views(tf.reshape(frames, shape), self.spec))
+
+    def _per_pipeline_batch(self, context):
+        return self.batch_size_per_replica * (
+            context.num_replicas_in_sync // context.num_input_pipelines
+        )
+
+    def train_dataset_fn(self, epoch, skip_steps=0):
+        """For ``distribute_datasets_from_function``: epoch ``epoch`` after
+        ``skip_steps`` global steps already trained."""
+        seed = image_data.epoch_seed(self.seed, epoch)
+
+        def dataset_fn(context):
+            records = self.source.train_records(
+                context.num_input_pipelines, context.input_pipeline_id, seed
+            )
+            buffer = max(1, min(SHUFFLE_BUFFER, self.source.num_train))
+            records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+            records = records.skip(skip_steps * self._per_pipeline_batch(context))
+            examples = records.map(
+                lambda video, label: (self.train_clip(video), tf.cast(label, tf.int64)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            batches = examples.batch(self.batch_size_per_replica, drop_remainder=True)
+            return image_data._with_options(batches.prefetch(tf.data.AUTOTUNE))
+
+        return dataset_fn
+
+    def _padded_eval(self, steps, view_fn, shape):
+        def dataset_fn(context):
+            records = self.source.eval_records(
+                context.num_input_pipelines, context.input_pipeline_id
+            )
+            real = records.map(
+                lambda video, label: (view_fn(video), tf.cast(label, tf.int64), 1.0),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            padding = tf.data.Dataset.from_tensors(
+                (tf.zeros(shape), tf.constant(0, tf.int64), 0.0)
+            ).repeat()
+            examples = real.concatenate(padding).take(steps * self._per_pipeline_batch(context))
+            batches = examples.batch(self.batch_size_per_replica, drop_remainder=True)
+            return image_data._with_options(batches.prefetch(tf.data.AUTOTUNE))
+
+        return dataset_fn
+
+    def clip_shape(self):
+        spec = self.spec
+        return (spec.frames, spec.crop_size, spec.crop_size, self.source.channels)
+
+    def eval_dataset_fn(self, steps):
+        """``steps`` global steps of centre clips ``(clip, label, weight)``."""
+        return self._padded_eval(steps, self.centre_clip, self.clip_shape())
+
+    def test_dataset_fn(self, steps):
+        """``steps`` global steps of ``(views, label, weight)`` for the 10-clip test."""
+        shape = (self.spec.test_views, *self.clip_shape())
+        return self._padded_eval(steps, self.test_views, shape)
+
+    def steps_per_epoch(self, global_batch_size):
+        """Whole global batches in one pass over the training videos."""
+        full = self.source.num_train // global_batch_size
+        if full == 0:
+            raise ValueError(
+                f"a global batch of {global_batch_size} clips is larger than the "
+                f"{self.source.num_train} training videos of {self.source.name}."
+            )
+        return full
+
+    def eval_steps(self, global_batch_size):
+        """Global batches covering the validation videos once."""
+        return -(-self.source.num_eval // global_batch_size)
