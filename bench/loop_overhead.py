@@ -85,8 +85,8 @@ def ours(steps, steps_per_loop, work_dir):
 def keras_fit(steps, steps_per_execution, work_dir):
     """A callable training ``steps`` steps of the same model and data with ``Model.fit``."""
     config = _config(steps, 1, os.path.join(work_dir, "fit"))
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    prepared = classify.prepare(config, strategy)
+    # Keras fit runs under the default strategy, where the model must live too.
+    prepared = classify.prepare(config, tf.distribute.get_strategy())
     dataset = prepared.data.train_dataset_fn(0, 0)(tf.distribute.InputContext())
     model = prepared.model
     model.compile(
