@@ -233,3 +233,17 @@ def test_training_steps_reach_every_variable_and_lower_the_loss(rng):
     for _ in range(15):
         last, _ = step()
     assert np.isfinite(last) and last < 0.8 * first
+
+
+def test_mixed_bfloat16_keeps_boxes_and_losses_in_float32(rng):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = MaskRCNN(tiny_config(backbone_norm="gn", box_head="4conv1fc", box_head_norm="gn"))
+        batch = synthetic_batch(model, rng)
+        outputs = model(batch, training=True)  # eager: graph mode is tested above
+        parts = mask_rcnn_losses(outputs, batch)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.box_head.get_layer("box_conv1").compute_dtype == "bfloat16"
+    assert outputs["roi_box_targets"].dtype == tf.float32
+    assert all(np.all(np.isfinite(v)) for v in parts.values())

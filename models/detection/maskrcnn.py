@@ -41,6 +41,9 @@ class MaskRCNN(keras.Model):
 
     def __init__(self, config=None, backbone=None, **kwargs):
         kwargs.setdefault("name", "mask_rcnn")
+        # Boxes stay float32 under mixed precision (bfloat16 would move a box
+        # edge at 1000 px by 4 px); each sub-model casts its own inputs.
+        kwargs["autocast"] = False
         super().__init__(**kwargs)
         if config is None:
             config = MaskRCNNConfig()
@@ -87,12 +90,12 @@ class MaskRCNN(keras.Model):
     def _apply_roi_head(self, head, features, rois, size, training):
         """Run a head on RoIAlign crops of ``rois`` [B, R, 4], batch-major."""
         crops = ops.roi_align(features, rois, size)
-        shape = tf.shape(crops)
-        flat = tf.reshape(crops, [shape[0] * shape[1], size, size, crops.shape[-1]])
+        flat = tf.reshape(crops, [-1, size, size, crops.shape[-1]])
         outputs = head(flat, training=training)
+        rows = rois.shape[1] or tf.shape(rois)[1]  # static: every RoI count is a config value
         if isinstance(outputs, (list, tuple)):
-            return [tf.reshape(o, tf.concat([shape[:2], tf.shape(o)[1:]], 0)) for o in outputs]
-        return tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
+            return [tf.reshape(o, [-1, rows, *o.shape[1:]]) for o in outputs]
+        return tf.reshape(outputs, [-1, rows, *outputs.shape[1:]])
 
     @ops.graph_code
     def call(self, inputs, training=False):
@@ -105,6 +108,8 @@ class MaskRCNN(keras.Model):
             image_sizes = tf.tile(full, [tf.shape(images)[0], 1])
         features = self.pyramid(images, training=training)
         rpn_scores, rpn_boxes = self.rpn(features, training=training)
+        rpn_scores = {level: tf.cast(t, tf.float32) for level, t in rpn_scores.items()}
+        rpn_boxes = {level: tf.cast(t, tf.float32) for level, t in rpn_boxes.items()}
         with_targets = training and "gt_boxes" in inputs
         proposals, _ = ops.propose_rois(
             self.config, rpn_boxes, rpn_scores, self.anchors, image_sizes, with_targets

@@ -13,9 +13,10 @@ the latter.
 From the run's ``config`` the task reads only ``batch_size_per_replica``,
 ``seed``, ``steps_per_epoch`` and ``eval_steps`` (``None`` = one pass).
 An epoch's order depends only on (seed, epoch), flips included, so a
-resumed epoch can skip what it trained. Validation batches are filled up
-with blank images of ``image_id`` -1, which the evaluator ignores, so every
-batch has the same static shape.
+resumed epoch skips the examples it trained before parsing them.
+Validation runs exactly ``eval_steps`` global steps: the examples are
+followed by blank images of ``image_id`` -1, which the evaluator ignores,
+so every replica gets full batches of one static shape.
 """
 
 import dataclasses
@@ -126,6 +127,20 @@ def tfrecord_source(file_pattern, category_ids, category_names=None, evaluation=
     return DetectionSource(examples, count, list(category_ids), names, ground_truth)
 
 
+def _per_pipeline_batch(context, global_batch_size):
+    """Examples one input pipeline feeds per global step (all its replicas)."""
+    replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+    return context.get_per_replica_batch_size(global_batch_size) * replicas_here
+
+
+def _with_options(dataset):
+    options = tf.data.Options()
+    options.deterministic = True
+    # Each input pipeline already reads only its own shard.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
+
+
 class DetectionTask:
     """Mask R-CNN for ``gn_keras.train.trainer``; see the module docstring.
 
@@ -176,15 +191,17 @@ class DetectionTask:
                     context.num_input_pipelines,
                     context.input_pipeline_id,
                 )
+                # One stateless flip seed per example position: resumes flip alike.
                 flips = tf.data.Dataset.range(2**62).map(
                     lambda i: tf.stack([seed[0] * 9973 + seed[1], i])
                 )
+                per_step = _per_pipeline_batch(context, global_batch_size)
+                dataset = tf.data.Dataset.zip(examples.repeat(), flips).skip(skip_steps * per_step)
                 parse = lambda e, s: pipeline.parse_train(  # noqa: E731
                     e, self.input_config, self.model_config, self.anchors, s
                 )
                 batch = context.get_per_replica_batch_size(global_batch_size)
-                dataset = tf.data.Dataset.zip(examples.repeat(), flips)
-                return pipeline.batched(dataset, parse, batch, True).skip(skip_steps)
+                return _with_options(pipeline.batched(dataset, parse, batch, True))
 
             return dataset_fn
 
@@ -193,7 +210,6 @@ class DetectionTask:
     def _eval_dataset_fn(self, global_batch_size):
         def for_steps(steps):
             def dataset_fn(context):
-                batch = context.get_per_replica_batch_size(global_batch_size)
                 examples = self.eval_source.examples(
                     None, context.num_input_pipelines, context.input_pipeline_id
                 )
@@ -202,12 +218,13 @@ class DetectionTask:
                     "image": tf.zeros([8, 8, 3], tf.uint8),
                 }
                 examples = examples.map(lambda e: {k: e[k] for k in blank})
-                filler = tf.data.Dataset.from_tensors(blank).repeat(batch - 1)
+                padded = examples.concatenate(tf.data.Dataset.from_tensors(blank).repeat())
+                padded = padded.take(steps * _per_pipeline_batch(context, global_batch_size))
                 parse = lambda e: pipeline.parse_eval(  # noqa: E731
                     e, self.input_config, self.model_config.image_size
                 )
-                dataset = pipeline.batched(examples.concatenate(filler), parse, batch, True)
-                return dataset.take(steps)
+                batch = context.get_per_replica_batch_size(global_batch_size)
+                return _with_options(pipeline.batched(padded, parse, batch, True))
 
             return dataset_fn
 
