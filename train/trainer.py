@@ -33,13 +33,15 @@ class Prepared:
     runner: steps.StepRunner
 
 
-def prepare(task, config, strategy):
+def prepare(task, config, strategy, data=None):
     """Data, model, optimizer and compiled steps of a run (no outputs yet).
 
     The model, optimizer and metrics are built in ``strategy``'s scope; the
     optimizer is built too, so a checkpoint restores into existing slots.
+    ``data`` is the task's ``TaskData`` when the caller made it already.
     """
-    data = task.make_data(config, strategy)
+    if data is None:
+        data = task.make_data(config, strategy)
     plan = loop.LoopPlan(
         epochs=config.epochs,
         steps_per_epoch=data.steps_per_epoch,
@@ -101,7 +103,7 @@ def _checked_callbacks(callbacks):
     return list(callbacks)
 
 
-def _run_in(task, config, strategy, callbacks):
+def _run_in(task, config, strategy, callbacks, data):
     # Before anything is built or written: a rerun must not mix settings.
     schedule_changes = settings.check_and_record(
         config.model_dir,
@@ -111,7 +113,7 @@ def _run_in(task, config, strategy, callbacks):
         extend_epochs=config.extend_epochs,
         write=strategy_lib.is_chief(strategy),
     )
-    prepared = prepare(task, config, strategy)
+    prepared = prepare(task, config, strategy, data)
     evaluator = prepared.runner.evaluator
     run_outputs = outputs.RunOutputs(
         config.model_dir,
@@ -162,10 +164,12 @@ def run(task, config, *, strategy=None, callbacks=None):
             strategy = strategy_lib.make_strategy(
                 config.strategy, config.tpu, config.worker_wait_timeout
             )
+        # The data first: a bad --data_dir is refused before --model_dir is created.
+        data = task.make_data(config, strategy)
         with (
             workdir.claim(config.model_dir, writes=strategy_lib.is_chief(strategy)),
             cluster.lost_workers_reported(strategy, config.model_dir),
         ):
-            return _run_in(task, config, strategy, callbacks)
+            return _run_in(task, config, strategy, callbacks, data)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
