@@ -23,7 +23,9 @@ SPEC = clips.ClipSpec(
 @pytest.fixture(scope="module")
 def pipeline():
     source = sources.moving_shapes_source(num_train=24, num_eval=10)
-    return data.VideoPipeline(source, SPEC, batch_size_per_replica=4, seed=7)
+    return data.VideoPipeline(
+        source, SPEC, batch_size_per_replica=4, seed=7, test_batch_size_per_replica=3
+    )
 
 
 def _labels(dataset_fn, batches):
@@ -55,8 +57,9 @@ def _eval_batches(dataset_fn, steps):
 
 @pytest.mark.parametrize("kind", ["eval", "test"])
 def test_evaluation_counts_every_video_once(pipeline, kind):
-    steps = pipeline.eval_steps(4)
-    assert steps == 3
+    # 10 videos: 3 batches of 4 clips, or 4 test batches of 3 videos.
+    steps = pipeline.eval_steps(4) if kind == "eval" else pipeline.test_steps(1)
+    assert steps == (3 if kind == "eval" else 4)
     fn = pipeline.eval_dataset_fn if kind == "eval" else pipeline.test_dataset_fn
     batches = _eval_batches(fn, steps)
     weights = np.concatenate([b[2].numpy() for b in batches])
@@ -64,8 +67,8 @@ def test_evaluation_counts_every_video_once(pipeline, kind):
     np.testing.assert_array_equal(weights, [1.0] * 10 + [0.0] * 2)
     _, expected = sources.moving_shapes.generate("validation", 10)
     np.testing.assert_array_equal(labels[:10], expected)
-    views = (3,) if kind == "test" else ()
-    assert batches[0][0].shape == (4, *views, 4, 16, 16, 3)
+    expected_shape = (3, 3, 4, 16, 16, 3) if kind == "test" else (4, 4, 16, 16, 3)
+    assert batches[0][0].shape == expected_shape
 
 
 def test_validation_clip_is_the_centre_clip(pipeline):

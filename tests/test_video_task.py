@@ -34,7 +34,9 @@ CONFIG = types.SimpleNamespace(
 
 @pytest.fixture(scope="module")
 def prepared():
-    task = video_task.VideoTask(SPEC, source=sources.moving_shapes_source(16, 6))
+    task = video_task.VideoTask(
+        SPEC, source=sources.moving_shapes_source(16, 6), test_batch_size_per_replica=4
+    )
     strategy = tf.distribute.get_strategy()
     data = task.make_data(CONFIG, strategy)
     return task, data, task.build_model(CONFIG, data)
@@ -43,6 +45,7 @@ def prepared():
 def test_task_data(prepared):
     _, data, model = prepared
     assert (data.steps_per_epoch, data.eval_steps, data.global_batch_size) == (4, 2, 4)
+    assert data.info["test_steps"] == 2
     assert data.preprocessing["clip_shape"] == [4, 16, 16]
     assert tuple(model.inputs[0].shape) == (None, 4, 16, 16, 3)
     assert model.outputs[0].shape[-1] == 4

@@ -13,7 +13,8 @@ The same contract as the image pipeline (:mod:`gn_keras.train.data`):
 Datasets give ``(clips, labels)`` for training, ``(clips, labels,
 weights)`` for validation (one centre clip) and ``(views, labels,
 weights)`` for the final test, ``views`` being ``(batch, test_views, T, H,
-W, 3)`` for :func:`clips.average_view_probabilities`.
+W, 3)`` for :func:`clips.average_view_probabilities`; the test batch counts
+videos (``test_batch_size_per_replica``, default 1, i.e. 10 clips).
 """
 
 import tensorflow as tf
@@ -29,10 +30,13 @@ SHUFFLE_BUFFER = 1_000  # videos are big: a smaller buffer than images'
 class VideoPipeline:
     """Train, validation and test datasets of one ``VideoSource`` and ``ClipSpec``."""
 
-    def __init__(self, source, spec, batch_size_per_replica, seed=0):
+    def __init__(self, source, spec, batch_size_per_replica, seed=0, test_batch_size_per_replica=1):
         self.source = source
         self.spec = spec
         self.batch_size_per_replica = batch_size_per_replica
+        # A test example is a whole video's test_views clips, so its batch is
+        # counted in videos and kept small (1: 10 clips per replica step).
+        self.test_batch_size_per_replica = test_batch_size_per_replica
         self.seed = seed
         self.mean = image_sources.IMAGENET_MEAN
         self.std = image_sources.IMAGENET_STD
@@ -76,10 +80,9 @@ class VideoPipeline:
         shape = tf.concat([tf.shape(indices), tf.shape(frames)[1:]], 0)
         return self.normalize(clips.test_views(tf.reshape(frames, shape), self.spec))
 
-    def _per_pipeline_batch(self, context):
-        return self.batch_size_per_replica * (
-            context.num_replicas_in_sync // context.num_input_pipelines
-        )
+    def _per_pipeline_batch(self, context, per_replica=None):
+        per_replica = per_replica or self.batch_size_per_replica
+        return per_replica * (context.num_replicas_in_sync // context.num_input_pipelines)
 
     def train_dataset_fn(self, epoch, skip_steps=0):
         """For ``distribute_datasets_from_function``: epoch ``epoch`` after
@@ -103,7 +106,7 @@ class VideoPipeline:
 
         return dataset_fn
 
-    def _padded_eval(self, steps, view_fn, shape):
+    def _padded_eval(self, steps, view_fn, shape, per_replica):
         def dataset_fn(context):
             records = self.source.eval_records(
                 context.num_input_pipelines, context.input_pipeline_id
@@ -116,8 +119,9 @@ class VideoPipeline:
             padding = tf.data.Dataset.from_tensors(
                 (tf.zeros(shape), tf.constant(0, tf.int64), 0.0)
             ).repeat()
-            examples = real.concatenate(padding).take(steps * self._per_pipeline_batch(context))
-            batches = examples.batch(self.batch_size_per_replica, drop_remainder=True)
+            per_pipeline = self._per_pipeline_batch(context, per_replica)
+            examples = real.concatenate(padding).take(steps * per_pipeline)
+            batches = examples.batch(per_replica, drop_remainder=True)
             return image_data._with_options(batches.prefetch(tf.data.AUTOTUNE))
 
         return dataset_fn
@@ -128,12 +132,14 @@ class VideoPipeline:
 
     def eval_dataset_fn(self, steps):
         """``steps`` global steps of centre clips ``(clip, label, weight)``."""
-        return self._padded_eval(steps, self.centre_clip, self.clip_shape())
+        return self._padded_eval(
+            steps, self.centre_clip, self.clip_shape(), self.batch_size_per_replica
+        )
 
     def test_dataset_fn(self, steps):
         """``steps`` global steps of ``(views, label, weight)`` for the 10-clip test."""
         shape = (self.spec.test_views, *self.clip_shape())
-        return self._padded_eval(steps, self.test_views, shape)
+        return self._padded_eval(steps, self.test_views, shape, self.test_batch_size_per_replica)
 
     def steps_per_epoch(self, global_batch_size):
         """Whole global batches in one pass over the training videos."""
@@ -148,3 +154,7 @@ class VideoPipeline:
     def eval_steps(self, global_batch_size):
         """Global batches covering the validation videos once."""
         return -(-self.source.num_eval // global_batch_size)
+
+    def test_steps(self, num_replicas):
+        """Global test batches (``test_batch_size_per_replica`` videos each) covering them once."""
+        return self.eval_steps(self.test_batch_size_per_replica * num_replicas)

@@ -87,19 +87,26 @@ class VideoTask(classification.ClassificationTask):
       build_model: ``f(config, preprocessing) -> keras.Model``; default the
         zoo's ``config.model``.
       source: a ``VideoSource`` to use instead of ``config.dataset``.
+      test_batch_size_per_replica: videos per replica in a 10-clip test
+        batch (each is ``spec.test_views`` clips).
     """
 
     name = "video"
 
-    def __init__(self, spec=None, *, build_model=None, source=None):
+    def __init__(self, spec=None, *, build_model=None, source=None, test_batch_size_per_replica=1):
         super().__init__(build_model or build_zoo_video_model)
         self.spec = spec or clips.ClipSpec()
         self._source = source
+        self.test_batch_size_per_replica = test_batch_size_per_replica
 
     def make_data(self, config, strategy):
         source = self._source or make_video_source(config.dataset, config.data_dir)
         pipeline = data.VideoPipeline(
-            source, self.spec, config.batch_size_per_replica, seed=config.seed
+            source,
+            self.spec,
+            config.batch_size_per_replica,
+            seed=config.seed,
+            test_batch_size_per_replica=self.test_batch_size_per_replica,
         )
         global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
         self.num_classes = source.num_classes
@@ -116,12 +123,14 @@ class VideoTask(classification.ClassificationTask):
                 "num_train_examples": source.num_train,
                 "num_eval_examples": source.num_eval,
                 "test_views": self.spec.test_views,
+                "test_steps": pipeline.test_steps(strategy.num_replicas_in_sync),
             },
             extras=pipeline,
         )
 
     def make_test_evaluator(self, data):
-        """The 10-clip evaluator for ``data.extras.test_dataset_fn`` batches."""
+        """The 10-clip evaluator for batches of ``data.extras.test_dataset_fn(
+        data.info["test_steps"])``."""
         del data
         return MultiViewEvaluator(self)
 
