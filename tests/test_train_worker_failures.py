@@ -54,10 +54,10 @@ def free_port():
 class Cluster:
     """``size`` gn-train workers on loopback ports, started and read by index."""
 
-    def __init__(self, tmp_path, size, flags):
-        self.tmp_path, self.flags = tmp_path, flags
+    def __init__(self, tmp_path, size, flags, name):
+        self.tmp_path, self.flags, self.name = tmp_path, flags, name
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(size)]
-        self.processes, self.launches = {}, 0
+        self.processes, self.launches, self.logs = {}, 0, []
 
     def start(self, indices):
         self.launches += 1
@@ -67,16 +67,17 @@ class Cluster:
                 "task": {"type": "worker", "index": index},
             }
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
-            stem = self.tmp_path / f"run{self.launches}-worker{index}"
+            stem = self.tmp_path / f"{self.name}{self.launches}-worker{index}"
+            self.logs += [open(f"{stem}.out", "w"), open(f"{stem}.err", "w")]
             self.processes[index] = subprocess.Popen(
                 [sys.executable, "-c", TINY_GN_TRAIN, *self.flags],
                 env=env,
-                stdout=open(f"{stem}.out", "w"),
-                stderr=open(f"{stem}.err", "w"),
+                stdout=self.logs[-2],
+                stderr=self.logs[-1],
             )
 
     def output(self, index, stream):
-        return (self.tmp_path / f"run{self.launches}-worker{index}.{stream}").read_text()
+        return (self.tmp_path / f"{self.name}{self.launches}-worker{index}.{stream}").read_text()
 
     def wait_for(self, index, pattern, timeout=240):
         """The first match of ``pattern`` in worker ``index``'s stdout, polling."""
@@ -101,6 +102,9 @@ class Cluster:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        for log in self.logs:
+            log.close()
+        self.logs = []
 
     def report(self):
         return "\n".join(
@@ -131,8 +135,8 @@ def checkpoint_numbers(directory):
 def cluster_factory(tmp_path):
     clusters = []
 
-    def make(size, flags):
-        clusters.append(Cluster(tmp_path, size, flags))
+    def make(size, flags, name="run"):
+        clusters.append(Cluster(tmp_path, size, flags, name))
         return clusters[-1]
 
     yield make
@@ -142,10 +146,11 @@ def cluster_factory(tmp_path):
 
 def test_lone_workers_say_they_wait_then_give_up_naming_the_missing_one(tmp_path, cluster_factory):
     # Worker 0 runs the coordination service and waits for worker 1; worker 1
-    # (its own cluster) finds no worker 0.  Each alone, each named.
+    # (its own cluster) finds no worker 0.  Each alone, each named.  A third
+    # worker finds its own port taken.
     timeout = 6
     lone = {}
-    for index in (0, 1):
+    for index in (0, 1, "busy"):
         lone[index] = cluster_factory(
             2,
             [
@@ -153,13 +158,20 @@ def test_lone_workers_say_they_wait_then_give_up_naming_the_missing_one(tmp_path
                 f"--model_dir={tmp_path / f'lone{index}'}",
                 f"--worker_wait_timeout={timeout}",
             ],
+            name=f"lone{index}-",
         )
-        lone[index].start([index])
-    started = time.monotonic()
-    codes = {index: cluster.wait(timeout=240)[index] for index, cluster in lone.items()}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        lone["busy"].addresses[0] = f"127.0.0.1:{squatter.getsockname()[1]}"
+        for index, cluster in lone.items():
+            cluster.start([0 if index == "busy" else index])
+        started = time.monotonic()
+        codes = {index: cluster.wait(timeout=240) for index, cluster in lone.items()}
     assert time.monotonic() - started < 200
-    for index, cluster in lone.items():
-        assert codes[index] == 1, cluster.report()
+    for index in (0, 1):
+        cluster = lone[index]
+        assert codes[index] == {index: 1}, cluster.report()
         waiting = [
             line
             for line in cluster.output(index, "out").splitlines()
@@ -171,6 +183,11 @@ def test_lone_workers_say_they_wait_then_give_up_naming_the_missing_one(tmp_path
         assert f"worker /job:worker/task:{missing} ({cluster.addresses[missing]})" in line
         assert f"did not start within --worker_wait_timeout={timeout} s" in line
         assert not os.path.exists(tmp_path / f"lone{index}" / "results.json")
+    busy = lone["busy"]
+    assert codes["busy"] == {0: 1}, busy.report()
+    line = one_line_of_ours(busy.output(0, "err"), "gn-train: error:")
+    assert f"worker /job:worker/task:0 ({busy.addresses[0]}), this process, could not" in line
+    assert "is another process using that port?" in line
 
 
 def test_preemption_saves_in_the_step_numbering_and_a_lost_worker_is_named(

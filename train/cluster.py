@@ -1,6 +1,7 @@
 """The workers of a multi-worker job: waiting for them to start, and naming one that is lost.
 
-``join`` creates the ``MultiWorkerMirroredStrategy`` of ``TF_CONFIG``.  Its
+``join`` creates the ``MultiWorkerMirroredStrategy`` of ``TF_CONFIG`` (a
+port already in use is ``WorkerStartError``).  Its
 constructor blocks inside TensorFlow's C++ runtime, holding the Python
 lock, until every worker of the cluster has registered with the
 coordination service; a lone worker used to wait there for an hour or more
@@ -48,6 +49,10 @@ _PEER_FAILURES = (
 
 class WorkerWaitTimeout(ValueError):
     """Some workers of ``TF_CONFIG`` did not start within ``--worker_wait_timeout``."""
+
+
+class WorkerStartError(ValueError):
+    """This worker could not start its server at its ``TF_CONFIG`` address."""
 
 
 class WorkerLostError(ValueError):
@@ -107,13 +112,13 @@ while os.getppid() == parent:
 
 def _start_reports(tasks, wait_timeout):
     every = REPORT_EVERY_SECONDS
-    limit = "no limit"
+    limit = "no limit: set --worker_wait_timeout"
     if wait_timeout:
         every = max(1.0, min(every, wait_timeout / 3))
-        limit = f"giving up after {wait_timeout} s"
+        limit = f"giving up after {wait_timeout} s, --worker_wait_timeout"
     line = (
         f"Waiting for {len(tasks)} workers at {', '.join(tasks.values())} to start "
-        f"({{waited:.0f}} s so far, {limit}: --worker_wait_timeout); TF_CONFIG lists them all."
+        f"({{waited:.0f}} s so far; {limit})."
     )
     return subprocess.Popen(
         [sys.executable, "-I", "-S", "-c", _REPORTER, str(os.getpid()), str(every), line]
@@ -153,21 +158,29 @@ def join(wait_timeout=0):
     """
     tf_config = json.loads(os.environ["TF_CONFIG"])
     cluster, own = tf_config["cluster"], tf_config["task"]
+    own_name = f"/job:{own['type']}/replica:0/task:{own.get('index', 0)}"
     tasks = _training_tasks(cluster)
     _configure_coordination(cluster, wait_timeout)
     reporter = _start_reports(tasks, wait_timeout)
     try:
         with _native_log_held_back():
             return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.UnknownError as error:  # "Could not start gRPC server"
+        raise WorkerStartError(
+            f"{_describe([own_name], tasks)}, this process, could not start its server "
+            f"({str(error).strip().splitlines()[0]}): is another process using that port?"
+        ) from None
     except _PEER_FAILURES as error:
         # The leader names the late ones after this; another worker, the leader itself.
         late = str(error).partition("timed out task names:")[2] or str(error)
-        own_name = f"/job:{own['type']}/replica:0/task:{own.get('index', 0)}"
         missing = _named_tasks(late, tasks, exclude=own_name) or [_leader(cluster)]
+        within, advice = f"({_cause(error)})", ""
+        if wait_timeout:
+            within = f"within --worker_wait_timeout={wait_timeout} s"
+            advice = ", or raise the timeout"
         raise WorkerWaitTimeout(
-            f"{_describe(missing, tasks)} did not start within --worker_wait_timeout="
-            f"{wait_timeout} s; start the same command on every worker that TF_CONFIG "
-            "lists, or raise the timeout."
+            f"{_describe(missing, tasks)} did not start {within}; start the same command "
+            f"on every worker that TF_CONFIG lists{advice}."
         ) from None
     finally:
         reporter.kill()
@@ -185,7 +198,10 @@ def _named_tasks(text, tasks, exclude=None):
 
 
 def _describe(names, tasks):
-    shown = ", ".join(f"{name.replace('/replica:0', '')} ({tasks[name]})" for name in names)
+    shown = ", ".join(
+        f"{name.replace('/replica:0', '')} ({tasks.get(name, 'not in TF_CONFIG')})"
+        for name in names
+    )
     return f"worker {shown}" if len(names) == 1 else f"workers {shown}"
 
 
