@@ -22,8 +22,11 @@ scripts build on it — there is one training machinery, this one):
 * ``train.flags``: ``define_flags(flag_values)`` and
   ``config_from_flags(flag_values)`` (explicit flags override the preset).
 * ``train.cli``: the command-line plumbing of every script.
-* ``train.strategy``: ``make_strategy(name, tpu_address="")`` (once per
-  process), ``is_chief(strategy)``, ``worker_write_dir(strategy, path)``.
+* ``train.strategy``: ``make_strategy(name, tpu_address="",
+  worker_wait_timeout=0)`` (once per process), ``is_chief(strategy)``,
+  ``worker_write_dir(strategy, path)``.
+* ``train.cluster``: joining a multi-worker cluster (waiting line, timeout)
+  and a lost worker reported in one line (``WorkerLostError``).
 * ``train.data``: ``make_source(config)`` → ``train.sources.Source``;
   ``InputPipeline(source, config)``; ``steps_per_epoch`` and ``eval_steps``.
 * ``train.optimizer``: ``make_schedule``, ``make_optimizer`` (SGD, loss-scaled
