@@ -144,8 +144,9 @@ def _native_log_held_back():
                 sys.stderr.flush()
                 os.dup2(original, 2)
             held.seek(0)
-            sys.stderr.buffer.write(held.read())
-            sys.stderr.flush()
+            text = held.read()
+            while text:  # to fd 2, where it would have gone (sys.stderr may be another)
+                text = text[os.write(2, text) :]
     finally:
         os.close(original)
 
