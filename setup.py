@@ -42,6 +42,7 @@ setup(
             "gn-finetune=gn_keras.train.finetune:run",
             "gn-study=gn_keras.train.study:run",
             "gn-convert=gn_keras.train.convert:run",
+            "gn-video=gn_keras.train.video.main:run",
         ],
     },
     extras_require={

@@ -98,6 +98,7 @@ class VideoTask(classification.ClassificationTask):
         self.spec = spec or clips.ClipSpec()
         self._source = source
         self.test_batch_size_per_replica = test_batch_size_per_replica
+        self.data = None  # the TaskData of the last make_data (for the final test)
 
     def make_data(self, config, strategy):
         source = self._source or make_video_source(config.dataset, config.data_dir)
@@ -112,7 +113,7 @@ class VideoTask(classification.ClassificationTask):
         self.num_classes = source.num_classes
         self.label_smoothing = getattr(config, "label_smoothing", 0.0)
         eval_steps = pipeline.eval_steps(global_batch_size)
-        return task_lib.TaskData(
+        self.data = task_lib.TaskData(
             train_dataset_fn=pipeline.train_dataset_fn,
             eval_dataset_fn=pipeline.eval_dataset_fn,
             steps_per_epoch=config.steps_per_epoch or pipeline.steps_per_epoch(global_batch_size),
@@ -127,6 +128,7 @@ class VideoTask(classification.ClassificationTask):
             },
             extras=pipeline,
         )
+        return self.data
 
     def make_test_evaluator(self, data):
         """The 10-clip evaluator for batches of ``data.extras.test_dataset_fn(
