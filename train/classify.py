@@ -30,25 +30,37 @@ def build_zoo_model(config, preprocessing):
     from gn_keras import models
 
     height, width = preprocessing["image_size"]
-    return models.build(
-        config.model,
-        norm=config.norm,
-        num_classes=preprocessing["num_classes"],
-        input_shape=(height, width, preprocessing["channels"]),
-        # --group_size decides when given; an explicit groups would contradict it.
-        groups=None if config.group_size else config.groups,
-        group_size=config.group_size,
-        zero_init_residual=config.zero_init_residual,
-    )
+    try:
+        return models.build(
+            config.model,
+            norm=config.norm,
+            num_classes=preprocessing["num_classes"],
+            input_shape=(height, width, preprocessing["channels"]),
+            # --group_size decides when given; an explicit groups would contradict it.
+            groups=None if config.group_size else config.groups,
+            group_size=config.group_size,
+            zero_init_residual=config.zero_init_residual,
+        )
+    except ValueError as error:  # e.g. 7 groups that do not divide a layer's channels
+        flags = f"--model={config.model} --norm={config.norm} " + (
+            f"--group_size={config.group_size}"
+            if config.group_size
+            else f"--groups={config.groups}"
+        )
+        raise FlagError(f"{flags} cannot be built: {error}") from None
 
 
-def check_model_name(name):
-    """Reject an unknown ``--model`` before any data is read."""
-    from gn_keras import models
+def check_model_name(name, norm=None):
+    """Reject an unknown ``--model`` (or ``--norm``) before any data is read."""
+    from gn_keras import models, norms
 
     if name not in models.available():
         raise FlagError(
             f"--model={name!r} is unknown; expected one of {', '.join(sorted(models.available()))}."
+        )
+    if norm is not None and norm not in norms.available():
+        raise FlagError(
+            f"--norm={norm!r} is unknown; expected one of {', '.join(norms.available())}."
         )
 
 
@@ -77,7 +89,7 @@ def train(config, *, strategy=None, build_model=None, callbacks=None):
     """
     config_lib.validate_config(config)
     if build_model is None:
-        check_model_name(config.model)
+        check_model_name(config.model, config.norm)
         build_model = build_zoo_model
     task = classification.ClassificationTask(build_model)
     return trainer.run(task, config, strategy=strategy, callbacks=callbacks)

@@ -26,6 +26,7 @@
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from official.vision.ops import preprocess_ops
 
 from gn_keras._checks import FlagError
@@ -38,6 +39,12 @@ SHUFFLE_BUFFER = 10_000
 def make_source(config):
     """The ``train.sources.Source`` for ``config.dataset``."""
     kind = config_lib.dataset_kind(config.dataset)
+    if kind in ("digits", "synthetic") and config.data_dir:
+        logging.warning(
+            "--data_dir=%s is not used by --dataset=%s (its data is built in).",
+            config.data_dir,
+            config.dataset,
+        )
     if kind == "digits":
         return sources.digits_source()
     if kind == "synthetic":

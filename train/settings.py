@@ -108,14 +108,13 @@ def _spell(name):
     return f"--{name}"
 
 
-def check_and_record(model_dir, settings, *, extend_epochs=False, write=True):
-    """Refuse a rerun with other settings; store them; return the schedule changes.
+def check(model_dir, settings, *, extend_epochs=False):
+    """Refuse a rerun with other settings; return the schedule changes to record.
 
     Args:
       model_dir: the run's directory.
       settings: ``shaping_settings`` of this attempt.
       extend_epochs: allow a larger ``epochs`` than stored (``--extend_epochs``).
-      write: whether this process writes (the chief).
     """
     stored, changes = _stored(model_dir)
     if stored is not None:
@@ -139,10 +138,13 @@ def check_and_record(model_dir, settings, *, extend_epochs=False, write=True):
                 )
             change = {"after_epoch": _completed_epochs(model_dir), "epochs_from": old}
             changes = [*changes, {**change, "epochs_to": new}]
-    if write:
-        os.makedirs(model_dir, exist_ok=True)
-        outputs_lib.write_json_atomically(
-            os.path.join(model_dir, SETTINGS_FILE),
-            {"settings": settings, "schedule_changes": changes},
-        )
     return changes
+
+
+def record(model_dir, settings, changes):
+    """Store the settings of a run that has started (after its model was built)."""
+    os.makedirs(model_dir, exist_ok=True)
+    outputs_lib.write_json_atomically(
+        os.path.join(model_dir, SETTINGS_FILE),
+        {"settings": settings, "schedule_changes": changes},
+    )

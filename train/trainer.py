@@ -105,15 +105,12 @@ def _checked_callbacks(callbacks):
 
 def _run_in(task, config, strategy, callbacks, data):
     # Before anything is built or written: a rerun must not mix settings.
-    schedule_changes = settings.check_and_record(
-        config.model_dir,
-        settings.shaping_settings(
-            config, config.batch_size_per_replica * strategy.num_replicas_in_sync
-        ),
-        extend_epochs=config.extend_epochs,
-        write=strategy_lib.is_chief(strategy),
-    )
+    shaping = settings.shaping_settings(config, data.global_batch_size)
+    schedule_changes = settings.check(config.model_dir, shaping, extend_epochs=config.extend_epochs)
     prepared = prepare(task, config, strategy, data)
+    # Stored once the model is built: a run that cannot start leaves no settings.
+    if strategy_lib.is_chief(strategy):
+        settings.record(config.model_dir, shaping, schedule_changes)
     evaluator = prepared.runner.evaluator
     run_outputs = outputs.RunOutputs(
         config.model_dir,

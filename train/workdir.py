@@ -84,6 +84,7 @@ def claim(model_dir, *, writes=True):
     if not writes or fcntl is None:
         yield
         return
+    created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, LOCK_FILE)
     with open(path, "a+", encoding="utf-8") as handle:
@@ -105,3 +106,5 @@ def claim(model_dir, *, writes=True):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+            if created and os.listdir(model_dir) == [LOCK_FILE]:  # a run that never started
+                shutil.rmtree(model_dir, ignore_errors=True)
