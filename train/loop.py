@@ -3,9 +3,10 @@
 ``run_epochs`` drives a ``TrainingRun``: a ``train.steps.StepRunner`` for
 whatever strategy and task it was built with, the task's data, the
 ``train.checkpoints.Checkpointer`` and the ``train.outputs.RunOutputs``.  Per
-epoch it builds the epoch's distributed dataset
-(``strategy.distribute_datasets_from_function``), runs the steps in chunks of
-at most ``steps_per_loop`` per call, evaluates, hands the
+epoch it takes the epoch's batches from the run's training iterator
+(``train.iterators``: one distributed iterator serves many epochs, as
+building and deleting one per epoch costs seconds), runs the steps in chunks
+of at most ``steps_per_loop`` per call, evaluates, hands the
 ``train.records.EpochRecord`` to the outputs and then checkpoints — results
 first, so an interruption between the two re-runs the epoch and replaces its
 record rather than losing it.  It starts from wherever the checkpoint says:
@@ -33,6 +34,7 @@ import time
 
 import keras
 
+from gn_keras.train import iterators
 from gn_keras.train import optimizer as optimizer_lib
 from gn_keras.train import records as records_lib
 
@@ -88,19 +90,20 @@ def _progress_verbosity(is_chief):
     return 1 if sys.stdout.isatty() else 2
 
 
-def _train_epoch(run, epoch, first_step):
+def _train_epoch(run, train_input, epoch, first_step):
+    """Train ``epoch`` from ``first_step``: (train metrics, examples/s).
+
+    ``train_input``: the run's ``train.iterators.TrainInput``.
+    """
     runner, plan, checkpointer = run.runner, run.plan, run.checkpointer
-    dataset = runner.strategy.distribute_datasets_from_function(
-        run.data.train_dataset_fn(epoch, first_step)
-    )
-    iterator = iter(dataset)
+    iterator = train_input.epoch_iterator(epoch, first_step)
+    started = time.perf_counter()
     runner.reset_train_metrics()
     progress = keras.utils.Progbar(
         plan.steps_per_epoch,
         stateful_metrics=["lr"],
         verbose=_progress_verbosity(run.outputs.is_chief),
     )
-    started = time.perf_counter()
     step = first_step
     while step < plan.steps_per_epoch:
         end = plan.chunk_end(epoch, step)
@@ -125,11 +128,15 @@ def _train_epoch(run, epoch, first_step):
     return runner.train_results(), trained * plan.global_batch_size / seconds
 
 
-def evaluate(runner, data, eval_steps):
-    """Validation metrics of the model: the task's evaluator over ``eval_steps`` batches."""
+def evaluate(runner, data, eval_steps, eval_input=None):
+    """Validation metrics of the model: the task's evaluator over ``eval_steps`` batches.
+
+    ``eval_input``: the run's ``train.iterators.EvalInput`` (default: a new one).
+    """
     evaluator = runner.evaluator
-    dataset = runner.strategy.distribute_datasets_from_function(data.eval_dataset_fn(eval_steps))
-    iterator = iter(dataset)
+    if eval_input is None:
+        eval_input = iterators.EvalInput(runner.strategy, data, eval_steps)
+    iterator = eval_input.iterator()
     evaluator.reset()
     for _ in range(eval_steps):
         outputs = runner.eval_step(iterator)
@@ -138,11 +145,12 @@ def evaluate(runner, data, eval_steps):
     return evaluator.result()
 
 
-def _run_epoch(run, epoch, first_step):
+def _run_epoch(run, inputs, epoch, first_step):
     learning_rate = optimizer_lib.current_learning_rate(run.runner.optimizer)
     started = time.perf_counter()
-    train_metrics, examples_per_sec = _train_epoch(run, epoch, first_step)
-    val_metrics = evaluate(run.runner, run.data, run.plan.eval_steps)
+    train_input, eval_input = inputs
+    train_metrics, examples_per_sec = _train_epoch(run, train_input, epoch, first_step)
+    val_metrics = evaluate(run.runner, run.data, run.plan.eval_steps, eval_input)
     return records_lib.EpochRecord(
         epoch=epoch,
         train=train_metrics,
@@ -178,13 +186,18 @@ def run_epochs(run, callbacks=()):
     if outputs.is_chief and (start_epoch or start_step):
         print(f"Resuming at epoch {start_epoch}, step {start_step} from {checkpointer.directory}")
     callbacks.on_train_begin()
+    strategy = run.runner.strategy
+    inputs = (
+        iterators.TrainInput(strategy, run.data, plan),
+        iterators.EvalInput(strategy, run.data, plan.eval_steps),
+    )
     logs = None
     for epoch in range(start_epoch, plan.epochs):
         first_step = start_step if epoch == start_epoch else 0
         if outputs.is_chief:
             print(f"Epoch {epoch + 1}/{plan.epochs}")
         callbacks.on_epoch_begin(epoch)
-        record = _run_epoch(run, epoch, first_step)
+        record = _run_epoch(run, inputs, epoch, first_step)
         if outputs.is_chief:
             print(_describe(record, outputs.metric))
         outputs.end_epoch(record, run.runner.model)
