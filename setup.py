@@ -43,6 +43,7 @@ setup(
             "gn-study=gn_keras.train.study:run",
             "gn-convert=gn_keras.train.convert:run",
             "gn-video=gn_keras.train.video.main:run",
+            "gn-detect=gn_keras.train.detect:run",
         ],
     },
     extras_require={

@@ -72,10 +72,16 @@ class CocoEvaluator:
         return dict(found, **{key: batch[key] for key in keep})
 
     def accumulate(self, outputs):
-        """Add one batch of outputs (a dict of arrays, or a list of them)."""
+        """Add one batch of outputs: a dict of arrays, a list of them, or a dict of
+        per-replica tuples of arrays (``StepRunner.eval_step``'s local results)."""
         if isinstance(outputs, (list, tuple)):
             for part in outputs:
                 self.accumulate(part)
+            return
+        if any(isinstance(value, (list, tuple)) for value in outputs.values()):
+            replicas = len(next(iter(outputs.values())))
+            for replica in range(replicas):
+                self.accumulate({key: value[replica] for key, value in outputs.items()})
             return
         outputs = {key: np.asarray(value) for key, value in outputs.items()}
         for row in range(len(outputs["image_id"])):

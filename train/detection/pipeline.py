@@ -143,7 +143,7 @@ def tfrecord_examples(file_pattern, category_ids):
     return tf.data.TFRecordDataset(files).map(decode)
 
 
-def _resize_and_pad(image, input_config, image_size):
+def resize_and_pad(image, input_config, image_size):
     """Resized, normalized, padded image; its valid size and scale factor."""
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = tf.minimum(
@@ -162,7 +162,7 @@ def _resize_and_pad(image, input_config, image_size):
 @graph_code
 def parse_eval(example, input_config, image_size):
     """What evaluation and prediction need of one decoded example."""
-    images, image_sizes, scale = _resize_and_pad(example["image"], input_config, image_size)
+    images, image_sizes, scale = resize_and_pad(example["image"], input_config, image_size)
     return {
         "images": images,
         "image_sizes": image_sizes,

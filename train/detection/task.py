@@ -5,10 +5,10 @@ parts of ``gn_keras.train.task.Task`` from this package's pieces: a
 :class:`DetectionSource` for training and one for validation (COCO JSON +
 images, the generated shapes set, or TF Model Garden TFRecords), the
 :class:`~gn_keras.models.detection.MaskRCNN` model, its five losses and the
-pycocotools evaluator. Not here yet: ``export`` (the serving SavedModel)
-and starting the backbone from a pre-trained model, which belong to the
-``gn-detect`` step; ``build_model`` takes an optional ``backbone_fn`` for
-the latter.
+pycocotools evaluator, and ``export``: the serving SavedModel of
+:mod:`.export` (uint8 images in, detections in image pixels out).
+``backbone_fn`` (see :mod:`.transfer`) starts the backbone from a trained
+model; ``transfer_report`` records how, in ``results.json``.
 
 From the run's ``config`` the task reads only ``batch_size_per_replica``,
 ``seed``, ``steps_per_epoch`` and ``eval_steps`` (``None`` = one pass).
@@ -29,7 +29,7 @@ from pycocotools import mask as mask_utils
 
 from gn_keras.models.detection import MaskRCNN, mask_rcnn_losses, ops
 from gn_keras.train import task as task_lib
-from gn_keras.train.detection import coco, evaluator, pipeline, shapes
+from gn_keras.train.detection import coco, evaluator, export, pipeline, shapes
 
 LOSS_NAMES = ("rpn_score_loss", "rpn_box_loss", "roi_class_loss", "roi_box_loss", "mask_loss")
 
@@ -151,11 +151,21 @@ class DetectionTask:
       train_source, eval_source: :class:`DetectionSource`; the evaluation
         one needs its ``ground_truth``.
       backbone_fn: optional ``f(model_config) -> C2..C5 extractor``.
+      transfer_report: optional dict of where the backbone started, for
+        ``results.json``.
     """
 
     name = "detect"
 
-    def __init__(self, model_config, input_config, train_source, eval_source, backbone_fn=None):
+    def __init__(
+        self,
+        model_config,
+        input_config,
+        train_source,
+        eval_source,
+        backbone_fn=None,
+        transfer_report=None,
+    ):
         self.model_config = model_config.validate()
         self.input_config = input_config.validate(model_config.image_size)
         for split, source in (("train", train_source), ("eval", eval_source)):
@@ -168,6 +178,7 @@ class DetectionTask:
             raise ValueError("DetectionTask: argument `eval_source` needs its ground_truth.")
         self.train_source, self.eval_source = train_source, eval_source
         self.backbone_fn = backbone_fn
+        self.transfer_report = transfer_report
         self.anchors = ops.multilevel_anchors(self.model_config)
 
     def preprocessing(self):
@@ -242,7 +253,11 @@ class DetectionTask:
             eval_steps=eval_steps,
             global_batch_size=global_batch_size,
             preprocessing=self.preprocessing(),
-            info={"num_train_examples": num_train, "num_eval_examples": num_eval},
+            info={
+                "num_train_examples": num_train,
+                "num_eval_examples": num_eval,
+                "backbone_start": self.transfer_report,
+            },
         )
 
     def build_model(self, config, data):
@@ -265,3 +280,6 @@ class DetectionTask:
     def make_evaluator(self, data):
         del data
         return evaluator.CocoEvaluator(self.eval_source.ground_truth, self.eval_source.category_ids)
+
+    def export(self, model, directory, data, verify):
+        export.export_detection_saved_model(model, directory, data.preprocessing, verify=verify)
