@@ -140,7 +140,9 @@ def run_all(
             runs.skipped.append(spec.name)
         else:
             if strategy is None:
-                strategy = strategy_lib.make_strategy(base_config.strategy, base_config.tpu)
+                strategy = strategy_lib.make_strategy(
+                    base_config.strategy, base_config.tpu, base_config.worker_wait_timeout
+                )
             print(f"[{study.name}] training {spec.name} in {config.model_dir}")
             callbacks = (
                 run_callbacks(config)
