@@ -23,18 +23,14 @@ from test_train_resume import checkpoint_state, environment, wait_for_mid_epoch_
 
 from gn_keras.train.detection import export
 
-EPOCHS, STEPS, EVERY = 3, 30, 5
+EPOCHS, STEPS, EVERY = 3, 40, 5
 TINY_FLAGS = [
-    "--shapes_train_images=24",
-    "--shapes_val_images=6",
-    "--fpn_channels=16",
-    "--head_conv_channels=16",
-    "--box_head_fc_units=32",
-    "--groups=4",
+    "--shapes_train_images=40",
+    "--shapes_val_images=8",
     f"--epochs={EPOCHS}",
     f"--steps_per_epoch={STEPS}",
     f"--checkpoint_every_steps={EVERY}",
-    "--lr_boundaries=2",
+    "--lr_schedule=constant",
     "--warmup_epochs=0.2",
 ]
 
@@ -102,11 +98,13 @@ def test_training_beats_the_untrained_model_and_prints_table6(run):
     final = results["epochs"][-1]["val"]
     untrained = run["untrained_ap"]
     assert "no checkpoint: the model as built" in run["untrained"].stdout
-    assert final["bbox_AP50"] > untrained["bbox_AP50"] + 0.05, (final, untrained)
-    assert final["segm_AP50"] > untrained["segm_AP50"] + 0.05, (final, untrained)
+    # 120 steps of 2 images: far from converged, but far from chance.
+    assert final["bbox_AP50"] > untrained["bbox_AP50"] + 0.03, (final, untrained)
+    assert final["segm_AP50"] > untrained["segm_AP50"] + 0.03, (final, untrained)
     assert final["bbox_AP"] > untrained["bbox_AP"]
     printed = run["second"].stdout
-    assert "AP^bbox  AP^bbox_50" in printed.replace("   ", "  ") or "AP^bbox_50" in printed
+    header = [line.split() for line in printed.splitlines() if "AP^bbox_50" in line][-1]
+    assert header == ["AP^bbox", "AP^bbox_50", "AP^bbox_75", "AP^mask", "AP^mask_50", "AP^mask_75"]
     row = [line for line in printed.splitlines() if line.startswith("this run")][-1]
     numbers = [float(v) for v in row.split()[2:]]
     expected = [100 * final[k] for k in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP")]
