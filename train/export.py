@@ -13,9 +13,14 @@ Reads ``--trained_model`` (a ``.keras`` file, a SavedModel written by
   ``export_report.json``: the largest difference from Keras of each output
   of each artefact and the batch's top-1 classes, for ``saved_model_cli run``.
 
-Every artefact is verified right after writing; a file problem or a
+The export is built in a sibling staging folder ``OUTPUT_DIR.tmp-PID/``,
+every artefact verified there (``model.keras`` loaded back and compared
+exactly), and swapped in whole only when all passed; a folder holding
+anything but an earlier export's artefacts is refused.  A file problem or a
 mismatch beyond ``--tolerance`` ends the command with a one-line error and
-exit status 1 (a bad flag: status 2, see ``train.cli``).
+exit status 1 (a bad flag: status 2, see ``train.cli``), the old
+``--output_dir`` untouched; a staging left by a killed export is swept by
+the next export to the same folder.
 """
 
 import json
@@ -25,9 +30,15 @@ import numpy as np
 from absl import flags, logging
 
 from gn_keras import export, load
-from gn_keras.train import cli
+from gn_keras._checks import FlagError
+from gn_keras.train import cli, workdir
 
 FORMATS = ("saved_model", "onnx", "tflite")
+KERAS_RELOAD_TOLERANCE = 1e-6
+
+
+class ExportError(RuntimeError):
+    """An export failed; the message names the artefact and says ``--output_dir`` is unchanged."""
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -76,13 +87,57 @@ def define_flags(flag_values=flags.FLAGS):
     flags.mark_flags_as_required(["trained_model", "output_dir"], flag_values=flag_values)
 
 
+ARTEFACTS = (
+    "saved_model",
+    "model.keras",
+    "preprocessing.json",
+    "model.onnx",
+    "model.tflite",
+    "check_images.npy",
+    "export_report.json",
+)
+
+
+def check_output_dir(output_dir):
+    """Refuse an ``--output_dir`` holding anything but an earlier export (it is replaced whole)."""
+    if not os.path.isdir(output_dir):
+        if os.path.exists(output_dir):
+            raise FlagError(f"--output_dir={output_dir} is a file, not a folder.")
+        return
+    foreign = sorted(set(os.listdir(output_dir)) - set(ARTEFACTS))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FlagError(
+            f"--output_dir={output_dir} holds files that are not an export ({shown}); "
+            "the export replaces the whole folder: use a new or empty one."
+        )
+
+
 def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None):
-    """Write and verify every requested artefact; return the report dict."""
-    os.makedirs(output_dir, exist_ok=True)
+    """Write every requested artefact into ``output_dir``, all verified; return the report dict.
+
+    Everything is built and verified in a sibling staging folder
+    (``train.workdir.staging``) and swapped in only when all of it passed:
+    a failure leaves an existing ``output_dir`` exactly as it was, and the
+    new folder holds this export's artefacts alone (no ``model.onnx`` of an
+    earlier export without ``--format=onnx``).
+    """
+    output_dir = os.fspath(output_dir)
+    check_output_dir(output_dir)
+    with workdir.staging(output_dir) as staging:
+        try:
+            report = _write_verified(model, staging, preprocessing, formats, tolerance)
+        except (export.ExportMismatchError, ValueError, OSError) as error:
+            message = str(error).strip().replace(staging, output_dir)
+            raise ExportError(f"{message} ({output_dir} left as it was)") from error
+        workdir.publish(staging, output_dir)
+    return report
+
+
+def _write_verified(model, output_dir, preprocessing, formats, tolerance):
     images = export.check_batch(preprocessing)
-    saved_model_dir = os.path.join(output_dir, "saved_model")
     by_signature = export.export_saved_model(
-        model, saved_model_dir, preprocessing, tolerance=tolerance
+        model, os.path.join(output_dir, "saved_model"), preprocessing, tolerance=tolerance
     )
     differences = {
         "saved_model": {
@@ -91,9 +146,13 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
             for name, value in outputs.items()
         }
     }
-    model.save(os.path.join(output_dir, "model.keras"))
+    differences["model.keras"] = _save_verified_keras(
+        model, os.path.join(output_dir, "model.keras"), preprocessing, images
+    )
     with open(os.path.join(output_dir, "preprocessing.json"), "w", encoding="utf-8") as handle:
         json.dump(preprocessing, handle, indent=2)
+    if load.load_preprocessing(output_dir) != load.check_preprocessing(preprocessing):
+        raise export.ExportMismatchError(f"{output_dir}/preprocessing.json does not read back.")
     if "onnx" in formats:
         path = export.export_onnx(model, os.path.join(output_dir, "model.onnx"), preprocessing)
         differences["onnx"] = export.verify_onnx(path, model, preprocessing, images, tolerance)
@@ -114,6 +173,18 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
     return report
 
 
+def _save_verified_keras(model, path, preprocessing, images):
+    """Save ``model.keras``, load it back and compare its outputs with ``model``'s.
+
+    The same weights through the same kernels: only float reordering may
+    differ, hence a tolerance far below float32 export tolerance.
+    """
+    model.save(path)
+    want, _ = export.keras_reference(model, preprocessing, images)
+    got, _ = export.keras_reference(load.load_model(path), preprocessing, images)
+    return export.compare(path, got, want, tolerance=KERAS_RELOAD_TOLERANCE)
+
+
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
@@ -129,7 +200,7 @@ def main(argv):
             formats=values.format,
             tolerance=values.tolerance,
         )
-    except (ValueError, export.ExportMismatchError, OSError) as error:  # exit 1: see below
+    except (ValueError, ExportError, OSError) as error:  # FlagError: exit 2
         cli.exit_with_error("gn-export", error)
     for artefact, outputs in report["max_abs_difference"].items():
         worst = max(outputs.values())

@@ -11,12 +11,21 @@ claim sweeps it, with a warning naming each file and its size:
 * ``NAME.tmp-PID`` and ``NAME.tmp-PID.keras`` (our atomic writes),
 * ``saved_model.tmp-PID/`` (the export staging).
 
+``staging(target)`` builds a whole folder (the ``--output_dir`` of
+``gn-export``) beside ``target`` as ``NAME.tmp-PID/``, locked (``flock`` on
+the folder) while its writer lives; ``publish`` swaps it in atomically.
+Such stagings are not inside a locked ``--model_dir``, so their sweep
+(``sweep_stagings``) asks each one's own lock: only a folder whose lock is
+free (its writer is dead) is removed.
+
 Other workers' private directories (``.NAME-workerN-tmp``) are theirs and
 are left alone.  Where ``fcntl`` does not exist (not POSIX) there is no
 lock and nothing is swept.
 """
 
 import contextlib
+import ctypes
+import errno
 import os
 import re
 import shutil
@@ -27,6 +36,15 @@ from absl import logging
 LOCK_FILE = ".lock"
 _OUR_TEMPORARY = re.compile(r".+\.tmp-\d+(\.keras)?")
 _CHECKPOINT_TEMPORARY = re.compile(r"ckpt-\d+_temp")
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths in one step
+
+
+def _fcntl():
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks
+        return None
+    return fcntl
 
 
 def _size(path):
@@ -77,10 +95,7 @@ def claim(model_dir, *, writes=True):
 
     ``writes=False`` (a non-chief worker) takes nothing.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no advisory locks
-        fcntl = None
+    fcntl = _fcntl()
     if not writes or fcntl is None:
         yield
         return
@@ -108,3 +123,110 @@ def claim(model_dir, *, writes=True):
             fcntl.flock(handle, fcntl.LOCK_UN)
             if created and os.listdir(model_dir) == [LOCK_FILE]:  # a run that never started
                 shutil.rmtree(model_dir, ignore_errors=True)
+
+
+def _staging_pattern(target):
+    return re.compile(re.escape(os.path.basename(target)) + r"\.tmp-\d+")
+
+
+def _lock_folder(path):
+    """An open descriptor of folder ``path`` holding its exclusive lock; None if it is taken."""
+    fcntl = _fcntl()
+    descriptor = os.open(path, os.O_RDONLY)
+    if fcntl is None:
+        return descriptor
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def sweep_stagings(target):
+    """Delete the ``NAME.tmp-PID/`` beside ``target`` whose writer is gone; return their paths.
+
+    A live writer holds its staging's lock, so a folder whose lock can be
+    taken was left by a killed (or out-of-space) writer.
+    """
+    parent = os.path.dirname(os.path.abspath(target))
+    if _fcntl() is None or not os.path.isdir(parent):
+        return []
+    pattern = _staging_pattern(target)
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if not (pattern.fullmatch(name) and os.path.isdir(path)):
+            continue
+        descriptor = _lock_folder(path)
+        if descriptor is None:  # its writer is alive
+            continue
+        try:
+            logging.warning(
+                "Removing %s (%.1f MB) left by an interrupted write.", path, _size(path) / 1e6
+            )
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(descriptor)
+    return removed
+
+
+@contextlib.contextmanager
+def staging(target):
+    """Yield a fresh, locked folder ``NAME.tmp-PID`` beside ``target`` to build it in.
+
+    Dead writers' stagings of ``target`` are swept first.  Whatever is
+    still at the staging path when the block ends (a failed build, or the
+    old folder after ``publish``) is deleted; ``target`` itself is changed
+    only by ``publish``.
+    """
+    target = os.path.abspath(target)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    sweep_stagings(target)
+    path = f"{target}.tmp-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    descriptor = _lock_folder(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def _exchange(first, second):
+    """Swap two paths in one step (Linux renameat2); False where that is unavailable."""
+    try:
+        rename = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_cwd = -100  # AT_FDCWD: paths relative to the working directory
+    if rename(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel or file system
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+def publish(staging_path, target):
+    """Put the finished ``staging_path`` at ``target``; the old ``target`` goes to the staging path.
+
+    An existing ``target`` is exchanged with the staging in one atomic step,
+    so a kill at any moment leaves either the old or the new folder at
+    ``target`` (the other is a staging, swept later).  Without renameat2 the
+    old folder is moved aside first: a kill between those renames would
+    leave no ``target`` and the old folder at ``STAGING-old``.
+    """
+    target = os.path.abspath(target)
+    if not os.path.exists(target):
+        os.rename(staging_path, target)
+        return
+    if _exchange(staging_path, target):
+        return
+    aside = f"{staging_path}-old"
+    os.rename(target, aside)
+    os.rename(staging_path, target)
+    os.rename(aside, staging_path)
