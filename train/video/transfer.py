@@ -70,6 +70,13 @@ def inflate_backbone(model2d, model3d, config):
     """
     check_parent(model2d, config)
     _check_grouping(model2d, model3d, config)
+    channels2d, channels3d = model2d.inputs[0].shape[-1], model3d.inputs[0].shape[-1]
+    if channels2d != channels3d:
+        raise FlagError(
+            f"--trained_model={config.trained_model} ({model2d.name}) does not fit "
+            f"--model={config.model}: it takes {channels2d}-channel images, the clips have "
+            f"{channels3d} channels."
+        )
     head2d = transfer_lib.find_head(model2d)[0]
     head3d = transfer_lib.find_head(model3d)[0]
     frames, height, width, channels = model3d.inputs[0].shape[1:]
@@ -82,7 +89,7 @@ def inflate_backbone(model2d, model3d, config):
     except ValueError as error:  # e.g. another width or input channel count
         raise FlagError(
             f"--trained_model={config.trained_model} ({model2d.name}) does not fit "
-            f"--model={config.model}: {error}"
+            f"--model={config.model}: {str(error).strip().splitlines()[0]}"
         ) from None
     twin_layers = {layer.name: layer for layer in twin.layers}
     copied = 0
