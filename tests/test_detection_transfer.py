@@ -164,3 +164,21 @@ def test_keras_applications_resnet50_from_a_weights_file(tmp_path, rng):
     theirs = original(keras.applications.resnet50.preprocess_input(images.copy()), training=False)
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3)
     assert tf.reduce_any(tf.not_equal(ours, 0))
+
+
+def test_a_given_backbone_survives_the_keras_file(tmp_path, rng):
+    """A backbone not rebuilt from the config (here BN* under a GN config) is saved with it."""
+    from detection_helpers import tiny_config
+
+    from gn_keras.models.detection import MaskRCNN, fpn
+
+    model_config = tiny_config(backbone_norm="gn")
+    backbone = _randomized(fpn.build_backbone(model_config.replace(backbone_norm="frozen_bn")), rng)
+    model = MaskRCNN(model_config, backbone=backbone)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert any(isinstance(layer, FrozenBatchNormalization) for layer in loaded.backbone.layers)
+    images = rng.normal(size=(1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(
+        loaded.pyramid(images)["2"], model.pyramid(images)["2"], rtol=1e-5, atol=1e-5
+    )

@@ -36,7 +36,8 @@ class MaskRCNN(keras.Model):
     Args:
       config: a :class:`MaskRCNNConfig` or its ``to_dict()``.
       backbone: optional pre-built C2..C5 feature extractor (e.g. from a
-        pre-trained model); default a fresh ``config.backbone``.
+        pre-trained model; saved in ``get_config`` so a ``.keras`` file
+        rebuilds it); default a fresh ``config.backbone``.
     """
 
     def __init__(self, config=None, backbone=None, **kwargs):
@@ -55,6 +56,9 @@ class MaskRCNN(keras.Model):
                 f"got {type(config).__name__}."
             )
         self.config = config.validate()
+        if isinstance(backbone, dict):  # a given backbone, as get_config saved it
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        self._backbone_given = backbone is not None
         if backbone is None:
             backbone = fpn.build_backbone(self.config)
         fpn.check_backbone(backbone, self.config)
@@ -70,7 +74,10 @@ class MaskRCNN(keras.Model):
         }
 
     def get_config(self):
-        return {"name": self.name, "config": self.config.to_dict()}
+        config = {"name": self.name, "config": self.config.to_dict()}
+        if self._backbone_given:  # e.g. keras.applications: not rebuilt from the config
+            config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
+        return config
 
     @property
     def anchors(self):
