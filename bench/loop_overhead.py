@@ -18,12 +18,14 @@ Rounds are interleaved with a rotating order (the other contenders run
 inside ``fit``'s ``on_epoch_end``), so load from other processes on a shared
 machine is spread over all of them; the first round of each (tracing) is
 not timed.  Wall and process CPU seconds are both kept: on a loaded machine
-the CPU time ratio is the steadier one.  Prints the medians and the ratios
-of each of ours to ``keras_fit``, and writes them with the date, the machine
-and its load to ``bench/results/loop_overhead.json``::
+the CPU time ratio is the steadier one.  Prints the medians, the ratios of
+each of ours to ``keras_fit`` (of the medians, and the median of the
+per-round ratios: a round's contenders run back to back, under about the
+same load), and writes them with the date, the machine and its load to
+``bench/results/loop_overhead.json``::
 
-    python bench/loop_overhead.py                  # ~5 min on 2 cores
-    python bench/loop_overhead.py --rounds=7 --weight_decay=0
+    python bench/loop_overhead.py                  # ~6 min on 2 cores
+    python bench/loop_overhead.py --rounds=9 --weight_decay=0
 """
 
 import os
@@ -46,7 +48,7 @@ from gn_keras.train import config as config_lib  # noqa: E402
 from gn_keras.train import optimizer as optimizer_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rounds", 5, "Timed rounds per contender (median reported).", lower_bound=1)
+flags.DEFINE_integer("rounds", 7, "Timed rounds per contender (median reported).", lower_bound=1)
 flags.DEFINE_integer("steps", 160, "Training steps per round.", lower_bound=1)
 flags.DEFINE_list("steps_per_loop", ["1", "16"], "Our loop's --steps_per_loop values.")
 flags.DEFINE_integer(
@@ -215,11 +217,18 @@ def summarize(times):
         f"{name}/keras_fit": {
             "images_per_sec": row["images_per_sec"] / fit["images_per_sec"],
             "cpu_images_per_sec": fit["cpu_seconds_per_image"] / row["cpu_seconds_per_image"],
+            "paired_images_per_sec": _paired(times["keras_fit"]["wall"], times[name]["wall"]),
+            "paired_cpu_images_per_sec": _paired(times["keras_fit"]["cpu"], times[name]["cpu"]),
         }
         for name, row in rows.items()
         if name != "keras_fit"
     }
     return rows, ratios
+
+
+def _paired(fit_seconds, our_seconds):
+    """Median over rounds of fit's time over ours in the same round (run back to back)."""
+    return statistics.median(f / o for f, o in zip(fit_seconds, our_seconds))
 
 
 def main(argv):
@@ -237,7 +246,9 @@ def main(argv):
     for name, ratio in ratios.items():
         print(
             f"{name}: images/s ratio {ratio['images_per_sec']:.3f} (wall), "
-            f"{ratio['cpu_images_per_sec']:.3f} (CPU time)"
+            f"{ratio['cpu_images_per_sec']:.3f} (CPU time); median of per-round ratios "
+            f"{ratio['paired_images_per_sec']:.3f} (wall), "
+            f"{ratio['paired_cpu_images_per_sec']:.3f} (CPU time)"
         )
     report = {
         "date": started.isoformat(timespec="seconds"),

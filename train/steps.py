@@ -70,10 +70,10 @@ class StepRunner:
         self._train_loop = tf.function(self._distributed_train_loop)
         self._eval_batch = tf.function(self._distributed_eval_step)
 
-    # One step takes its batch from the iterator in Python: handing the
-    # iterator to a tf.function works, but then deleting it at the end of an
-    # epoch stalls for seconds, while distributed batches as arguments cost
-    # nothing.  Several steps per call need the iterator inside the function.
+    # One step takes its batch from the iterator in Python and passes the
+    # distributed batch; several steps per call take them inside the
+    # function.  Either way the iterator lives for many epochs
+    # (train.iterators): deleting one stalls for seconds.
     def train_step(self, iterator):
         """Train on the next global batch of ``iterator``; return the loss tensor."""
         return self._train_batch(next(iterator))
