@@ -36,6 +36,8 @@ def _config(model_dir, epochs):
         eval_steps=1,
         warmup_epochs=0,
         model_dir=str(model_dir),
+        # The tests resume a finished 2-epoch run for a third epoch.
+        extend_epochs=True,
     )
 
 
@@ -114,8 +116,10 @@ def test_no_intact_checkpoint_is_a_clear_error(copy_of_run):
             "--model=resnet20",
             "--image_size=8",
             "--epochs=3",
+            "--extend_epochs",
             f"--steps_per_epoch={STEPS}",
             "--eval_steps=1",
+            "--warmup_epochs=0",  # the run's own settings, so only the damage stops it
         ],
         capture_output=True,
         text=True,
