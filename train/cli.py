@@ -11,11 +11,24 @@ combination of flags (absl's ``flags.Error`` while parsing, or
 ``gn_keras._checks``), with a pointer to --helpfull; 1 for anything else
 that stops a run (a file that cannot be read, a ``ValueError`` raised deep
 in training), without the pointer.
+
+A place that cannot be written, for any script, is caught here once
+(``write_error_line``): a read-only ``--model_dir``/``--output_dir`` or a
+full disk, whether Python (``PermissionError``, ``OSError`` ENOSPC, EROFS,
+EDQUOT) or TensorFlow (``PermissionDeniedError``, ``ResourceExhaustedError``
+from a checkpoint or summary write) saw it, ends the script with one line
+naming the path and the reason, status 1.  Every file the scripts write is
+written to a temporary name and renamed into place, so what was written
+before stays whole.
+
+absl's log level is WARNING for every script unless ``--verbosity`` is
+given (absl's INFO lines hide the progress and result lines).
 """
 
+import errno
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from gn_keras._checks import FlagError
 
@@ -53,7 +66,59 @@ def exit_with_error(program, error):
     if isinstance(error, (str, FlagError, flags.Error)):
         sys.stderr.write(f"{program}: error: {error} {HELP_HINT}\n")
         sys.exit(USAGE_ERROR_STATUS)
-    sys.exit(f"{program}: error: {_one_line(error)}")
+    sys.exit(f"{program}: error: {write_error_line(error) or _one_line(error)}")
+
+
+_CANNOT_WRITE = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+}
+_TF_CANNOT_WRITE = {
+    "PermissionDeniedError": "permission denied",
+    "ResourceExhaustedError": "out of space (disk full or out of memory)",
+}
+
+
+def write_error_line(error):
+    """One line naming the path and the reason if ``error`` is a failed write, else None.
+
+    Covers Python's ``OSError`` with a permission, read-only or no-space
+    errno and TensorFlow's ``PermissionDeniedError`` and
+    ``ResourceExhaustedError`` (whose message names the file).
+    """
+    if isinstance(error, OSError) and error.errno in _CANNOT_WRITE:
+        path = error.filename if error.filename is not None else "a file"
+        return f"cannot write {path}: {_CANNOT_WRITE[error.errno]}."
+    for kind in type(error).__mro__:
+        if kind.__name__ in _TF_CANNOT_WRITE and kind.__module__.startswith("tensorflow"):
+            reason = _TF_CANNOT_WRITE[kind.__name__]
+            if "no space left" in str(error).lower():
+                reason = _CANNOT_WRITE[errno.ENOSPC]
+            return f"cannot write: {reason}: {_one_line(getattr(error, 'message', error))}"
+    return None
+
+
+def guard_writes(main, program):
+    """``main`` with a failed write turned into one line and exit status 1 (see module doc)."""
+
+    def guarded(argv):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        try:
+            return main(argv)
+        except Exception as error:  # noqa: BLE001 -- only failed writes are caught, see below
+            line = write_error_line(error)
+            cause = error.__cause__ or error.__context__
+            if line is None and cause is not None:
+                line = write_error_line(cause)
+            if line is None:
+                raise
+            exit_with_error(program, OSError(line))
+
+    return guarded
 
 
 def _one_line(error):
@@ -78,7 +143,9 @@ def _define_key_flags(define_flags):
 def run_command(main, program, define_flags):
     """Define the flags, then ``app.run(main)`` with parsing errors reported in one line.
 
-    Every script defines its flags here, when it runs (never at import), so
+    A failed write (read-only folder, full disk) ends ``main`` in one line
+    with status 1, and absl logs WARNING and above unless --verbosity is
+    given (module doc).  Every script defines its flags here, when it runs (never at import), so
     importing a script's module defines nothing.  Also checks that no
     positional argument is left over.
     """
@@ -93,4 +160,4 @@ def run_command(main, program, define_flags):
             exit_with_error(program, f"unexpected arguments: {' '.join(remaining[1:])}")
         return remaining
 
-    app.run(main, flags_parser=parse)
+    app.run(guard_writes(main, program), flags_parser=parse)

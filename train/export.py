@@ -27,7 +27,7 @@ import json
 import os
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from gn_keras import export, load
 from gn_keras._checks import FlagError
@@ -128,7 +128,9 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
         try:
             report = _write_verified(model, staging, preprocessing, formats, tolerance)
         except (export.ExportMismatchError, ValueError, OSError) as error:
-            message = str(error).strip().replace(staging, output_dir)
+            message = (cli.write_error_line(error) or str(error).strip()).replace(
+                staging, output_dir
+            )
             raise ExportError(f"{message} ({output_dir} left as it was)") from error
         workdir.publish(staging, output_dir)
     return report
@@ -188,8 +190,6 @@ def _save_verified_keras(model, path, preprocessing, images):
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
-    if not values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines hide the result
     try:
         model = load.load_model(values.trained_model)
         preprocessing = load.load_preprocessing(values.preprocessing or values.trained_model)
