@@ -24,6 +24,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("step", "cosine", "constant")
 AUGMENTATIONS = ("auto", "none", "crop_flip", "inception")
 DATASET_KINDS = ("digits", "synthetic", "folder", "imagenet_tfrecord")
+FOLDER_CHANNELS = (1, 3)
+ON_BAD_IMAGE = ("skip", "fail")
 
 
 @dataclasses.dataclass
@@ -99,6 +101,8 @@ class TrainConfig(RunConfig):
     augment: str = "auto"
     num_classes: int | None = None
     tfrecord_label_offset: int = 1
+    channels: int = 3
+    on_bad_image: str = "skip"
     # Loss.
     label_smoothing: float = 0.0
 
@@ -243,7 +247,11 @@ _RUN_CHOICES = {"strategy": STRATEGIES, "mixed_precision": PRECISIONS}
 _CLASSIFY_INTEGERS = {"groups": -1, "image_size": 8, "tfrecord_label_offset": 0}
 _CLASSIFY_OPTIONAL_INTEGERS = {"group_size": 1, "num_classes": 2}
 _CLASSIFY_NUMBERS = {"label_smoothing": (0.0, 1.0, False)}
-_CLASSIFY_CHOICES = {"augment": AUGMENTATIONS}
+_CLASSIFY_CHOICES = {
+    "augment": AUGMENTATIONS,
+    "channels": FOLDER_CHANNELS,
+    "on_bad_image": ON_BAD_IMAGE,
+}
 
 
 def check_fields(config, integers=None, optional_integers=None, numbers=None, choices=None):

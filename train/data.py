@@ -45,12 +45,18 @@ def make_source(config):
             config.data_dir,
             config.dataset,
         )
+    if kind != "folder" and config.channels != 3:
+        logging.warning(
+            "--channels=%s is not used by --dataset=%s (only folders are read that way).",
+            config.channels,
+            config.dataset,
+        )
     if kind == "digits":
         return sources.digits_source()
     if kind == "synthetic":
         return sources.synthetic_source(config.image_size, config.num_classes or 1000, config.seed)
     if kind == "folder":
-        return sources.folder_source(config.data_dir)
+        return sources.folder_source(config.data_dir, config.channels, config.on_bad_image)
     if kind == "imagenet_tfrecord":
         return sources.imagenet_tfrecord_source(
             config.data_dir, config.num_classes or 1000, config.tfrecord_label_offset

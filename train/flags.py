@@ -97,6 +97,16 @@ CLASSIFY_FLAG_SPECS = {
         "Subtracted from image/class/label; standard ImageNet shards store 1..1000.",
     ),
     "label_smoothing": ("float", "Label smoothing of the cross-entropy."),
+    "channels": (
+        "integer",
+        "--dataset=folder: channels to read the images as (1: grey, 3: RGB; converted as "
+        "needed), e.g. 1 to fine-tune a model trained on the grey digits.",
+    ),
+    "on_bad_image": (
+        config_lib.ON_BAD_IMAGE,
+        "--dataset=folder: what to do with files that cannot be decoded (found when the tree "
+        "is scanned): skip them with a warning naming them, or fail naming them.",
+    ),
     "preset": (tuple(config_lib.PRESETS), "Named recipe; explicit flags override it."),
 }
 _FLAG_SPECS = {**CLASSIFY_FLAG_SPECS, **RUN_FLAG_SPECS}

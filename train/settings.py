@@ -39,6 +39,7 @@ NOT_COMPARED = frozenset(
         "preset",
         "extend_epochs",
         "worker_wait_timeout",
+        "on_bad_image",
     }
 )
 PATH_SETTINGS = ("data_dir",)

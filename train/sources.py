@@ -17,8 +17,10 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from gn_keras._checks import FlagError
+from gn_keras.train import image_files
 
 # The mean/std of ImageNet's RGB pixels on the 0–255 scale, the convention of
 # tf-models-official's classification parser (preprocess_ops.MEAN_RGB/STDDEV_RGB).
@@ -333,14 +335,42 @@ def _folder_splits(data_dir):
     return classes, train, held_out
 
 
-def folder_source(data_dir):
-    """A directory with one sub-folder of images per class."""
+def _drop_unreadable(data_dir, train, held_out, on_bad_image):
+    """The splits without files TensorFlow cannot decode (``train.image_files``).
+
+    ``on_bad_image='skip'`` drops them with a warning naming them and their
+    count; ``'fail'`` refuses the tree in one line naming them.
+    """
+    bad = image_files.unreadable([path for path, _ in train + held_out])
+    if not bad:
+        return train, held_out
+    listed = image_files.describe(bad, data_dir)
+    if on_bad_image == "fail":
+        raise ValueError(
+            f"--data_dir={data_dir} has {len(bad)} unreadable image file(s): {listed}; "
+            "fix or remove them, or pass --on_bad_image=skip."
+        )
+    logging.warning(
+        "Skipping %d unreadable image file(s) in --data_dir=%s: %s.", len(bad), data_dir, listed
+    )
+    return [p for p in train if p[0] not in bad], [p for p in held_out if p[0] not in bad]
+
+
+def folder_source(data_dir, channels=3, on_bad_image="skip"):
+    """A directory with one sub-folder of images per class.
+
+    Images are decoded to ``channels`` (1: grey, 3: RGB; TensorFlow converts
+    between them), so a tree of RGB files can feed a model trained on grey
+    digits.  Every file is checked when the tree is scanned; see
+    ``_drop_unreadable`` for ``on_bad_image``.
+    """
     if not os.path.isdir(data_dir):
         raise FlagError(
             f"--data_dir={data_dir!r} is not a directory; expected one "
             "sub-folder of images per class."
         )
     classes, train, held_out = _folder_splits(data_dir)
+    train, held_out = _drop_unreadable(data_dir, train, held_out, on_bad_image)
     expected = (
         f"one sub-folder per class holding {'/'.join(IMAGE_EXTENSIONS)} files, "
         "at least 2 classes, and 10+ images per class (or train/ and val/ trees)"
@@ -367,12 +397,13 @@ def folder_source(data_dir):
 
         return records
 
+    mean, std = _statistics(channels)
     return Source(
         "folder",
         len(classes),
-        3,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
+        channels,
+        mean,
+        std,
         len(train),
         len(held_out),
         records_of(train),
