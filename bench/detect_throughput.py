@@ -98,7 +98,8 @@ def main(argv):
     print(
         f"Mask R-CNN {FLAGS.backbone}-FPN, {FLAGS.mixed_precision}, batch {FLAGS.batch_size}, "
         f"{FLAGS.image_size} px, {FLAGS.steps} interleaved steps; {started:%Y-%m-%d %H:%M} UTC "
-        f"on {machine['cpu']} ({machine['logical_cpus']} CPUs, load {machine.get('load_average')})"
+        f"on {machine['cpu']} ({machine['logical_cpus']} CPUs, "
+        f"load {machine.get('load_average_at_start')})"
     )
     print("| contender | median step s | CPU s/step | images/s | first step s |")
     print("|---|---|---|---|---|")
