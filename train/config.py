@@ -56,6 +56,7 @@ class RunConfig:
     strategy: str = "auto"
     tpu: str = ""
     worker_wait_timeout: int = 0
+    cpu_replicas: int = 0
     mixed_precision: str = "float32"
     jit_compile: bool = False
     seed: int = 0
@@ -232,6 +233,7 @@ _RUN_INTEGERS = {
     "log_every_steps": 1,
     "steps_per_loop": 1,
     "worker_wait_timeout": 0,
+    "cpu_replicas": 0,
 }
 _RUN_OPTIONAL_INTEGERS = {"steps_per_epoch": 1, "eval_steps": 1}
 # field -> (low, high, low_open): the closed or half-open interval allowed.

@@ -56,6 +56,11 @@ RUN_FLAG_SPECS = {
         "Multi-worker: seconds to wait for every TF_CONFIG worker to start before giving up "
         "(0: no limit).",
     ),
+    "cpu_replicas": (
+        "integer",
+        "Split the CPU into N logical devices and mirror over them (--strategy=mirrored or "
+        "auto), to try distribution on a machine without GPUs (0: off).",
+    ),
     "mixed_precision": (config_lib.PRECISIONS, "Keras dtype policy."),
     "jit_compile": ("bool", "XLA-compile the per-replica step."),
     "seed": ("integer", "Seed for weights, data order and augmentation."),

@@ -40,6 +40,7 @@ NOT_COMPARED = frozenset(
         "extend_epochs",
         "worker_wait_timeout",
         "on_bad_image",
+        "cpu_replicas",
     }
 )
 PATH_SETTINGS = ("data_dir",)

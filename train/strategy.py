@@ -3,7 +3,9 @@
 The strategy is created once per process (``make_strategy``); everything
 else asks it how many replicas there are and whether this process is the
 chief (``is_chief``).  Multi-worker training reads the cluster from
-``TF_CONFIG``; non-chief workers still have to take part in every save (the
+``TF_CONFIG``; ``--cpu_replicas=N`` splits the CPU into N logical devices
+and mirrors over them, to try distribution on a machine without GPUs.
+Non-chief workers still have to take part in every save (the
 collective ops of MultiWorkerMirroredStrategy need all workers), so they
 write into throw-away directories from ``worker_write_dir``.
 """
@@ -12,7 +14,9 @@ import json
 import os
 
 import tensorflow as tf
+from absl import logging
 
+from gn_keras._checks import FlagError
 from gn_keras.train import cluster
 
 
@@ -31,13 +35,13 @@ def _cluster_size(tf_config):
     return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
 
 
-def resolve_strategy_name(name):
+def resolve_strategy_name(name, cpu_replicas=0):
     """Turn ``auto`` into a concrete strategy name for this machine/cluster."""
     if name != "auto":
         return name
     if _cluster_size(_tf_config()) > 1:
         return "multi_worker"
-    if len(tf.config.list_logical_devices("GPU")) > 1:
+    if cpu_replicas > 1 or len(tf.config.list_logical_devices("GPU")) > 1:
         return "mirrored"
     return "one_device"
 
@@ -60,18 +64,59 @@ def _tpu_strategy(tpu_address):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def make_strategy(name, tpu_address="", worker_wait_timeout=0):
+def cpu_devices(count):
+    """Split the CPU into ``count`` logical devices; return their names.
+
+    TensorFlow fixes its devices when it first uses them, so this must run
+    before anything touches a device (``make_strategy`` does it first);
+    later, only the count already set is accepted.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+    except RuntimeError:  # devices already in use: fine if they are what was asked
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise FlagError(
+                f"--cpu_replicas={count}: TensorFlow's devices were set up before the "
+                "strategy; run in a fresh process."
+            ) from None
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+def _mirrored(cpu_replicas):
+    if cpu_replicas > 0:
+        return tf.distribute.MirroredStrategy(cpu_devices(cpu_replicas))
+    if not tf.config.list_logical_devices("GPU"):
+        logging.warning(
+            "--strategy=mirrored found no GPU: it runs one replica on the CPU. To try "
+            "distribution on this machine, add --cpu_replicas=N (N logical CPU replicas)."
+        )
+    return tf.distribute.MirroredStrategy()
+
+
+def make_strategy(name, tpu_address="", worker_wait_timeout=0, cpu_replicas=0):
     """Create the strategy named by ``--strategy`` (call once per process).
 
     A multi-worker strategy waits for every worker of ``TF_CONFIG`` to start,
     at most ``worker_wait_timeout`` seconds (0: no limit; ``train.cluster``).
+    ``cpu_replicas`` > 0 (``--strategy=mirrored`` or ``auto``) mirrors over
+    that many logical CPU devices.
     """
-    name = resolve_strategy_name(name)
+    if cpu_replicas and name not in ("auto", "mirrored"):
+        raise FlagError(
+            f"--cpu_replicas={cpu_replicas} needs --strategy=mirrored (or auto), "
+            f"not --strategy={name}."
+        )
+    if cpu_replicas:
+        cpu_devices(cpu_replicas)  # before any device is touched
+    name = resolve_strategy_name(name, cpu_replicas)
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return _mirrored(cpu_replicas)
     if name == "multi_worker":
         _check_multi_worker_env()
         return cluster.join(worker_wait_timeout)

@@ -159,7 +159,7 @@ def run(task, config, *, strategy=None, callbacks=None):
     try:
         if strategy is None:
             strategy = strategy_lib.make_strategy(
-                config.strategy, config.tpu, config.worker_wait_timeout
+                config.strategy, config.tpu, config.worker_wait_timeout, config.cpu_replicas
             )
         # The data first: a bad --data_dir is refused before --model_dir is created.
         data = task.make_data(config, strategy)
