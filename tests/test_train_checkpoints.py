@@ -82,9 +82,9 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(copy_of_run, caplog, 
     assert any(
         m.startswith(f"{newest}: cannot read the checkpoint") and older in m for m in warnings
     ), warnings
-    # Epoch 1 (index 0) is kept from the first run; epoch 2 is trained again.
+    # Epoch 1 (index 0) is kept from the first run; epoch 2 (printed 1-based) is trained again.
     assert (
-        f"Resuming at epoch 1, step 0 from {model_dir / 'checkpoints'}" in capsys.readouterr().out
+        f"Resuming at epoch 2, step 0 from {model_dir / 'checkpoints'}" in capsys.readouterr().out
     )
     assert [record["epoch"] for record in results["epochs"]] == [0, 1, 2]
     assert results["epochs"][0] == first["epochs"][0]
@@ -154,7 +154,7 @@ def test_damaged_index_file_resumes_from_the_checkpoints_on_disk(copy_of_run, ca
     )
     epochs_kept = 1 if resumed_from == older else 2
     assert (
-        f"Resuming at epoch {epochs_kept}, step 0 from {model_dir / 'checkpoints'}"
+        f"Resuming at epoch {epochs_kept + 1}, step 0 from {model_dir / 'checkpoints'}"
         in capsys.readouterr().out
     )
     assert [record["epoch"] for record in results["epochs"]] == [0, 1, 2]

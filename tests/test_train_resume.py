@@ -86,7 +86,7 @@ def test_sigkill_mid_epoch_then_rerun_loses_and_repeats_nothing(rng, tmp_path):
         command(model_dir, seed), env=environment(), capture_output=True, text=True, timeout=900
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert f"Resuming at epoch {epoch}, step {step}" in second.stdout
+    assert f"Resuming at epoch {epoch + 1}, step {step}" in second.stdout  # printed 1-based
     epoch_lines = [
         line for line in second.stdout.replace("\r", "\n").splitlines() if line.startswith("Epoch ")
     ]

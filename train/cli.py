@@ -42,7 +42,8 @@ def describe_outputs(results):
     lines = [
         f"Median top-1 error of the last 5 epochs: {results['median_last5_top1_error']:.4f} "
         f"(final {results['final_top1_error']:.4f}, best {results['best_top1_error']:.4f} "
-        f"at epoch {results['best_epoch']}); {results['images_per_sec']:.1f} images/s.",
+        f"at epoch {results['best_epoch'] + 1} of the 'Epoch N/E' lines); "
+        f"{results['images_per_sec']:.1f} images/s.",
         f"  results:        {paths['results']}",
         f"  checkpoints:    {paths['checkpoints']}  (rerun the same command to resume)",
         f"  TensorBoard:    tensorboard --logdir {paths['tensorboard']}",

@@ -168,7 +168,11 @@ def _describe(record, metric):
         for name, value in record.val.items()
         if name != "loss" or metric == "loss"
     )
-    return f"  val {shown}; {record.images_per_sec:.1f} examples/s"
+    # The progress bar's loss is what the optimizer minimised (L2 term
+    # included); results.json's train loss, shown here too, excludes it.
+    train_loss = record.train.get("loss")
+    data_loss = "" if train_loss is None else f"train loss without L2 {train_loss:.4f}; "
+    return f"  {data_loss}val {shown}; {record.images_per_sec:.1f} examples/s"
 
 
 def run_epochs(run, callbacks=()):
@@ -184,7 +188,10 @@ def run_epochs(run, callbacks=()):
     start_epoch, start_step = checkpointer.restore()
     outputs.resume(start_epoch)
     if outputs.is_chief and (start_epoch or start_step):
-        print(f"Resuming at epoch {start_epoch}, step {start_step} from {checkpointer.directory}")
+        # Epochs are printed 1-based, as "Epoch N/E"; results.json stays 0-based.
+        print(
+            f"Resuming at epoch {start_epoch + 1}, step {start_step} from {checkpointer.directory}"
+        )
     callbacks.on_train_begin()
     strategy = run.runner.strategy
     inputs = (
