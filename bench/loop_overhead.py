@@ -183,7 +183,12 @@ def keras_fit(steps, steps_per_execution, work_dir, others, order, times):
     )
     callback = _Interleaved(others, order, FLAGS.rounds, times)
     model.fit(
-        dataset, epochs=FLAGS.rounds + 1, steps_per_epoch=steps, verbose=0, callbacks=[callback]
+        dataset,
+        epochs=FLAGS.rounds + 1,
+        steps_per_epoch=steps,
+        shuffle=False,  # the dataset shuffles itself; fit would warn it ignores this
+        verbose=0,
+        callbacks=[callback],
     )
 
 
