@@ -170,7 +170,12 @@ def test_resuming_a_model_dir_with_another_model_is_refused(tmp_path):
     )
     classify.train(config, build_model=tiny_model(4))
     again = config_lib.make_config(
-        **{**config.as_dict(), "epochs": 2, "lr_boundaries": tuple(config.lr_boundaries)}
+        **{
+            **config.as_dict(),
+            "epochs": 2,
+            "extend_epochs": True,  # past the settings check, to the checkpoint's own
+            "lr_boundaries": tuple(config.lr_boundaries),
+        }
     )
     with pytest.raises(ValueError, match=r"--model_dir=.*holds checkpoint .* different model"):
         classify.train(again, build_model=tiny_model(6))
