@@ -85,7 +85,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes(run):
     assert run["killed_returncode"] == -signal.SIGKILL
     epoch, step, iterations = run["killed_at"]
     assert step > 0 and iterations == epoch * STEPS + step
-    assert f"Resuming at epoch {epoch}, step {step}" in run["second"].stdout
+    assert f"Resuming at epoch {epoch + 1}, step {step}" in run["second"].stdout
     results = json.load(open(os.path.join(run["dir"], "results.json")))
     assert [r["epoch"] for r in results["epochs"]] == list(range(EPOCHS))
     assert results["epochs"][epoch]["resumed_at_step"] == step

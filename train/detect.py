@@ -99,9 +99,7 @@ def evaluate(config, *, strategy=None):
     """
     config_lib.validate(config)
     task = make_task(config)
-    strategy = strategy or strategy_lib.make_strategy(
-        config.strategy, config.tpu, config.worker_wait_timeout
-    )
+    strategy = strategy or strategy_lib.strategy_for(config)
     data = task.make_data(config, strategy)
     prepared = trainer.prepare(task, config, strategy, data)
     paths = outputs.run_paths(config.model_dir)

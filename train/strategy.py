@@ -96,6 +96,13 @@ def _mirrored(cpu_replicas):
     return tf.distribute.MirroredStrategy()
 
 
+def strategy_for(config):
+    """The strategy a run's config asks for (any task's ``RunConfig``)."""
+    return make_strategy(
+        config.strategy, config.tpu, config.worker_wait_timeout, config.cpu_replicas
+    )
+
+
 def make_strategy(name, tpu_address="", worker_wait_timeout=0, cpu_replicas=0):
     """Create the strategy named by ``--strategy`` (call once per process).
 

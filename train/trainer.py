@@ -158,9 +158,7 @@ def run(task, config, *, strategy=None, callbacks=None):
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     try:
         if strategy is None:
-            strategy = strategy_lib.make_strategy(
-                config.strategy, config.tpu, config.worker_wait_timeout, config.cpu_replicas
-            )
+            strategy = strategy_lib.strategy_for(config)
         # The data first: a bad --data_dir is refused before --model_dir is created.
         data = task.make_data(config, strategy)
         with (

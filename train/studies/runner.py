@@ -140,9 +140,7 @@ def run_all(
             runs.skipped.append(spec.name)
         else:
             if strategy is None:
-                strategy = strategy_lib.make_strategy(
-                    base_config.strategy, base_config.tpu, base_config.worker_wait_timeout
-                )
+                strategy = strategy_lib.strategy_for(base_config)
             print(f"[{study.name}] training {spec.name} in {config.model_dir}")
             callbacks = (
                 run_callbacks(config)
