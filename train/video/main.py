@@ -106,9 +106,7 @@ def train(config, *, strategy=None, callbacks=None, source=None):
         test_batch_size_per_replica=config.test_batch_size_per_replica,
     )
     if strategy is None:
-        strategy = strategy_lib.make_strategy(
-            config.strategy, config.tpu, config.worker_wait_timeout
-        )
+        strategy = strategy_lib.strategy_for(config)
     tester = final_test.FinalTest(task, strategy)
     results = trainer.run(task, config, strategy=strategy, callbacks=[*(callbacks or []), tester])
     return final_test.add_to_results(results, tester.results, strategy)
