@@ -6,12 +6,16 @@ Command line (absl flags; also the ``gn-study`` console script)::
     python -m gn_keras.train.study --study=batch_size       # Table 2, Figures 1 and 5
     python -m gn_keras.train.study --study=groups           # Table 3
     python -m gn_keras.train.study --study=feature_stats    # Figure 6 (VGG-16)
+    python -m gn_keras.train.study --study=video            # Table 8, Figure 7 (gn-video runs)
 
 Every training flag of ``train.classify`` (dataset, model, epochs, lr, …)
 passes through to each run, except the fields the study itself varies,
 which are refused (e.g. ``--norm`` with ``--study=norms``; use
-``--study_norms``).  Runs go to ``<out_dir>/<study>/<run>/``; re-running the
-same command skips finished runs and resumes a half-finished one.
+``--study_norms``).  ``--study=video`` runs ``gn-video`` jobs instead: the
+flags of ``train.video`` pass through (``--preset`` also takes its
+presets), and flags only ``gn-train`` has are refused, and vice versa.
+Runs go to ``<out_dir>/<study>/<run>/``; re-running the same command
+skips finished runs and resumes a half-finished one.
 """
 
 import sys
@@ -21,15 +25,42 @@ from absl import flags
 from gn_keras import _checks, norms
 from gn_keras._checks import FlagError
 from gn_keras.train import cli, studies
+from gn_keras.train import config as config_lib
 from gn_keras.train import flags as flags_lib
 from gn_keras.train.studies import specs
+from gn_keras.train.video import config as video_config
+from gn_keras.train.video import main as video_main
 
 _DEFAULT_OPTIONS = specs.StudyOptions()
+_CLASSIFY_SPECS = {**flags_lib.CLASSIFY_FLAG_SPECS, **flags_lib.RUN_FLAG_SPECS}
+_VIDEO_SPECS = {**video_main.VIDEO_FLAG_SPECS, **flags_lib.RUN_FLAG_SPECS}
+# Flags of one job only: refused when the study runs the other job.
+_ONLY_CLASSIFY = sorted(set(_CLASSIFY_SPECS) - set(_VIDEO_SPECS))
+_ONLY_VIDEO = sorted(set(_VIDEO_SPECS) - set(_CLASSIFY_SPECS))
+
+
+def _define_job_flags(flag_values):
+    """gn-train's flags, gn-video's own on top, ``--preset`` taking either's presets."""
+    presets = (*config_lib.PRESETS, *video_config.PRESETS)
+    flags_lib.define_config_flags(
+        flag_values,
+        config_lib.TrainConfig,
+        {**_CLASSIFY_SPECS, "preset": (presets, "Named recipe; explicit flags override it.")},
+    )
+    defaults = video_config.VideoConfig()
+    for name in _ONLY_VIDEO:
+        kind, help_text = _VIDEO_SPECS[name]
+        default = getattr(defaults, name)
+        help_text = f"--study=video: {help_text}"
+        if kind == "list":
+            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+        else:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
 
 def define_study_flags(flag_values=flags.FLAGS):
     """The training flags plus the study's own."""
-    flags_lib.define_flags(flag_values)
+    _define_job_flags(flag_values)
     flags.DEFINE_enum(
         "study", None, sorted(specs.STUDIES), "Which study to run.", flag_values=flag_values
     )
@@ -46,6 +77,13 @@ def define_study_flags(flag_values=flags.FLAGS):
         ("study_norms", "norms", f"Norms of --study=norms, of: {', '.join(norms.available())}."),
         ("study_batch_sizes", "batch_sizes", "Batch sizes per replica of --study=batch_size."),
         ("study_groups", "groups", "Group counts G of --study=groups (top panel)."),
+        (
+            "study_video_frames",
+            "video_frames",
+            "--study=video: clip lengths SHORT,LONG (paper: 32,64); short clips take every "
+            "(LONG/SHORT)-th frame, long ones consecutive frames.",
+        ),
+        ("study_video_clips", "video_clips", "--study=video: clips per replica (paper: 8,4)."),
         (
             "study_group_sizes",
             "group_sizes",
@@ -73,6 +111,8 @@ def options_from_flags(flag_values=flags.FLAGS):
         batch_sizes=_integers(flag_values, "study_batch_sizes"),
         groups=_integers(flag_values, "study_groups"),
         group_sizes=_integers(flag_values, "study_group_sizes"),
+        video_frames=_integers(flag_values, "study_video_frames"),
+        video_clips=_integers(flag_values, "study_video_clips"),
         runs_per_config=flag_values["runs_per_config"].value,
     )
 
@@ -89,9 +129,22 @@ def base_config_from_flags(study, flag_values=flags.FLAGS):
             f"--{refused[0]} cannot be set with --study={study.name}: the study sets "
             f"{', '.join(sorted(study.controlled))} per run and puts runs under "
             "--out_dir (use --study_norms, --study_batch_sizes, --study_groups or "
-            "--study_group_sizes to change a grid)."
+            "--study_group_sizes, --study_video_frames or --study_video_clips to change a grid)."
         )
-    return flags_lib.config_from_flags(flag_values, script_defaults=study.defaults)
+    video = study.job == "video"
+    other_job = [n for n in (_ONLY_CLASSIFY if video else _ONLY_VIDEO) if flag_values[n].present]
+    if other_job:
+        raise FlagError(
+            f"--{other_job[0]} is not a flag of the {'gn-video' if video else 'gn-train'} "
+            f"runs of --study={study.name}."
+        )
+    if not video:
+        return flags_lib.config_from_flags(flag_values, script_defaults=study.defaults)
+    # The study's CPU-sized clips stand in for a recipe: a --preset (e.g.
+    # paper_kinetics) brings its own, which they must not override.
+    preset = flag_values["preset"].value
+    explicit = flags_lib.explicit_values(flag_values, _VIDEO_SPECS)
+    return video_config.make_config(preset, None if preset else study.defaults, **explicit)
 
 
 def run_from_flags(flag_values=flags.FLAGS, command=""):

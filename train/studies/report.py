@@ -4,7 +4,9 @@
 ``<study_dir>/<study>.md``, the PNGs beside it, and ``summary.json`` (the
 numbers behind the table, per setting and per seed).  Every number comes
 from the runs' results.json (and feature_stats.json for Figure 6) through
-``summary.summarize_settings``; nothing is typed in.
+``summary.summarize_settings``; nothing is typed in.  The video study's
+Table 8 reads each run's final 10-clip ``test`` entry, its Figure 7 the
+per-epoch centre-clip validation error.
 """
 
 import os
@@ -20,6 +22,7 @@ REPORT_TITLES = {
     "batch_size": "Sensitivity to the batch size (the paper's Table 2, Figures 1 and 5)",
     "groups": "Group division (the paper's Table 3)",
     "feature_stats": "Feature distributions of VGG-16's last conv (the paper's Figure 6)",
+    "video": "Video classification, BN vs GN (the paper's Table 8, Figure 7)",
 }
 
 
@@ -46,6 +49,57 @@ def caption(runs):
         "Error: top-1 val error (%), median of a run's last 5 epochs, "
         f"median over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}."
     )
+
+
+def video_caption(runs):
+    """What Table 8 and Figure 7 state: data, model, clips, schedule, the two metrics."""
+    configs = list(runs.configs.values())
+    first = configs[0]
+    seeds = sorted({config.seed for config in configs})
+    models = sorted({config.model for config in configs})
+    plural = "s" if len(seeds) > 1 else ""
+    return (
+        f"Dataset {first.dataset}, model {', '.join(models)}, {first.crop_size} px crops, "
+        f"{first.epochs} epochs ({first.lr_schedule} lr, base {first.base_lr:g} per "
+        f"{first.lr_reference_batch} clips), seed{plural} {', '.join(map(str, seeds))}. "
+        f"Table: top-1 / top-5 accuracy (%) of the final {first.test_clips}-clip test "
+        f"({first.test_crops} crop{'s' if first.test_crops > 1 else ''} per clip, softmax "
+        "averaged). Curves: top-1 val error (%) of one centre clip per video after each "
+        f"epoch. Median over {len(seeds)} seed{plural}."
+    )
+
+
+def _video(settings, summaries, runs, study_dir, text):
+    accuracies = {
+        key: summary.median_test_accuracy(result, runs.results) for key, result in summaries.items()
+    }
+    short = min(s.overrides["frames"] for s in settings)
+    long = max(s.overrides["frames"] for s in settings)
+    panels = [
+        (
+            f"{norm.upper()}, {short} frames: val error",
+            [
+                summaries[s.key]
+                for s in settings
+                if s.panel == norm and s.overrides["frames"] == short and s.key in summaries
+            ],
+        )
+        for norm in ("bn", "gn")
+    ]
+    panels.append(
+        (
+            f"{long} frames: val error",
+            [
+                summaries[s.key]
+                for s in settings
+                if s.overrides["frames"] == long and s.key in summaries
+            ],
+        )
+    )
+    curves = figures.per_panel_curves_figure(
+        panels, os.path.join(study_dir, "video_curves.png"), text
+    )
+    return tables.video_table(accuracies, settings), [curves]
 
 
 def _norms(settings, summaries, runs, study_dir, text):
@@ -134,7 +188,19 @@ _SECTIONS = {
     "batch_size": _batch_size,
     "groups": _groups,
     "feature_stats": _feature_stats,
+    "video": _video,
 }
+
+
+def _test_entry(result, runs):
+    """A video setting's final-test accuracies (%), median and per seed."""
+    if not all("test" in runs.results[name] for name in result.run_names):
+        return {}
+    per_seed = [summary.test_accuracy(runs.results[name]) for name in result.run_names]
+    return {
+        "test_top1_top5": list(summary.median_test_accuracy(result, runs.results)),
+        "test_top1_top5_per_seed": [list(scores) for scores in per_seed],
+    }
 
 
 def _summary_json(summaries, runs):
@@ -146,6 +212,8 @@ def _summary_json(summaries, runs):
                 "errors": r.errors,
                 "seeds": r.seeds,
                 "runs": r.run_names,
+                "val_curve": r.val_curve,
+                **_test_entry(r, runs),
             }
             for key, r in summaries.items()
         },
@@ -176,7 +244,7 @@ def write_report(study, specs, runs, study_dir, command=""):
         )
     settings = unique_settings(specs)
     summaries = summary.summarize_settings(specs, runs.results)
-    text = caption(runs)
+    text = video_caption(runs) if study.job == "video" else caption(runs)
     table, paths = _SECTIONS[study.name](settings, summaries, runs, study_dir, text)
     outputs.write_json_atomically(
         os.path.join(study_dir, "summary.json"), _summary_json(summaries, runs)

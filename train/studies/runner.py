@@ -1,13 +1,15 @@
 """Running a study's trainings through the one training job, resumably.
 
 Every run of a study lives in ``<study_dir>/<run name>/`` and is an ordinary
-``train.classify.train`` job with ``model_dir`` set to that directory.  The
-runner only decides what to do with each run:
+job of the study's kind (``jobs.JOBS[study.job]``: ``train.classify.train``
+or ``train.video.main.train``) with ``model_dir`` set to that directory.
+The runner only decides what to do with each run:
 
-* finished (``results.json`` covers every epoch and the SavedModel is
-  there): skipped, its results read back;
-* started (a ``results.json`` or checkpoint exists): handed back to
-  ``train.classify.train``, whose checkpoint resume continues it;
+* finished (``results.json`` covers every epoch, holds the job's final
+  entries such as the video test, and the SavedModel is there): skipped,
+  its results read back;
+* started (a ``results.json`` or checkpoint exists): handed back to the
+  job, whose checkpoint resume continues it;
 * a setting whose model cannot be built (e.g. G=32 groups on a 16-channel
   layer): not trained, and reported as not applicable with the reason.
 
@@ -21,14 +23,10 @@ import os
 import keras
 
 from gn_keras._checks import FlagError
-from gn_keras.train import classify, data, outputs, settings
-from gn_keras.train import config as config_lib
+from gn_keras.train import outputs, settings
 from gn_keras.train import strategy as strategy_lib
 from gn_keras.train.records import EpochRecord
-
-# Fields that may differ between a stored run and the one asked for without
-# changing what was trained (how many checkpoints are kept, or how often,
-# decides only where a resume starts).
+from gn_keras.train.studies import jobs
 
 
 @dataclasses.dataclass
@@ -42,12 +40,12 @@ class StudyRuns:
     skipped: list = dataclasses.field(default_factory=list)
 
 
-def run_config(base_config, spec, study_dir):
-    """The validated ``TrainConfig`` of one run of a study."""
+def run_config(base_config, spec, study_dir, job=jobs.CLASSIFY):
+    """The validated config (the job's kind) of one run of a study."""
     config = dataclasses.replace(
         base_config, **spec.overrides(), model_dir=os.path.join(study_dir, spec.name)
     )
-    config_lib.validate_config(config)
+    job.validate(config)
     return config
 
 
@@ -61,13 +59,14 @@ def read_results(config):
     return outputs.read_json(path) if os.path.exists(path) else None
 
 
-def is_finished(config, results):
-    """All epochs recorded and the end-of-run export written."""
+def is_finished(config, results, job=jobs.CLASSIFY):
+    """All epochs recorded, the job's final entries written and the export there."""
     if results is None:
         return False
     epochs = [EpochRecord.from_json(r).epoch for r in results.get("epochs", [])]
     exported = os.path.exists(os.path.join(config.model_dir, "saved_model", "saved_model.pb"))
-    return epochs == list(range(config.epochs)) and exported
+    final = all(key in results for key in job.result_keys)
+    return epochs == list(range(config.epochs)) and exported and final
 
 
 def check_same_settings(config, results):
@@ -85,21 +84,11 @@ def check_same_settings(config, results):
         )
 
 
-def model_build_problem(config):
-    """Why the model of ``config`` cannot be built, or ``None`` if it can."""
-    pipeline = data.InputPipeline(data.make_source(config), config)
-    try:
-        classify.build_zoo_model(config, pipeline.preprocessing())
-    except ValueError as error:
-        return str(error)
-    return None
-
-
-def _plan(specs, base_config, study_dir):
+def _plan(specs, base_config, study_dir, job):
     """``(spec, config, stored results)`` of every run, checked before any training."""
     planned = []
     for spec in specs:
-        config = run_config(base_config, spec, study_dir)
+        config = run_config(base_config, spec, study_dir, job)
         results = read_results(config)
         if results is not None:
             check_same_settings(config, results)
@@ -107,7 +96,7 @@ def _plan(specs, base_config, study_dir):
     return planned
 
 
-def _not_applicable(planned):
+def _not_applicable(planned, job):
     # One model build per setting (not per seed), and none for a setting
     # that already has a run.
     started = {spec.setting.key for spec, _, results in planned if results is not None}
@@ -115,7 +104,7 @@ def _not_applicable(planned):
     for spec, config, _ in planned:
         key = spec.setting.key
         if key not in started and key not in problems:
-            problems[key] = model_build_problem(config)
+            problems[key] = job.build_problem(config)
     return {key: problem for key, problem in problems.items() if problem}
 
 
@@ -129,14 +118,15 @@ def run_all(
     trained now or earlier, e.g. to check what those callbacks recorded.
     Both only on the chief, the one process that writes run directories.
     """
-    classify.check_model_name(base_config.model)
-    planned = _plan(specs, base_config, study_dir)
-    runs = StudyRuns(results={}, configs={}, not_applicable=_not_applicable(planned))
+    job = jobs.JOBS[study.job]
+    job.check_model_name(base_config.model)
+    planned = _plan(specs, base_config, study_dir, job)
+    runs = StudyRuns(results={}, configs={}, not_applicable=_not_applicable(planned, job))
     os.makedirs(study_dir, exist_ok=True)
     for spec, config, results in planned:
         if spec.setting.key in runs.not_applicable:
             continue
-        if is_finished(config, results):
+        if is_finished(config, results, job):
             runs.skipped.append(spec.name)
         else:
             if strategy is None:
@@ -147,7 +137,7 @@ def run_all(
                 if run_callbacks is not None and strategy_lib.is_chief(strategy)
                 else None
             )
-            results = classify.train(config, strategy=strategy, callbacks=callbacks)
+            results = job.train(config, strategy=strategy, callbacks=callbacks)
             runs.trained.append(spec.name)
             # Each run builds a fresh model; without this, Keras's global
             # state keeps every earlier one alive for the whole study.

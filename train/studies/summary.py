@@ -7,6 +7,8 @@ come only from what the training loop wrote to each run's results.json:
   "median error rate of the final 5 epochs" (§4.1);
 * with several seeds per setting (``--runs_per_config``) the setting's
   error is the median over seeds, and its curves the per-epoch median;
+* a video run's final test (``results["test"]``, the 10-clip protocol of
+  §4.3) gives its top-1/top-5 accuracy (``test_accuracy``);
 * all numbers are percentages.
 """
 
@@ -24,6 +26,18 @@ def to_percent(fraction):
 def run_error(results):
     """A run's reported error (%): the median val top-1 error of the last 5 epochs."""
     return to_percent(results["median_last5_top1_error"])
+
+
+def test_accuracy(results):
+    """A video run's final-test (top-1, top-5) accuracy (%)."""
+    test = results["test"]
+    return to_percent(test["top1_accuracy"]), to_percent(test["top5_accuracy"])
+
+
+def median_test_accuracy(setting_result, all_results):
+    """A setting's final-test (top-1, top-5) accuracy (%), each the median over its seeds."""
+    scores = np.asarray([test_accuracy(all_results[name]) for name in setting_result.run_names])
+    return tuple(float(v) for v in np.median(scores, axis=0))
 
 
 def error_curves(results):

@@ -1,4 +1,4 @@
-"""Markdown tables laid out like the paper's Tables 1-3 and Figure 6's inset.
+"""Markdown tables laid out like the paper's Tables 1-3 and 8 and Figure 6's inset.
 
 Each function takes ``{setting key: summary.SettingResult}`` and returns
 Markdown.  Errors are printed with two decimals (digits-sized errors are
@@ -90,3 +90,21 @@ def groups_tables(summaries, settings):
     if by_size:
         parts.append(_panel(summaries, by_size, "# channels per group"))
     return "\n\n".join(parts)
+
+
+def video_table(accuracies, settings):
+    """Table 8: BN and GN rows, one column per clip setting, "top-1 / top-5" (%).
+
+    ``accuracies`` maps a setting key to its ``(top-1, top-5)`` test
+    accuracy; a setting that did not run shows ``n/a``.
+    """
+    columns = [s.column for s in settings if s.panel == "bn"]
+    rows = []
+    for norm in ("bn", "gn"):
+        by_column = {s.column: s.key for s in settings if s.panel == norm}
+        cells = []
+        for column in columns:
+            scores = accuracies.get(by_column.get(column))
+            cells.append(MISSING if scores is None else f"{scores[0]:.1f} / {scores[1]:.1f}")
+        rows.append([norm.upper()] + cells)
+    return markdown_table(["top-1 / top-5 accuracy (%)"] + columns, rows)

@@ -1,0 +1,105 @@
+"""The training job a study's runs are: ``gn-train`` (classification) or ``gn-video``.
+
+The runner (``runner.run_all``) is the same for every study; what differs is
+the job each run is.  A ``Job`` bundles the job's entry points so the runner
+never names one:
+
+* ``train(config, strategy=, callbacks=)``: the job itself, returning the
+  run's results.json contents;
+* ``validate(config)``: the job's config check (a ``FlagError`` naming the
+  flag);
+* ``check_model_name(name)``: rejects a ``--model`` the job cannot train,
+  before any data is read;
+* ``build_problem(config)``: why a setting's model cannot be built, or
+  ``None``;
+* ``result_keys``: what a finished run's results.json holds besides its
+  epochs (the video job's final 10-clip ``test``).
+
+Imports happen inside the functions so that listing the studies (the CLI's
+``--help``) does not load either training stack.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    name: str
+    train: object
+    validate: object
+    check_model_name: object
+    build_problem: object
+    result_keys: tuple = ()
+
+
+def _classify_train(config, *, strategy=None, callbacks=None):
+    from gn_keras.train import classify
+
+    return classify.train(config, strategy=strategy, callbacks=callbacks)
+
+
+def _classify_validate(config):
+    from gn_keras.train import config as config_lib
+
+    config_lib.validate_config(config)
+
+
+def _classify_check_model_name(name):
+    from gn_keras.train import classify
+
+    classify.check_model_name(name)
+
+
+def _classify_build_problem(config):
+    """Build the model once: e.g. G=32 groups cannot divide a 16-channel layer."""
+    from gn_keras.train import classify, data
+
+    pipeline = data.InputPipeline(data.make_source(config), config)
+    try:
+        classify.build_zoo_model(config, pipeline.preprocessing())
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _video_train(config, *, strategy=None, callbacks=None):
+    from gn_keras.train.video import main
+
+    return main.train(config, strategy=strategy, callbacks=callbacks)
+
+
+def _video_validate(config):
+    from gn_keras.train.video import config as video_config
+
+    video_config.validate(config)
+
+
+def _video_check_model_name(name):
+    from gn_keras.train.video import main
+
+    main.check_model_name(name)
+
+
+def _video_build_problem(config):
+    # The video study varies the norm, the clip length and the batch only:
+    # every I3D model builds for each of them.
+    del config
+    return None
+
+
+CLASSIFY = Job(
+    "classify",
+    _classify_train,
+    _classify_validate,
+    _classify_check_model_name,
+    _classify_build_problem,
+)
+VIDEO = Job(
+    "video",
+    _video_train,
+    _video_validate,
+    _video_check_model_name,
+    _video_build_problem,
+    result_keys=("test",),
+)
+JOBS = {job.name: job for job in (CLASSIFY, VIDEO)}
