@@ -31,7 +31,7 @@ from official.vision.ops import preprocess_ops
 
 from gn_keras._checks import FlagError
 from gn_keras.train import config as config_lib
-from gn_keras.train import sources
+from gn_keras.train import imagenet_tfrecords, sources
 
 SHUFFLE_BUFFER = 10_000
 
@@ -58,7 +58,7 @@ def make_source(config):
     if kind == "folder":
         return sources.folder_source(config.data_dir, config.channels, config.on_bad_image)
     if kind == "imagenet_tfrecord":
-        return sources.imagenet_tfrecord_source(
+        return imagenet_tfrecords.imagenet_tfrecord_source(
             config.data_dir, config.num_classes or 1000, config.tfrecord_label_offset
         )
     return sources.tfds_source(config.dataset[len("tfds:") :], config.data_dir)

@@ -12,7 +12,6 @@ training starts, and no source is ever empty.
 """
 
 import dataclasses
-import glob
 import os
 
 import numpy as np
@@ -27,9 +26,6 @@ from gn_keras.train import image_files
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-# Published ImageNet-1k split sizes, used when the full standard shard set
-# (1024 train, 128 validation files) is present instead of a counting pass.
-IMAGENET_COUNTS = {"train": (1024, 1_281_167), "validation": (128, 50_000)}
 DIGITS_VALIDATION_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed: the digits split must not move with --seed
 FOLDER_VALIDATION_EVERY = 10  # every 10th file of a class is held out
@@ -212,90 +208,6 @@ def tfds_source(name, data_dir):
         train_records,
         eval_records,
         class_names=list(label.names),
-    )
-
-
-def _shard_files(files, num_shards, shard_index, seed):
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if len(files) >= num_shards:
-        dataset = dataset.shard(num_shards, shard_index)
-    if seed is not None:
-        dataset = dataset.shuffle(len(files), seed=seed)
-    return dataset
-
-
-def _count_records(files, split):
-    standard_files, standard_count = IMAGENET_COUNTS[split]
-    if len(files) == standard_files:
-        return standard_count
-    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
-
-
-def imagenet_tfrecord_source(data_dir, num_classes, label_offset):
-    """Standard ImageNet TFRecord shards, parsed by tf-models-official."""
-    from official.vision.dataloaders import classification_input
-
-    if not os.path.isdir(data_dir):
-        raise FlagError(
-            f"--data_dir={data_dir!r} is not a directory; expected the "
-            "folder of ImageNet TFRecord shards."
-        )
-    files = {
-        split: sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*")))
-        for split in ("train", "validation")
-    }
-    for split, found in files.items():
-        if not found:
-            raise FlagError(
-                f"--data_dir={data_dir!r} has no {split} shards: expected files named "
-                f"{split}-NNNNN-of-NNNNN (the standard ImageNet TFRecord layout)."
-            )
-    decoder = classification_input.Decoder()
-    keys = (
-        classification_input.DEFAULT_IMAGE_FIELD_KEY,
-        classification_input.DEFAULT_LABEL_FIELD_KEY,
-    )
-
-    def parse(serialized):
-        example = decoder.decode(serialized)
-        label = example[keys[1]] - label_offset
-        message = (
-            f"image/class/label minus --tfrecord_label_offset={label_offset} "
-            f"must lie in [0, --num_classes={num_classes})"
-        )
-        checks = [
-            tf.debugging.assert_non_negative(label, message=message),
-            tf.debugging.assert_less(label, tf.constant(num_classes, tf.int64), message=message),
-        ]
-        with tf.control_dependencies(checks):
-            return example[keys[0]], tf.identity(label)
-
-    def records_of(split):
-        def records(num_shards, shard_index, seed=None):
-            shard = _shard_files(files[split], num_shards, shard_index, seed)
-            dataset = shard.interleave(
-                tf.data.TFRecordDataset,
-                cycle_length=8,
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-            if len(files[split]) < num_shards:
-                dataset = dataset.shard(num_shards, shard_index)
-            return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-
-        return records
-
-    return Source(
-        "imagenet_tfrecord",
-        num_classes,
-        3,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        _count_records(files["train"], "train"),
-        _count_records(files["validation"], "validation"),
-        records_of("train"),
-        records_of("validation"),
-        encoding="jpeg",
     )
 
 

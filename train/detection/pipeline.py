@@ -30,13 +30,11 @@ from official.vision.ops import box_ops
 
 from gn_keras.models.detection import ops
 from gn_keras.train.detection import coco
+from gn_keras.train.sources import IMAGENET_MEAN, IMAGENET_STD
 
 # Graph code already (TF Model Garden's labeler uses explicit tf.cond);
 # AutoGraph converting it again for every tf.data map only costs time.
 graph_code = tf.autograph.experimental.do_not_convert
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 @dataclasses.dataclass
