@@ -165,3 +165,13 @@ def test_the_kinetics_preset_keeps_its_clips_and_the_default_is_cpu_sized():
         224,
         (256, 320),
     )
+
+
+def test_each_run_starts_from_the_2d_model_of_its_own_norm(tmp_path):
+    study = specs.get_study("video")
+    flag_values = _flag_values(["--study=video", "--trained_model=/models/r20_{norm}.keras"])
+    base = study_cli.base_config_from_flags(study, flag_values)
+    for spec in study.runs(specs.StudyOptions()):
+        config = runner.run_config(base, spec, str(tmp_path), jobs.VIDEO)
+        assert config.trained_model == f"/models/r20_{spec.setting.overrides['norm']}.keras"
+        assert config.model_dir == str(tmp_path / spec.name)

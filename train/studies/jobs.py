@@ -13,7 +13,10 @@ never names one:
 * ``build_problem(config)``: why a setting's model cannot be built, or
   ``None``;
 * ``result_keys``: what a finished run's results.json holds besides its
-  epochs (the video job's final 10-clip ``test``).
+  epochs (the video job's final 10-clip ``test``);
+* ``for_run(config)``: the run's config completed from its setting (the
+  video job fills ``{norm}`` in ``--trained_model``, since BN runs start
+  from a BN model and GN runs from a GN one, as in the paper's §4.3).
 
 Imports happen inside the functions so that listing the studies (the CLI's
 ``--help``) does not load either training stack.
@@ -30,6 +33,10 @@ class Job:
     check_model_name: object
     build_problem: object
     result_keys: tuple = ()
+    for_run: object = None  # config -> config; None: the config as it is
+
+    def run_config(self, config):
+        return config if self.for_run is None else self.for_run(config)
 
 
 def _classify_train(config, *, strategy=None, callbacks=None):
@@ -80,6 +87,14 @@ def _video_check_model_name(name):
     main.check_model_name(name)
 
 
+def _video_for_run(config):
+    """``--trained_model`` with ``{norm}`` replaced by the run's norm."""
+    if config.trained_model and "{norm}" in config.trained_model:
+        path = config.trained_model.replace("{norm}", config.norm)
+        return dataclasses.replace(config, trained_model=path)
+    return config
+
+
 def _video_build_problem(config):
     # The video study varies the norm, the clip length and the batch only:
     # every I3D model builds for each of them.
@@ -101,5 +116,6 @@ VIDEO = Job(
     _video_check_model_name,
     _video_build_problem,
     result_keys=("test",),
+    for_run=_video_for_run,
 )
 JOBS = {job.name: job for job in (CLASSIFY, VIDEO)}

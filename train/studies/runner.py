@@ -42,8 +42,10 @@ class StudyRuns:
 
 def run_config(base_config, spec, study_dir, job=jobs.CLASSIFY):
     """The validated config (the job's kind) of one run of a study."""
-    config = dataclasses.replace(
-        base_config, **spec.overrides(), model_dir=os.path.join(study_dir, spec.name)
+    config = job.run_config(
+        dataclasses.replace(
+            base_config, **spec.overrides(), model_dir=os.path.join(study_dir, spec.name)
+        )
     )
     job.validate(config)
     return config
