@@ -1,18 +1,20 @@
-"""The paper's §4.1 studies: the trainings each needs, run resumably, then reported.
+"""The paper's studies (§4.1; §4.3's video): the trainings each needs, run and reported.
 
 Python API (``python -m gn_keras.train.study`` is the command line over it):
 
 * ``run_study(name, base_config, out_dir, options=StudyOptions(), command="")``
   trains every run of study ``name`` (``norms``, ``batch_size``, ``groups``,
-  ``feature_stats``) with ``train.classify.train`` — the project's one
-  training job — in ``<out_dir>/<name>/<run name>/``, skipping finished
+  ``feature_stats`` with ``train.classify.train``; ``video``, the §4.3
+  Table 8 / Figure 7, with ``gn-video``'s ``train.video.main.train`` and a
+  ``VideoConfig``) in ``<out_dir>/<name>/<run name>/``, skipping finished
   runs and resuming started ones, then writes ``<out_dir>/<name>/<name>.md``
   with the table(s), the PNG figure(s) and ``summary.json``.  It returns a
   ``StudyOutcome`` (the report path and the ``runner.StudyRuns``).
 * ``specs``: the studies (``STUDIES``, ``get_study``), their grids
   (``StudyOptions``) and runs (``RunSpec``).
-* ``runner``: skip/resume logic; ``summary``: numbers from results.json;
-  ``tables`` and ``figures``: the paper's layouts; ``report``: the files;
+* ``jobs``: which training job a study's runs are; ``runner``: skip/resume
+  logic; ``summary``: numbers from results.json; ``tables`` and
+  ``figures``: the paper's layouts; ``report``: the files;
   ``feature_stats``: the percentile callback of Figure 6.
 """
 
