@@ -122,6 +122,40 @@ def guard_writes(main, program):
     return guarded
 
 
+def _find_gpus_quietly():
+    """Let TensorFlow look for GPUs now, dropping its "failed call to cuInit" line.
+
+    The CUDA build of TensorFlow logs that error line the first time it
+    looks for GPUs, on every machine without one; a callback TensorFlow
+    registers with absl makes every ``app.run`` look.  Looking once here,
+    with stderr captured, settles it (later looks are answered from
+    TensorFlow's cache).  Every other line is passed on, and with an NVIDIA
+    device node present (a broken driver, say) nothing is hidden.  Only
+    physical devices are listed, so ``--cpu_replicas`` can still split the CPU.
+    """
+    import glob
+    import os
+    import tempfile
+
+    import tensorflow as tf
+
+    if glob.glob("/dev/nvidia*"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            tf.config.list_physical_devices("GPU")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+            if "failed call to cuInit" not in line:
+                sys.stderr.write(line)
+
+
 def _one_line(error):
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
@@ -161,4 +195,5 @@ def run_command(main, program, define_flags):
             exit_with_error(program, f"unexpected arguments: {' '.join(remaining[1:])}")
         return remaining
 
+    _find_gpus_quietly()
     app.run(guard_writes(main, program), flags_parser=parse)
