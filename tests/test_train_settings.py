@@ -115,3 +115,18 @@ def test_the_command_line_refusal_is_one_line_with_status_2(finished_run):
     assert len(errors) == 1 and "--groups 8 -> 2" in errors[0]
     assert "Traceback" not in result.stderr
     assert _digests(finished_run) == before
+
+
+def test_a_video_rerun_may_change_only_the_final_tests_batch(tmp_path):
+    """``--test_batch_size_per_replica`` groups the 10-clip test's videos; nothing else."""
+    from gn_keras.train import settings
+    from gn_keras.train.video import config as video_config
+
+    def shaping(**overrides):
+        config = video_config.make_config(model_dir=str(tmp_path), **overrides)
+        return settings.shaping_settings(config, global_batch_size=8)
+
+    settings.record(str(tmp_path), shaping(test_batch_size_per_replica=1), [])
+    assert settings.check(str(tmp_path), shaping(test_batch_size_per_replica=4)) == []
+    with pytest.raises(FlagError, match="--frames 8 -> 4"):
+        settings.check(str(tmp_path), shaping(test_batch_size_per_replica=4, frames=4))

@@ -16,8 +16,10 @@ step (a cosine or step schedule jumps there), and ``settings.json`` and
 
 Settings that change how a run executes but not what it computes are not
 compared: where it writes, how often it logs and checkpoints, how many
-steps go into one compiled call, XLA, and the strategy's name (its replica
-count is compared, through the global batch).
+steps go into one compiled call, XLA, the strategy's name (its replica
+count is compared, through the global batch) and the batch of gn-video's
+final test (``--test_batch_size_per_replica``: its zero-weight padding
+leaves the result unchanged).
 """
 
 import os
@@ -41,6 +43,9 @@ NOT_COMPARED = frozenset(
         "worker_wait_timeout",
         "on_bad_image",
         "cpu_replicas",
+        # gn-video's final 10-clip test: how many videos go into one test step.
+        # Padding examples weigh 0, so the test's result does not depend on it.
+        "test_batch_size_per_replica",
     }
 )
 PATH_SETTINGS = ("data_dir",)
