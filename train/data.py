@@ -152,10 +152,6 @@ class InputPipeline:
             image = _decode(image, source.encoding, source.channels)
         return self._normalize(self._finish(image))
 
-    def _per_pipeline_batch(self, context):
-        replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
-        return self.batch_size_per_replica * replicas_here
-
     def train_dataset_fn(self, epoch, skip_steps=0):
         """For ``distribute_datasets_from_function``: epoch ``epoch``, after
         ``skip_steps`` global steps already trained."""
@@ -165,18 +161,15 @@ class InputPipeline:
             records = self.source.train_records(
                 context.num_input_pipelines, context.input_pipeline_id, seed
             )
-            buffer = max(
-                1, min(SHUFFLE_BUFFER, self.source.num_train // context.num_input_pipelines)
+            buffer = min(SHUFFLE_BUFFER, self.source.num_train // context.num_input_pipelines)
+            return shuffled_train_batches(
+                records,
+                self._train_image,
+                buffer=buffer,
+                seed=seed,
+                skip_examples=skip_steps * per_pipeline_batch(context, self.batch_size_per_replica),
+                batch_size=self.batch_size_per_replica,
             )
-            records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-            records = records.skip(skip_steps * self._per_pipeline_batch(context))
-            images = records.map(
-                lambda image, label: (self._train_image(image), tf.cast(label, tf.int64)),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-            batches = images.batch(self.batch_size_per_replica, drop_remainder=True)
-            return _with_options(batches.prefetch(tf.data.AUTOTUNE))
 
         return dataset_fn
 
@@ -189,22 +182,60 @@ class InputPipeline:
             records = self.source.eval_records(
                 context.num_input_pipelines, context.input_pipeline_id
             )
-            real = records.map(
-                lambda image, label: (self._eval_image(image), tf.cast(label, tf.int64), 1.0),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
+            per_replica = self.batch_size_per_replica
+            return padded_eval_batches(
+                records,
+                self._eval_image,
+                shape=shape,
+                num_examples=steps * per_pipeline_batch(context, per_replica),
+                batch_size=per_replica,
             )
-            padding = tf.data.Dataset.from_tensors(
-                (tf.zeros(shape), tf.constant(0, tf.int64), 0.0)
-            ).repeat()
-            examples = real.concatenate(padding).take(steps * self._per_pipeline_batch(context))
-            batches = examples.batch(self.batch_size_per_replica, drop_remainder=True)
-            return _with_options(batches.prefetch(tf.data.AUTOTUNE))
 
         return dataset_fn
 
 
-def _with_options(dataset):
+def per_pipeline_batch(context, batch_size_per_replica):
+    """Examples one input pipeline gives per global step: a batch for each of its replicas."""
+    return batch_size_per_replica * (context.num_replicas_in_sync // context.num_input_pipelines)
+
+
+def shuffled_train_batches(records, view_fn, *, buffer, seed, skip_examples, batch_size):
+    """Training batches ``(view_fn(record), label)`` of ``(record, label)`` pairs.
+
+    The records are shuffled with ``seed`` through a ``buffer`` of at least
+    one, repeated (every replica always has a next batch) and, on resume,
+    ``skip_examples`` already trained on are skipped; whole batches only.
+    """
+    records = records.shuffle(max(1, buffer), seed=seed, reshuffle_each_iteration=True).repeat()
+    examples = records.skip(skip_examples).map(
+        lambda record, label: (view_fn(record), tf.cast(label, tf.int64)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    batches = examples.batch(batch_size, drop_remainder=True)
+    return with_options(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def padded_eval_batches(records, view_fn, *, shape, num_examples, batch_size):
+    """``num_examples`` of ``(view_fn(record), label, 1.0)``, then zero-weight padding.
+
+    The padding examples are zeros of ``shape`` with label 0 and weight 0,
+    so every real example counts once and every replica takes every step.
+    """
+    real = records.map(
+        lambda record, label: (view_fn(record), tf.cast(label, tf.int64), 1.0),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    padding = tf.data.Dataset.from_tensors(
+        (tf.zeros(shape), tf.constant(0, tf.int64), 0.0)
+    ).repeat()
+    batches = real.concatenate(padding).take(num_examples).batch(batch_size, drop_remainder=True)
+    return with_options(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def with_options(dataset):
+    """Deterministic order, and no auto-sharding on top of the per-pipeline shards."""
     options = tf.data.Options()
     options.deterministic = True
     # Each input pipeline already reads only its shard.

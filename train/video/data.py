@@ -80,10 +80,6 @@ class VideoPipeline:
         shape = tf.concat([tf.shape(indices), tf.shape(frames)[1:]], 0)
         return self.normalize(clips.test_views(tf.reshape(frames, shape), self.spec))
 
-    def _per_pipeline_batch(self, context, per_replica=None):
-        per_replica = per_replica or self.batch_size_per_replica
-        return per_replica * (context.num_replicas_in_sync // context.num_input_pipelines)
-
     def train_dataset_fn(self, epoch, skip_steps=0):
         """For ``distribute_datasets_from_function``: epoch ``epoch`` after
         ``skip_steps`` global steps already trained."""
@@ -93,16 +89,15 @@ class VideoPipeline:
             records = self.source.train_records(
                 context.num_input_pipelines, context.input_pipeline_id, seed
             )
-            buffer = max(1, min(SHUFFLE_BUFFER, self.source.num_train))
-            records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-            records = records.skip(skip_steps * self._per_pipeline_batch(context))
-            examples = records.map(
-                lambda video, label: (self.train_clip(video), tf.cast(label, tf.int64)),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
+            per_replica = self.batch_size_per_replica
+            return image_data.shuffled_train_batches(
+                records,
+                self.train_clip,
+                buffer=min(SHUFFLE_BUFFER, self.source.num_train),
+                seed=seed,
+                skip_examples=skip_steps * image_data.per_pipeline_batch(context, per_replica),
+                batch_size=per_replica,
             )
-            batches = examples.batch(self.batch_size_per_replica, drop_remainder=True)
-            return image_data._with_options(batches.prefetch(tf.data.AUTOTUNE))
 
         return dataset_fn
 
@@ -111,18 +106,13 @@ class VideoPipeline:
             records = self.source.eval_records(
                 context.num_input_pipelines, context.input_pipeline_id
             )
-            real = records.map(
-                lambda video, label: (view_fn(video), tf.cast(label, tf.int64), 1.0),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
+            return image_data.padded_eval_batches(
+                records,
+                view_fn,
+                shape=shape,
+                num_examples=steps * image_data.per_pipeline_batch(context, per_replica),
+                batch_size=per_replica,
             )
-            padding = tf.data.Dataset.from_tensors(
-                (tf.zeros(shape), tf.constant(0, tf.int64), 0.0)
-            ).repeat()
-            per_pipeline = self._per_pipeline_batch(context, per_replica)
-            examples = real.concatenate(padding).take(steps * per_pipeline)
-            batches = examples.batch(per_replica, drop_remainder=True)
-            return image_data._with_options(batches.prefetch(tf.data.AUTOTUNE))
 
         return dataset_fn
 
