@@ -16,6 +16,15 @@ row of the paper's Table 5 is one config, e.g. BN* backbone + GN heads::
     MaskRCNNConfig(backbone_norm="frozen_bn", box_head="4conv1fc",
                    box_head_norm="gn", mask_head_norm="gn")
 
+``architecture`` picks the paper's two Mask R-CNN variants (§4.2): ``"fpn"``
+(Table 5, 6, 7) or ``"c4"`` (Table 4: ResNet up to conv4 as the backbone,
+conv5 as the RoI head on 14×14 RoIAlign features, Detectron's C4 models;
+see :mod:`.c4`). A C4 model has no FPN and no separate head norms: its res5
+head takes ``backbone_norm``, so the FPN-only fields of
+:data:`FPN_ONLY_FIELDS` must keep their defaults, and its masks are
+``mask_size = mask_roi_size`` (14) pixels: res5 halves the 14×14 RoI to
+``box_roi_size`` (7), the deconv doubles it back.
+
 ``validate()`` (called by the model) raises a ``ValueError`` naming the
 field and the value.
 """
@@ -26,6 +35,17 @@ import numbers
 from gn_keras import _checks, norms
 
 BOX_HEADS = ("2fc", "4conv1fc")
+ARCHITECTURES = ("fpn", "c4")
+C4_LEVEL = 4  # the C4 model's one feature map: conv4's output, stride 16
+# Fields a C4 model has no use for; a non-default value is refused, not ignored.
+FPN_ONLY_FIELDS = (
+    "fpn_norm",
+    "fpn_channels",
+    "box_head",
+    "box_head_norm",
+    "box_head_fc_units",
+    "mask_head_norm",
+)
 BACKBONE_STRIDE = 32  # C5's stride: padded image sides must be multiples of it
 MIN_LEVEL, MAX_LEVEL = 2, 6  # P2..P6; RoIs are pooled from P2..P5
 
@@ -36,6 +56,7 @@ class MaskRCNNConfig:
 
     num_classes: int = 80  # object categories, background excluded
     image_size: tuple = (1344, 1344)  # padded (H, W) of every batch, multiples of 32
+    architecture: str = "fpn"  # "fpn" or "c4" (paper Table 4)
     # Backbone, FPN and heads, each with its own normalization.
     backbone: str = "resnet50"
     backbone_norm: str = "frozen_bn"
@@ -79,12 +100,27 @@ class MaskRCNNConfig:
     detections_per_image: int = 100
 
     @property
+    def anchor_levels(self):
+        """The levels whose anchor sizes are used: ``anchor_scale · 2^level``."""
+        return tuple(range(MIN_LEVEL, MAX_LEVEL + 1))
+
+    @property
     def num_anchors(self):
-        return len(self.aspect_ratios)
+        """Anchors per location: C4 puts every size on its one map (Detectron's C4)."""
+        sizes = len(self.anchor_levels) if self.architecture == "c4" else 1
+        return sizes * len(self.aspect_ratios)
 
     @property
     def levels(self):
-        return tuple(str(level) for level in range(MIN_LEVEL, MAX_LEVEL + 1))
+        """Keys of the feature maps the RPN runs on."""
+        if self.architecture == "c4":
+            return (str(C4_LEVEL),)
+        return tuple(str(level) for level in self.anchor_levels)
+
+    @property
+    def box_pool_size(self):
+        """RoIAlign side for the box head: 7 (FPN) or 14 (C4, before res5)."""
+        return self.mask_roi_size if self.architecture == "c4" else self.box_roi_size
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -107,6 +143,7 @@ class MaskRCNNConfig:
         """Check every field; return ``self`` so calls chain."""
         _check_names(self)
         _check_counts(self)
+        _check_sizes(self)
         _check_fractions(self)
         _check_image_size(self.image_size)
         if len(self.box_coder_weights) != 4 or not all(
@@ -150,6 +187,18 @@ def _check_names(config):
         _fail("box_head", config.box_head, f"one of {list(BOX_HEADS)}")
     if not isinstance(config.backbone, str) or not config.backbone:
         _fail("backbone", config.backbone, "a zoo model name")
+    if config.architecture not in ARCHITECTURES:
+        _fail("architecture", config.architecture, f"one of {list(ARCHITECTURES)}")
+    if config.architecture == "c4":
+        defaults = MaskRCNNConfig()
+        for field in FPN_ONLY_FIELDS:
+            if getattr(config, field) != getattr(defaults, field):
+                _fail(
+                    field,
+                    getattr(config, field),
+                    f"its default {getattr(defaults, field)!r} with architecture='c4' (no FPN; "
+                    "the res5 head takes backbone_norm)",
+                )
 
 
 def _check_counts(config):
@@ -173,10 +222,31 @@ def _check_counts(config):
         value = getattr(config, field)
         if not _is_positive_int(value):
             _fail(field, value, "a positive integer")
-    if config.mask_size != 2 * config.mask_roi_size:
-        _fail("mask_size", config.mask_size, f"2 × mask_roi_size = {2 * config.mask_roi_size}")
     if config.masks_per_image > config.rois_per_image:
         _fail("masks_per_image", config.masks_per_image, "<= rois_per_image")
+
+
+def _check_sizes(config):
+    """Mask sizes: FPN's head doubles its RoI; C4's res5 halves it and the deconv doubles it."""
+    if config.architecture != "c4":
+        if config.mask_size != 2 * config.mask_roi_size:
+            _fail("mask_size", config.mask_size, f"2 × mask_roi_size = {2 * config.mask_roi_size}")
+        return
+    if config.mask_roi_size % 2:
+        _fail("mask_roi_size", config.mask_roi_size, "even with architecture='c4' (res5 halves it)")
+    if config.box_roi_size != config.mask_roi_size // 2:
+        _fail(
+            "box_roi_size",
+            config.box_roi_size,
+            f"mask_roi_size / 2 = {config.mask_roi_size // 2} with architecture='c4' "
+            "(res5's output side)",
+        )
+    if config.mask_size != config.mask_roi_size:
+        _fail(
+            "mask_size",
+            config.mask_size,
+            f"mask_roi_size = {config.mask_roi_size} with architecture='c4'",
+        )
 
 
 def _check_fractions(config):

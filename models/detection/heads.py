@@ -1,5 +1,7 @@
 """Mask R-CNN's heads: RPN, box head (``2fc`` or ``4conv1fc``), mask head.
 
+(The C4 model's RPN is this one; its box and mask heads are in :mod:`.c4`.)
+
 - RPN head (shared over P2..P6): 3×3 conv + ReLU, then 1×1 convs giving A
   objectness logits and 4A box deltas per location; N(0, 0.01²) init.
 - Box head on 7×7 RoI features: ``2fc`` is two 1024-unit fc layers (FPN's
@@ -27,11 +29,16 @@ def _normal(stddev):
     return keras.initializers.RandomNormal(0.0, stddev)
 
 
-def build_rpn_head(config):
-    """Per-level RPN: P_l [B, h, w, C] -> (logits [B, h, w, A], deltas [B, h, w, 4A])."""
-    features = keras.Input((None, None, config.fpn_channels), name="rpn_features")
+def build_rpn_head(config, channels=None):
+    """Per-level RPN: P_l [B, h, w, C] -> (logits [B, h, w, A], deltas [B, h, w, 4A]).
+
+    ``channels``: C and the width of its 3×3 conv (Detectron keeps the input
+    width); default ``fpn_channels``, the C4 model passes C4's width.
+    """
+    channels = channels or config.fpn_channels
+    features = keras.Input((None, None, channels), name="rpn_features")
     x = keras.layers.Conv2D(
-        config.fpn_channels,
+        channels,
         3,
         padding="same",
         activation="relu",

@@ -3,7 +3,10 @@
 ``MaskRCNN(config)`` is a Keras 3 model on the TensorFlow backend made of
 five sub-models: the zoo backbone cut at C2..C5, the FPN, the RPN head, the
 box head and the mask head (:mod:`.fpn`, :mod:`.heads`). Its box
-machinery is TF Model Garden's (:mod:`.ops`).
+machinery is TF Model Garden's (:mod:`.ops`). With
+``config.architecture="c4"`` (paper Table 4) the ``fpn`` slot holds the
+backbone cut at C4 and the box and mask heads run the backbone's res5 on
+14×14 RoIs (:mod:`.c4`); masks are then 14×14.
 
 Calling it:
 
@@ -25,13 +28,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gn_keras.models.detection import fpn, heads, ops
+from gn_keras.models.detection import c4, fpn, heads, ops
 from gn_keras.models.detection.config import MaskRCNNConfig
 
 
 @keras.saving.register_keras_serializable(package="gn_keras_detection")
 class MaskRCNN(keras.Model):
-    """Mask R-CNN with a ResNet-FPN backbone; see the module docstring.
+    """Mask R-CNN with a ResNet-FPN or ResNet-C4 backbone; see the module docstring.
 
     Args:
       config: a :class:`MaskRCNNConfig` or its ``to_dict()``.
@@ -63,10 +66,17 @@ class MaskRCNN(keras.Model):
             backbone = fpn.build_backbone(self.config)
         fpn.check_backbone(backbone, self.config)
         self.backbone = backbone
-        self.fpn = fpn.build_fpn(self.config, backbone)
-        self.rpn_head = heads.build_rpn_head(self.config)
-        self.box_head = heads.build_box_head(self.config)
-        self.mask_head = heads.build_mask_head(self.config)
+        if self.config.architecture == "c4":
+            # No FPN; the heads re-run the backbone's res5 layers (shared weights).
+            self.fpn = c4.build_trunk(backbone)
+            self.rpn_head = heads.build_rpn_head(self.config, c4.c4_channels(backbone))
+            self.box_head = c4.build_box_head(self.config, backbone)
+            self.mask_head = c4.build_mask_head(self.config, backbone)
+        else:
+            self.fpn = fpn.build_fpn(self.config, backbone)
+            self.rpn_head = heads.build_rpn_head(self.config)
+            self.box_head = heads.build_box_head(self.config)
+            self.mask_head = heads.build_mask_head(self.config)
         self.built = True  # every part is a functional model, built already
         # Plain NumPy, not tracked: recomputed from the config on load.
         self._anchors = {
@@ -85,7 +95,9 @@ class MaskRCNN(keras.Model):
         return {level: tf.constant(boxes) for level, boxes in self._anchors.items()}
 
     def pyramid(self, images, training=False):
-        """``{"2": P2, ..., "6": P6}`` of a batch of images."""
+        """``{"2": P2, ..., "6": P6}`` of a batch of images (C4: ``{"4": C4}``)."""
+        if self.config.architecture == "c4":
+            return self.fpn(images, training=training)
         return self.fpn(self.backbone(images, training=training), training=training)
 
     def rpn(self, features, training=False):
@@ -133,7 +145,7 @@ class MaskRCNN(keras.Model):
             config, proposals, inputs["gt_boxes"], inputs["gt_classes"]
         )
         class_logits, box_deltas = self._apply_roi_head(
-            self.box_head, features, rois, config.box_roi_size, training
+            self.box_head, features, rois, config.box_pool_size, training
         )
         fg_rois, fg_classes, mask_targets = ops.mask_targets(
             config, rois, gt_boxes, gt_classes, gt_indices, inputs["gt_masks"]
@@ -154,7 +166,7 @@ class MaskRCNN(keras.Model):
     def _detect(self, features, proposals, image_sizes, training):
         config = self.config
         class_logits, box_deltas = self._apply_roi_head(
-            self.box_head, features, proposals, config.box_roi_size, training
+            self.box_head, features, proposals, config.box_pool_size, training
         )
         found = ops.detections(config, class_logits, box_deltas, proposals, image_sizes)
         mask_logits = self._apply_roi_head(

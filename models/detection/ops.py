@@ -9,7 +9,8 @@ conventions Mask R-CNN needs and names the Detectron settings:
   image; padding rows of ground truth are ``-1``; classes are ``1..K`` with
   0 for background;
 - anchors: ``official.vision.ops.anchor.Anchor`` (one size per level,
-  ``anchor_scale · 2^level``), RPN targets: its ``RpnAnchorLabeler`` (IoU
+  ``anchor_scale · 2^level``; the C4 model puts all five sizes on its one
+  stride-16 map, as Detectron's C4 RPN does), RPN targets: its ``RpnAnchorLabeler`` (IoU
   0.7/0.3, every ground-truth box gets its best anchor, balanced sampling);
 - proposals: per-level top-k, decode, clip, NMS, then the overall top-k
   (``roi_generator._multilevel_propose_rois``, with its batched NMS: the
@@ -20,8 +21,8 @@ conventions Mask R-CNN needs and names the Detectron settings:
   ``mask_sampler._sample_and_crop_foreground_masks``, which resamples each
   instance's box-cropped mask into its RoI;
 - RoIAlign: ``spatial_transform_ops.multilevel_crop_and_resize``: FPN level
-  ``floor(4 + log2(√area / 224))`` clamped to P2..P5, one bilinear sample at
-  each bin centre;
+  ``floor(4 + log2(√area / 224))`` clamped to P2..P5 (C4: its one map), one
+  bilinear sample at each bin centre;
 - test-time detections: per-class NMS with
   ``tf.image.combined_non_max_suppression``, a standard op that exports.
 
@@ -34,7 +35,7 @@ import tensorflow as tf
 from official.vision.modeling.layers import mask_sampler, roi_generator, roi_sampler
 from official.vision.ops import anchor, box_ops, spatial_transform_ops
 
-from gn_keras.models.detection.config import MAX_LEVEL, MIN_LEVEL
+from gn_keras.models.detection.config import C4_LEVEL, MAX_LEVEL, MIN_LEVEL
 
 # Every function here is graph code already (TFM uses explicit tf.cond and
 # tf.while_loop); converting it again with AutoGraph only costs trace time.
@@ -43,17 +44,33 @@ graph_code = tf.autograph.experimental.do_not_convert
 ROI_LEVELS = tuple(str(level) for level in range(MIN_LEVEL, 6))  # P2..P5
 
 
-@graph_code
-def multilevel_anchors(config):
-    """``{"2": [h, w, A·4], ..., "6": ...}`` for ``config.image_size``."""
+def _anchors(config, min_level, max_level, anchor_size):
     return anchor.Anchor(
-        min_level=MIN_LEVEL,
-        max_level=MAX_LEVEL,
+        min_level=min_level,
+        max_level=max_level,
         num_scales=1,
         aspect_ratios=list(config.aspect_ratios),
-        anchor_size=float(config.anchor_scale),
+        anchor_size=float(anchor_size),
         image_size=list(config.image_size),
     ).multilevel_boxes
+
+
+@graph_code
+def multilevel_anchors(config):
+    """``{"2": [h, w, A·4], ..., "6": ...}`` for ``config.image_size``.
+
+    C4: ``{"4": [h, w, A·4]}`` at stride 16 with the same sizes
+    ``anchor_scale · 2^level`` for levels 2..6, size-major (anchor ``a`` is
+    size ``a // ratios``, ratio ``a % ratios``).
+    """
+    if config.architecture != "c4":
+        return _anchors(config, MIN_LEVEL, MAX_LEVEL, config.anchor_scale)
+    key = str(C4_LEVEL)
+    per_size = [
+        _anchors(config, C4_LEVEL, C4_LEVEL, config.anchor_scale * 2.0 ** (level - C4_LEVEL))[key]
+        for level in config.anchor_levels
+    ]
+    return {key: tf.concat(per_size, axis=-1)}
 
 
 @graph_code
@@ -103,8 +120,8 @@ def propose_rois(config, raw_boxes, raw_scores, anchors, image_sizes, training):
 
 @graph_code
 def roi_align(features, boxes, output_size):
-    """RoIAlign from P2..P5: [B, R, output_size, output_size, C]."""
-    pyramid = {level: features[level] for level in ROI_LEVELS}
+    """RoIAlign from P2..P5 (or C4's one map): [B, R, output_size, output_size, C]."""
+    pyramid = {level: features[level] for level in ROI_LEVELS if level in features}
     return spatial_transform_ops.multilevel_crop_and_resize(
         pyramid, boxes, output_size=output_size, sample_offset=0.5
     )

@@ -28,6 +28,7 @@ import dataclasses
 
 from gn_keras import _checks
 from gn_keras.models.detection import MaskRCNNConfig
+from gn_keras.models.detection import config as model_config_lib
 from gn_keras.train import config as config_lib
 from gn_keras.train.detection import pipeline
 
@@ -192,10 +193,29 @@ def model_config(config, **changes):
     values = {name: getattr(config, name) for name in MODEL_FIELDS}
     if values["backbone_norm"] == AUTO_NORM:
         values["backbone_norm"] = "gn"  # from scratch; a trained model decides otherwise
+    if values["architecture"] == "c4":
+        values.update(_c4_values(values))
     values.update(changes)
     for name in ("image_size", "aspect_ratios", "box_coder_weights"):
         values[name] = tuple(values[name])
     return MaskRCNNConfig(**values)
+
+
+def _c4_values(values):
+    """C4 takes the library defaults for the FPN-only fields left at the main job's value.
+
+    The main job's FPN and head settings mean nothing to a C4 model; a value
+    changed from them is kept, so ``MaskRCNNConfig.validate`` refuses it.
+    """
+    defaults, library = DetectionConfig(), MaskRCNNConfig()
+    unset = {
+        name: getattr(library, name)
+        for name in model_config_lib.FPN_ONLY_FIELDS
+        if values[name] == getattr(defaults, name)
+    }
+    if values["mask_size"] == defaults.mask_size:  # C4 masks are mask_roi_size wide
+        unset["mask_size"] = values["mask_roi_size"]
+    return unset
 
 
 def input_config(config):
