@@ -33,15 +33,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GN_KERAS_KERNELS", "require")
 
-import datetime  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
+import report  # noqa: E402  (bench/ is the script's directory)
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 
 from gn_keras.train import checkpoints, classification, classify, iterators, loop, outputs  # noqa: E402
 from gn_keras.train import config as config_lib  # noqa: E402
@@ -60,9 +59,15 @@ flags.DEFINE_integer(
 flags.DEFINE_float(
     "weight_decay", config_lib.TrainConfig.weight_decay, "Coupled L2 on both sides.", lower_bound=0
 )
-flags.DEFINE_string("json", "bench/results/loop_overhead.json", "Where to write the report.")
+flags.DEFINE_string(
+    "json", None, "Where to write the report (default: bench/results/loop_overhead.json)."
+)
 
 BATCH_SIZE = 32
+TABLE_COLUMNS = (
+    ("images/s (median wall)", "images_per_sec", ".0f"),
+    ("CPU ms per image (median)", lambda row: 1e3 * row["cpu_seconds_per_image"], ".2f"),
+)
 
 
 def _config(steps, steps_per_loop, model_dir):
@@ -217,15 +222,17 @@ def summarize(times):
         }
         for name, measured in times.items()
     }
-    fit = rows["keras_fit"]
     ratios = {
         f"{name}/keras_fit": {
-            "images_per_sec": row["images_per_sec"] / fit["images_per_sec"],
-            "cpu_images_per_sec": fit["cpu_seconds_per_image"] / row["cpu_seconds_per_image"],
+            **report.ratio(rows, name, "keras_fit", {"images_per_sec": "images_per_sec"}),
+            # CPU seconds per image, inverted: fit's over ours is ours/fit in images per second.
+            **report.ratio(
+                rows, "keras_fit", name, {"cpu_images_per_sec": "cpu_seconds_per_image"}
+            ),
             "paired_images_per_sec": _paired(times["keras_fit"]["wall"], times[name]["wall"]),
             "paired_cpu_images_per_sec": _paired(times["keras_fit"]["cpu"], times[name]["cpu"]),
         }
-        for name, row in rows.items()
+        for name in rows
         if name != "keras_fit"
     }
     return rows, ratios
@@ -238,16 +245,16 @@ def _paired(fit_seconds, our_seconds):
 
 def main(argv):
     del argv
-    started = datetime.datetime.now(datetime.UTC)
-    machine = machine_info()
+    started, machine = report.start()
     loops = [int(k) for k in FLAGS.steps_per_loop]
     with tempfile.TemporaryDirectory() as work_dir:
         times = measure(loops, work_dir)
     rows, ratios = summarize(times)
-    print("| contender | images/s (median wall) | CPU ms per image (median) |\n|---|---|---|")
-    for name, row in rows.items():
-        cpu_ms = 1e3 * row["cpu_seconds_per_image"]
-        print(f"| {name} | {row['images_per_sec']:.0f} | {cpu_ms:.2f} |")
+    print(
+        f"GN ResNet-20, {FLAGS.rounds} rounds of {FLAGS.steps} steps; "
+        f"{report.header(started, machine)}"
+    )
+    report.print_table(rows, TABLE_COLUMNS)
     for name, ratio in ratios.items():
         print(
             f"{name}: images/s ratio {ratio['images_per_sec']:.3f} (wall), "
@@ -255,28 +262,22 @@ def main(argv):
             f"{ratio['paired_images_per_sec']:.3f} (wall), "
             f"{ratio['paired_cpu_images_per_sec']:.3f} (CPU time)"
         )
-    report = {
-        "date": started.isoformat(timespec="seconds"),
-        "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
-        "setting": {
-            "model": "resnet20",
-            "norm": "gn",
-            "groups": 8,
-            "image_size": 16,
-            "batch_size": BATCH_SIZE,
-            "steps_per_round": FLAGS.steps,
-            "rounds": FLAGS.rounds,
-            "log_every_steps": FLAGS.log_every_steps,
-            "weight_decay": FLAGS.weight_decay,
-            "keras_fit_steps_per_execution": max(loops),
-        },
-        "round_seconds": times,
-        "results": rows,
-        "ratios": ratios,
+    settings = {
+        "model": "resnet20",
+        "norm": "gn",
+        "groups": 8,
+        "image_size": 16,
+        "batch_size": BATCH_SIZE,
+        "steps_per_round": FLAGS.steps,
+        "rounds": FLAGS.rounds,
+        "log_every_steps": FLAGS.log_every_steps,
+        "weight_decay": FLAGS.weight_decay,
+        "keras_fit_steps_per_execution": max(loops),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-    outputs.write_json_atomically(FLAGS.json, report)
-    print(f"wrote {FLAGS.json}")
+    path = FLAGS.json or report.default_path("loop_overhead.json")
+    report.write_result(
+        path, settings, rows, ratios, started=started, machine=machine, round_seconds=times
+    )
 
 
 if __name__ == "__main__":

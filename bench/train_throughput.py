@@ -31,19 +31,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # measures the TensorFlow-ops fallback instead.
 os.environ.setdefault("GN_KERAS_KERNELS", "require")
 
-import datetime  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
+import report  # noqa: E402  (bench/ is the script's directory)
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 
-from gn_keras.train import (
-    classify,  # noqa: E402
-    outputs,  # noqa: E402
-)
+from gn_keras.train import classify  # noqa: E402
 from gn_keras.train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -133,39 +129,9 @@ def summarize(times, batch_size):
     return rows
 
 
-def ratios(rows, pipeline):
-    found = {}
-    for numerator, denominator in RATIOS:
-        top, bottom = rows.get(f"{pipeline}/{numerator}"), rows.get(f"{pipeline}/{denominator}")
-        if top and bottom:
-            found[f"{pipeline}: {numerator}/{denominator}"] = {
-                "wall": top["median_step_s"] / bottom["median_step_s"],
-                "cpu": top["median_cpu_step_s"] / bottom["median_cpu_step_s"],
-            }
-    return found
-
-
-def table(rows, found):
-    lines = [
-        "| pipeline/norm | median step s | CPU s/step | images/s | first step s |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in rows.items():
-        lines.append(
-            f"| {name} | {row['median_step_s']:.3f} | {row['median_cpu_step_s']:.3f} "
-            f"| {row['images_per_sec']:.1f} | {row['first_step_s']:.1f} |"
-        )
-    lines += ["", "| step-time ratio | wall | CPU |", "|---|---|---|"]
-    lines += [
-        f"| {name} | {value['wall']:.2f} | {value['cpu']:.2f} |" for name, value in found.items()
-    ]
-    return "\n".join(lines)
-
-
 def main(argv):
     del argv
-    started = datetime.datetime.now(datetime.UTC)
-    machine = machine_info()
+    started, machine = report.start()
     keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
     calls = {
         f"{pipeline}/{norm}": contender(
@@ -175,37 +141,22 @@ def main(argv):
         for norm in FLAGS.norms
     }
     rows = summarize(interleaved_times(calls, FLAGS.steps, FLAGS.warmup_steps), FLAGS.batch_size)
-    found = {}
-    for pipeline in FLAGS.pipelines:
-        found.update(ratios(rows, pipeline))
+    found = report.ratios(rows, FLAGS.pipelines, RATIOS)
     print(
         f"ResNet-50, {FLAGS.mixed_precision}, batch {FLAGS.batch_size}, {FLAGS.image_size} px, "
-        f"{FLAGS.steps} steps; "
-        f"{started:%Y-%m-%d %H:%M} UTC on {machine['cpu']} ({machine['logical_cpus']} CPUs)"
+        f"{FLAGS.steps} steps; {report.header(started, machine)}"
     )
-    print(table(rows, found))
-    report = {
-        "date": started.isoformat(),
-        "machine": machine,
-        "settings": {
-            "model": "resnet50",
-            "batch_size": FLAGS.batch_size,
-            "image_size": FLAGS.image_size,
-            "steps": FLAGS.steps,
-            "mixed_precision": FLAGS.mixed_precision,
-            "warmup_steps": FLAGS.warmup_steps,
-        },
-        "results": rows,
-        "ratios": found,
+    report.print_step_report(rows, found, "pipeline/norm", "images/s", ".1f")
+    settings = {
+        "model": "resnet50",
+        "batch_size": FLAGS.batch_size,
+        "image_size": FLAGS.image_size,
+        "steps": FLAGS.steps,
+        "mixed_precision": FLAGS.mixed_precision,
+        "warmup_steps": FLAGS.warmup_steps,
     }
-    path = FLAGS.json or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"train_throughput_{FLAGS.mixed_precision}.json",
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    outputs.write_json_atomically(path, report)
-    print(f"wrote {path}")
+    path = FLAGS.json or report.default_path(f"train_throughput_{FLAGS.mixed_precision}.json")
+    report.write_result(path, settings, rows, found, started=started, machine=machine)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ interleaved with a rotating order (``train_throughput.interleaved_times``),
 so load from other processes on a shared machine is spread over all of
 them.  The script prints median step times, clips/s and the GN/BN wall and
 CPU ratios per policy, and writes them with the date and machine
-(``machine.py``) to ``bench/results/video_throughput.json``::
+(``report.py``) to ``bench/results/video_throughput.json``::
 
     python bench/video_throughput.py                      # ResNet-50 I3D, 8x64x64 clips
     python bench/video_throughput.py --model=resnet20_i3d --frames=8 --crop_size=32
@@ -23,15 +23,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GN_KERAS_KERNELS", "require")  # measure the compiled GN kernels
 
-import datetime  # noqa: E402
-
 import keras  # noqa: E402
+import report  # noqa: E402  (bench/ is the script's directory)
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from machine import machine_info  # noqa: E402  (bench/ is the script's directory)
 from train_throughput import interleaved_times, summarize  # noqa: E402
 
-from gn_keras.train import outputs, trainer  # noqa: E402
+from gn_keras.train import trainer  # noqa: E402
 from gn_keras.train.video import config as video_config  # noqa: E402
 from gn_keras.train.video import task as video_task  # noqa: E402
 
@@ -45,7 +43,6 @@ flags.DEFINE_integer("frames", 8, "Frames per clip.", lower_bound=1)
 flags.DEFINE_integer("crop_size", 64, "Square crop in pixels.", lower_bound=8)
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies.")
 UNUSED_FLAGS = ("image_size", "pipelines", "mixed_precision")
-DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def contender(norm, precision):
@@ -72,73 +69,36 @@ def contender(norm, precision):
     return lambda: float(run.runner.train_step(iterator))
 
 
-def ratios(rows):
-    found = {}
-    for precision in FLAGS.precisions:
-        gn, bn = rows.get(f"{precision}/gn"), rows.get(f"{precision}/bn")
-        if gn and bn:
-            found[f"{precision}: gn/bn"] = {
-                "wall": gn["median_step_s"] / bn["median_step_s"],
-                "cpu": gn["median_cpu_step_s"] / bn["median_cpu_step_s"],
-            }
-    return found
-
-
-def table(rows, found):
-    lines = [
-        "| policy/norm | median step s | CPU s/step | clips/s | first step s |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in rows.items():
-        lines.append(
-            f"| {name} | {row['median_step_s']:.3f} | {row['median_cpu_step_s']:.3f} "
-            f"| {row['images_per_sec']:.2f} | {row['first_step_s']:.1f} |"
-        )
-    lines += ["", "| step-time ratio | wall | CPU |", "|---|---|---|"]
-    lines += [f"| {name} | {v['wall']:.2f} | {v['cpu']:.2f} |" for name, v in found.items()]
-    return "\n".join(lines)
-
-
 def main(argv):
     del argv
     given = [name for name in UNUSED_FLAGS if FLAGS[name].present]
     if given:
         raise app.UsageError(f"--{given[0]} is not used here (see --precisions, --crop_size).")
-    started = datetime.datetime.now(datetime.UTC)
-    machine = machine_info()
+    started, machine = report.start()
     calls = {
         f"{precision}/{norm}": contender(norm, precision)
         for precision in FLAGS.precisions
         for norm in FLAGS.norms
     }
     rows = summarize(interleaved_times(calls, FLAGS.steps, FLAGS.warmup_steps), FLAGS.batch_size)
-    found = ratios(rows)
+    found = report.ratios(rows, FLAGS.precisions, [("gn", "bn")])
     print(
         f"{FLAGS.model}, {FLAGS.batch_size} clips of {FLAGS.frames}x{FLAGS.crop_size}^2, "
-        f"{FLAGS.steps} steps; {started:%Y-%m-%d %H:%M} UTC on {machine['cpu']} "
-        f"({machine['logical_cpus']} CPUs, load {machine['load_average_at_start']})"
+        f"{FLAGS.steps} steps; {report.header(started, machine)}"
     )
-    print(table(rows, found))
-    report = {
-        "date": started.isoformat(),
-        "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
-        "settings": {
-            "model": FLAGS.model,
-            "clips_per_step": FLAGS.batch_size,
-            "frames": FLAGS.frames,
-            "crop_size": FLAGS.crop_size,
-            "steps": FLAGS.steps,
-            "warmup_steps": FLAGS.warmup_steps,
-            "precisions": FLAGS.precisions,
-            "data": "moving_shapes through the gn-video pipeline",
-        },
-        "results": rows,
-        "ratios": found,
+    report.print_step_report(rows, found, "policy/norm", "clips/s", ".2f")
+    settings = {
+        "model": FLAGS.model,
+        "clips_per_step": FLAGS.batch_size,
+        "frames": FLAGS.frames,
+        "crop_size": FLAGS.crop_size,
+        "steps": FLAGS.steps,
+        "warmup_steps": FLAGS.warmup_steps,
+        "precisions": FLAGS.precisions,
+        "data": "moving_shapes through the gn-video pipeline",
     }
-    path = FLAGS.json or os.path.join(DEFAULT_JSON, "video_throughput.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    outputs.write_json_atomically(path, report)
-    print(f"Wrote {path}")
+    path = FLAGS.json or report.default_path("video_throughput.json")
+    report.write_result(path, settings, rows, found, started=started, machine=machine)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,33 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
-def test_layer_speed_quick_reports_every_contender(tmp_path):
-    output = tmp_path / "layer_speed.json"
+def _run_bench(script, *arguments, timeout=900):
+    """Run ``bench/<script>`` with ``arguments``; fail with its stderr's end if it fails."""
     completed = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "layer_speed.py"), "--quick", f"--output={output}"],
+        [sys.executable, os.path.join(BENCH, script), *arguments],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def _assert_step_ratios(report, pairs):
+    """Each ``"<group>: <num>/<den>"`` ratio is the ratio of those rows' medians, per clock."""
+    rows = report["results"]
+    assert set(report["ratios"]) == set(pairs)
+    for name, (numerator, denominator) in pairs.items():
+        for clock, key in (("wall", "median_step_s"), ("cpu", "median_cpu_step_s")):
+            assert report["ratios"][name][clock] == pytest.approx(
+                rows[numerator][key] / rows[denominator][key], rel=1e-12
+            )
+
+
+def test_layer_speed_quick_reports_every_contender(tmp_path):
+    output = tmp_path / "layer_speed.json"
+    _run_bench("layer_speed.py", "--quick", f"--output={output}", timeout=600)
     report = json.loads(output.read_text())
     assert report["machine"]["logical_cpus"] == os.cpu_count()
     assert report["machine"]["gn_keras_kernels"] == {"setting": "require", "loaded": True}
@@ -57,31 +74,67 @@ def test_layer_speed_quick_reports_every_contender(tmp_path):
 def test_train_throughput_smallest_run_reports_steps_and_ratios(tmp_path):
     """One timed ResNet-50 step per contender at 32 px: the report holds together."""
     output = tmp_path / "train_throughput.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(BENCH, "train_throughput.py"),
-            "--steps=2",
-            "--warmup_steps=1",
-            "--batch_size=2",
-            "--image_size=32",
-            "--norms=gn,bn",
-            "--pipelines=synthetic",
-            f"--json={output}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    _run_bench(
+        "train_throughput.py",
+        "--steps=2",
+        "--warmup_steps=1",
+        "--batch_size=2",
+        "--image_size=32",
+        "--norms=gn,bn",
+        "--pipelines=synthetic",
+        f"--json={output}",
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["machine"]["gn_keras_kernels"] == {"setting": "require", "loaded": True}
     rows = report["results"]
     assert set(rows) == {"synthetic/gn", "synthetic/bn"}
     for row in rows.values():
         assert row["steps"] == 2 and 0 < row["median_step_s"] and 0 < row["first_step_s"]
-    ratio = report["ratios"]["synthetic: gn/bn"]
-    assert ratio["wall"] == pytest.approx(
-        rows["synthetic/gn"]["median_step_s"] / rows["synthetic/bn"]["median_step_s"], rel=1e-12
+    _assert_step_ratios(report, {"synthetic: gn/bn": ("synthetic/gn", "synthetic/bn")})
+
+
+def test_video_throughput_smallest_run_reports_steps_and_ratios(tmp_path):
+    """Two timed steps of a tiny I3D per norm: the GN/BN ratio of the policy measured."""
+    output = tmp_path / "video_throughput.json"
+    printed = _run_bench(
+        "video_throughput.py",
+        "--model=resnet20_i3d",
+        "--frames=2",
+        "--crop_size=8",
+        "--batch_size=2",
+        "--steps=2",
+        "--warmup_steps=1",
+        "--precisions=float32",
+        f"--json={output}",
     )
+    report = json.loads(output.read_text())
+    assert report["machine"]["gn_keras_kernels"] == {"setting": "require", "loaded": True}
+    assert report["settings"]["clips_per_step"] == 2 and "load_average_at_end" in report["machine"]
+    rows = report["results"]
+    assert set(rows) == {"float32/gn", "float32/bn"}
+    for row in rows.values():
+        assert row["steps"] == 2
+        assert row["images_per_sec"] == pytest.approx(2 / row["median_step_s"], rel=1e-12)
+    _assert_step_ratios(report, {"float32: gn/bn": ("float32/gn", "float32/bn")})
+    assert "| policy/norm | median step s | CPU s/step | clips/s | first step s |" in printed
+    assert "| step-time ratio | wall | CPU |" in printed
+
+
+def test_loop_overhead_smallest_run_reports_ratios_to_keras_fit(tmp_path):
+    """One timed round of 2 steps per contender: each ratio is the one its medians give."""
+    output = tmp_path / "loop_overhead.json"
+    printed = _run_bench(
+        "loop_overhead.py", "--rounds=1", "--steps=2", "--steps_per_loop=1,2", f"--json={output}"
+    )
+    report = json.loads(output.read_text())
+    assert report["settings"]["rounds"] == 1 and report["settings"]["steps_per_round"] == 2
+    rows, seconds = report["results"], report["round_seconds"]
+    assert set(rows) == set(seconds) == {"ours_k1", "ours_k2", "keras_fit"}
+    for name in ("ours_k1", "ours_k2"):
+        (fit_wall,), (our_wall,) = seconds["keras_fit"]["wall"], seconds[name]["wall"]
+        (fit_cpu,), (our_cpu,) = seconds["keras_fit"]["cpu"], seconds[name]["cpu"]
+        ratio = report["ratios"][f"{name}/keras_fit"]
+        assert ratio["images_per_sec"] == pytest.approx(fit_wall / our_wall, rel=1e-9)
+        assert ratio["cpu_images_per_sec"] == pytest.approx(fit_cpu / our_cpu, rel=1e-9)
+        assert ratio["paired_images_per_sec"] == pytest.approx(fit_wall / our_wall, rel=1e-9)
+    assert "| contender | images/s (median wall) | CPU ms per image (median) |" in printed
