@@ -150,6 +150,77 @@ def _read(source, checkpoint):
     return checkpoints.read_file(checkpoint), None, checkpoints.file_digest(checkpoint)
 
 
+@dataclasses.dataclass
+class _ReadCheckpoint:
+    """A checkpoint read, renamed to torchvision's names and checked against what was asked."""
+
+    where: str  # the checkpoint as given, for messages
+    digest: str | None  # sha256 of a file; None for timm's hub
+    hub_config: dict | None  # timm's pretrained_cfg for a hub model
+    canonical: dict  # torchvision-named tensors
+    origin: dict  # canonical name -> the source's name
+    unmatched: list  # source tensors with no canonical name
+    bookkeeping: list  # source tensors that hold no weights (e.g. num_batches_tracked)
+    model: str  # the zoo ResNet of the checkpoint's depth
+    source_norm: str  # "bn", "affine" or "gn"
+
+
+def _read_checked(source, checkpoint, model, norm):
+    """Read and rename ``checkpoint``; refuse a depth other than ``model`` or a wrong norm."""
+    where = os.fspath(checkpoint)
+    tensors, hub_config, digest = _read(source, checkpoint)
+    canonical, origin, unmatched, bookkeeping = names.to_canonical(tensors, source)
+    name = _model_name(canonical, model, where)
+    found_norm = _source_norm(canonical, origin.values())
+    _check_norm(found_norm, norm, where)
+    return _ReadCheckpoint(
+        where, digest, hub_config, canonical, origin, unmatched, bookkeeping, name, found_norm
+    )
+
+
+def _defaults(source, read, num_classes, image_size, input_format):
+    """``(num_classes, image_size, bgr)``: as given, else from the checkpoint or the source."""
+    if num_classes is None:
+        fc = read.canonical.get("fc.weight")
+        num_classes = 1000 if fc is None else fc.shape[0]
+    if image_size is None:
+        image_size = int((read.hub_config or {}).get("input_size", (DEFAULT_IMAGE_SIZE,))[-1])
+    bgr = (input_format or ("bgr" if source.startswith("detectron") else "rgb")) == "bgr"
+    return num_classes, image_size, bgr
+
+
+def _filled_model(read, bgr, allow_partial, **build_arguments):
+    """``(model, fill result)`` of the zoo model; a partial fill is refused unless allowed."""
+    keras_model = registry.build(read.model, **build_arguments)
+    result = assign.fill(keras_model, read.canonical, read.origin, flip_input_channels=bgr)
+    result.unused = sorted(result.unused + read.unmatched)
+    if not allow_partial:
+        _refuse_partial(result, read.where)
+    return keras_model, result
+
+
+def _report(source, read, settings, result):
+    """The conversion report: where from, the settings used, and what was filled or left."""
+    return {
+        "source": source,
+        "checkpoint": read.where if read.digest is None else os.path.abspath(read.where),
+        "checkpoint_sha256": read.digest,
+        "model": read.model,
+        "norm": settings["norm"],
+        "groups": settings["groups"],
+        "source_norm": read.source_norm,
+        "num_classes": settings["num_classes"],
+        "image_size": settings["image_size"],
+        "source_channel_order": settings["source_channel_order"],
+        "allow_partial": settings["allow_partial"],
+        "filled_weights": len(result.filled),
+        "unused_source_tensors": result.unused,
+        "missing_model_weights": result.missing,
+        "mismatched": result.mismatched,
+        "skipped_bookkeeping_tensors": len(read.bookkeeping),
+    }
+
+
 def convert_checkpoint(
     source,
     checkpoint,
@@ -187,48 +258,29 @@ def convert_checkpoint(
       checkpoint for an unreadable file or a depth, norm or tensor mismatch.
     """
     _check_arguments(source, model, norm, groups, image_size, num_classes, input_format)
-    where = os.fspath(checkpoint)
-    tensors, hub_config, digest = _read(source, checkpoint)
-    canonical, origin, unmatched, bookkeeping = names.to_canonical(tensors, source)
-    name = _model_name(canonical, model, where)
-    found_norm = _source_norm(canonical, origin.values())
-    _check_norm(found_norm, norm, where)
-    if num_classes is None:
-        num_classes = canonical["fc.weight"].shape[0] if "fc.weight" in canonical else 1000
-    if image_size is None:
-        image_size = int((hub_config or {}).get("input_size", (DEFAULT_IMAGE_SIZE,))[-1])
-    bgr = (input_format or ("bgr" if source.startswith("detectron") else "rgb")) == "bgr"
-    keras_model = registry.build(
-        name,
+    read = _read_checked(source, checkpoint, model, norm)
+    num_classes, image_size, bgr = _defaults(source, read, num_classes, image_size, input_format)
+    keras_model, result = _filled_model(
+        read,
+        bgr,
+        allow_partial,
         norm=norm,
         groups=groups,
         num_classes=num_classes,
         input_shape=(image_size, image_size, 3),
     )
-    result = assign.fill(keras_model, canonical, origin, flip_input_channels=bgr)
-    result.unused = sorted(result.unused + unmatched)
-    if not allow_partial:
-        _refuse_partial(result, where)
-    report = {
-        "source": source,
-        "checkpoint": where if digest is None else os.path.abspath(where),
-        "checkpoint_sha256": digest,
-        "model": name,
+    settings = {
         "norm": norm,
         "groups": groups if norm == "gn" else None,
-        "source_norm": found_norm,
         "num_classes": num_classes,
         "image_size": image_size,
         "source_channel_order": "BGR" if bgr else "RGB",
         "allow_partial": allow_partial,
-        "filled_weights": len(result.filled),
-        "unused_source_tensors": result.unused,
-        "missing_model_weights": result.missing,
-        "mismatched": result.mismatched,
-        "skipped_bookkeeping_tensors": len(bookkeeping),
     }
-    preprocessing = _preprocessing(source, bgr, image_size, num_classes, hub_config)
-    return Conversion(keras_model, preprocessing, report, canonical, bgr)
+    preprocessing = _preprocessing(source, bgr, image_size, num_classes, read.hub_config)
+    return Conversion(
+        keras_model, preprocessing, _report(source, read, settings, result), read.canonical, bgr
+    )
 
 
 def load_pretrained(source, checkpoint, model=None, norm="gn", **options):
