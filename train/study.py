@@ -7,13 +7,18 @@ Command line (absl flags; also the ``gn-study`` console script)::
     python -m gn_keras.train.study --study=groups           # Table 3
     python -m gn_keras.train.study --study=feature_stats    # Figure 6 (VGG-16)
     python -m gn_keras.train.study --study=video            # Table 8, Figure 7 (gn-video runs)
+    python -m gn_keras.train.study --study=detection_heads      # Table 5 (gn-detect runs)
+    python -m gn_keras.train.study --study=detection_backbones  # Tables 4 and 6
+    python -m gn_keras.train.study --study=detection_scratch    # Table 7
 
 Every training flag of ``train.classify`` (dataset, model, epochs, lr, …)
 passes through to each run, except the fields the study itself varies,
 which are refused (e.g. ``--norm`` with ``--study=norms``; use
 ``--study_norms``).  ``--study=video`` runs ``gn-video`` jobs instead: the
 flags of ``train.video`` pass through (``--preset`` also takes its
-presets), and flags only ``gn-train`` has are refused, and vice versa.
+presets), and flags only ``gn-train`` has are refused, and vice versa;
+the detection studies likewise run ``gn-detect`` jobs and take its flags
+(``--image_size=N`` is its square padded size N,N).
 Runs go to ``<out_dir>/<study>/<run>/``; re-running the same command
 skips finished runs and resumes a half-finished one.
 """
@@ -27,6 +32,8 @@ from gn_keras._checks import FlagError
 from gn_keras.train import cli, studies
 from gn_keras.train import config as config_lib
 from gn_keras.train import flags as flags_lib
+from gn_keras.train.detection import config as detection_config
+from gn_keras.train.detection import flags as detection_flags
 from gn_keras.train.studies import specs
 from gn_keras.train.video import config as video_config
 from gn_keras.train.video import main as video_main
@@ -34,28 +41,46 @@ from gn_keras.train.video import main as video_main
 _DEFAULT_OPTIONS = specs.StudyOptions()
 _CLASSIFY_SPECS = {**flags_lib.CLASSIFY_FLAG_SPECS, **flags_lib.RUN_FLAG_SPECS}
 _VIDEO_SPECS = {**video_main.VIDEO_FLAG_SPECS, **flags_lib.RUN_FLAG_SPECS}
-# Flags of one job only: refused when the study runs the other job.
-_ONLY_CLASSIFY = sorted(set(_CLASSIFY_SPECS) - set(_VIDEO_SPECS))
-_ONLY_VIDEO = sorted(set(_VIDEO_SPECS) - set(_CLASSIFY_SPECS))
+_DETECT_SPECS = detection_flags.flag_specs()
+# Each job's flags; a flag of another job only is refused by a study.
+_JOB_SPECS = {"classify": _CLASSIFY_SPECS, "video": _VIDEO_SPECS, "detect": _DETECT_SPECS}
+_PROGRAMS = {"classify": "gn-train", "video": "gn-video", "detect": "gn-detect"}
+_ALL_JOB_FLAGS = set().union(*_JOB_SPECS.values())
+
+
+def _define_extra(flag_values, specs_of, defaults, names, prefix):
+    for name in names:
+        kind, help_text = specs_of[name]
+        default = getattr(defaults, name)
+        help_text = f"{prefix}: {help_text}"
+        if isinstance(kind, tuple):
+            flags.DEFINE_enum(name, default, kind, help_text, flag_values=flag_values)
+        elif kind == "list":
+            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+        else:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
 
 def _define_job_flags(flag_values):
-    """gn-train's flags, gn-video's own on top, ``--preset`` taking either's presets."""
-    presets = (*config_lib.PRESETS, *video_config.PRESETS)
+    """gn-train's flags, gn-video's and gn-detect's own on top, ``--preset`` taking any's."""
+    presets = (*config_lib.PRESETS, *video_config.PRESETS, *detection_config.PRESETS)
     flags_lib.define_config_flags(
         flag_values,
         config_lib.TrainConfig,
         {**_CLASSIFY_SPECS, "preset": (presets, "Named recipe; explicit flags override it.")},
     )
-    defaults = video_config.VideoConfig()
-    for name in _ONLY_VIDEO:
-        kind, help_text = _VIDEO_SPECS[name]
-        default = getattr(defaults, name)
-        help_text = f"--study=video: {help_text}"
-        if kind == "list":
-            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
-        else:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
+    only_video = sorted(set(_VIDEO_SPECS) - set(_CLASSIFY_SPECS))
+    _define_extra(
+        flag_values, _VIDEO_SPECS, video_config.VideoConfig(), only_video, "--study=video"
+    )
+    only_detect = sorted(set(_DETECT_SPECS) - set(_CLASSIFY_SPECS) - set(_VIDEO_SPECS))
+    _define_extra(
+        flag_values,
+        _DETECT_SPECS,
+        detection_config.DetectionConfig(),
+        only_detect,
+        "--study=detection_*",
+    )
 
 
 def define_study_flags(flag_values=flags.FLAGS):
@@ -71,6 +96,20 @@ def define_study_flags(flag_values=flags.FLAGS):
         "runs_per_config",
         1,
         "Seeds per setting (--seed, --seed+1, …); tables report the median over seeds.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "study_detection_pretrain_epochs",
+        _DEFAULT_OPTIONS.detection_pretrain_epochs,
+        "--study=detection_heads/backbones without --trained_model: epochs of the backbones' "
+        "pre-training on shape crops (train.studies.pretrain).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "study_detection_rows",
+        [],
+        "--study=detection_*: the rows of its table to run, by key (e.g. bnstar_2fc,gn_everywhere;"
+        " default: all).",
         flag_values=flag_values,
     )
     for name, field, help_text in (
@@ -113,6 +152,8 @@ def options_from_flags(flag_values=flags.FLAGS):
         group_sizes=_integers(flag_values, "study_group_sizes"),
         video_frames=_integers(flag_values, "study_video_frames"),
         video_clips=_integers(flag_values, "study_video_clips"),
+        detection_pretrain_epochs=flag_values["study_detection_pretrain_epochs"].value,
+        detection_rows=tuple(flag_values["study_detection_rows"].value),
         runs_per_config=flag_values["runs_per_config"].value,
     )
 
@@ -123,7 +164,11 @@ def base_config_from_flags(study, flag_values=flags.FLAGS):
     Precedence (``config.make_config``): ``TrainConfig`` defaults,
     ``--preset``, the study's defaults, then flags given explicitly.
     """
-    refused = sorted(name for name in study.controlled | {"model_dir"} if flag_values[name].present)
+    refused = sorted(
+        name
+        for name in study.controlled | {"model_dir"}
+        if name in flag_values and flag_values[name].present
+    )
     if refused:
         raise FlagError(
             f"--{refused[0]} cannot be set with --study={study.name}: the study sets "
@@ -131,20 +176,34 @@ def base_config_from_flags(study, flag_values=flags.FLAGS):
             "--out_dir (use --study_norms, --study_batch_sizes, --study_groups or "
             "--study_group_sizes, --study_video_frames or --study_video_clips to change a grid)."
         )
-    video = study.job == "video"
-    other_job = [n for n in (_ONLY_CLASSIFY if video else _ONLY_VIDEO) if flag_values[n].present]
+    others = sorted(_ALL_JOB_FLAGS - set(_JOB_SPECS[study.job]))
+    other_job = [name for name in others if flag_values[name].present]
     if other_job:
         raise FlagError(
-            f"--{other_job[0]} is not a flag of the {'gn-video' if video else 'gn-train'} "
+            f"--{other_job[0]} is not a flag of the {_PROGRAMS[study.job]} "
             f"runs of --study={study.name}."
         )
-    if not video:
+    if study.job == "detect":
+        return _detection_config(study, flag_values)
+    if study.job == "classify":
         return flags_lib.config_from_flags(flag_values, script_defaults=study.defaults)
     # The study's CPU-sized clips stand in for a recipe: a --preset (e.g.
     # paper_kinetics) brings its own, which they must not override.
     preset = flag_values["preset"].value
     explicit = flags_lib.explicit_values(flag_values, _VIDEO_SPECS)
     return video_config.make_config(preset, None if preset else study.defaults, **explicit)
+
+
+def _detection_config(study, flag_values):
+    """The detection studies' ``DetectionConfig``: the CPU-sized schedule unless a --preset."""
+    explicit = flags_lib.explicit_values(flag_values, _DETECT_SPECS)
+    for name, value in explicit.items():
+        if name == "image_size":  # the shared integer flag: a square padded size
+            explicit[name] = (value, value)
+        elif _DETECT_SPECS[name][0] == "list" and name != "lr_boundaries":
+            explicit[name] = detection_flags._parse_list(name, value)
+    preset = flag_values["preset"].value
+    return detection_config.make_config(preset, None if preset else study.defaults, **explicit)
 
 
 def run_from_flags(flag_values=flags.FLAGS, command=""):

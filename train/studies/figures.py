@@ -1,5 +1,8 @@
 """Matplotlib figures laid out like the paper's Figures 1, 4, 5 and 6 and Table 3.
 
+The detection studies (Tables 4-7, which have no figure in the paper) draw
+their COCO AP after each epoch against the training steps.
+
 Every function draws from ``summary.SettingResult`` objects (and, for
 Figure 6, the recorded percentiles), saves one PNG and closes it.  Each
 figure carries its caption (dataset, model, epochs, seeds) at the bottom,
@@ -150,4 +153,18 @@ def percentile_figure(panels, error_rows, path, caption):
         loc="center",
     )
     table.scale(1.0, 1.6)
+    return _save(fig, path, caption)
+
+
+def ap_curves_figure(summaries, path, caption):
+    """Box AP (left) and mask AP (right) against training steps, one line per table row."""
+    fig, (box_ax, mask_ax) = _figure(2)
+    for ax, title, curve in ((box_ax, "box AP", "box_curve"), (mask_ax, "mask AP", "mask_curve")):
+        for result in summaries:
+            ax.plot(result.steps, getattr(result, curve), marker="o", label=result.label)
+        ax.set_title(f"{title} (COCO AP, val)")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("AP (%)")
+        ax.grid(alpha=0.3)
+    mask_ax.legend(fontsize=8)
     return _save(fig, path, caption)

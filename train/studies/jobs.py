@@ -1,4 +1,4 @@
-"""The training job a study's runs are: ``gn-train`` (classification) or ``gn-video``.
+"""The training job a study's runs are: ``gn-train``, ``gn-video`` or ``gn-detect``.
 
 The runner (``runner.run_all``) is the same for every study; what differs is
 the job each run is.  A ``Job`` bundles the job's entry points so the runner
@@ -8,15 +8,16 @@ never names one:
   run's results.json contents;
 * ``validate(config)``: the job's config check (a ``FlagError`` naming the
   flag);
-* ``check_model_name(name)``: rejects a ``--model`` the job cannot train,
-  before any data is read;
+* ``check_model_name(config)``: rejects a ``--model`` (``--backbone``) the
+  job cannot train, before any data is read;
 * ``build_problem(config)``: why a setting's model cannot be built, or
   ``None``;
 * ``result_keys``: what a finished run's results.json holds besides its
   epochs (the video job's final 10-clip ``test``);
 * ``for_run(config)``: the run's config completed from its setting (the
-  video job fills ``{norm}`` in ``--trained_model``, since BN runs start
-  from a BN model and GN runs from a GN one, as in the paper's §4.3).
+  video and detection jobs fill ``{norm}`` in ``--trained_model``, since BN
+  runs start from a BN model and GN runs from a GN one, as in the paper's
+  §4.2 and §4.3; a BN* detection backbone starts from the BN model).
 
 Imports happen inside the functions so that listing the studies (the CLI's
 ``--help``) does not load either training stack.
@@ -51,10 +52,10 @@ def _classify_validate(config):
     config_lib.validate_config(config)
 
 
-def _classify_check_model_name(name):
+def _classify_check_model_name(config):
     from gn_keras.train import classify
 
-    classify.check_model_name(name)
+    classify.check_model_name(config.model)
 
 
 def _classify_build_problem(config):
@@ -81,23 +82,51 @@ def _video_validate(config):
     video_config.validate(config)
 
 
-def _video_check_model_name(name):
+def _video_check_model_name(config):
     from gn_keras.train.video import main
 
-    main.check_model_name(name)
+    main.check_model_name(config.model)
 
 
-def _video_for_run(config):
-    """``--trained_model`` with ``{norm}`` replaced by the run's norm."""
+def _with_trained_norm(config, norm):
+    """``config`` with ``{norm}`` in its ``--trained_model`` replaced by ``norm``."""
     if config.trained_model and "{norm}" in config.trained_model:
-        path = config.trained_model.replace("{norm}", config.norm)
+        path = config.trained_model.replace("{norm}", norm)
         return dataclasses.replace(config, trained_model=path)
     return config
 
 
-def _video_build_problem(config):
-    # The video study varies the norm, the clip length and the batch only:
-    # every I3D model builds for each of them.
+def _video_for_run(config):
+    return _with_trained_norm(config, config.norm)
+
+
+def _detect_train(config, *, strategy=None, callbacks=None):
+    from gn_keras.train import detect
+
+    return detect.train(config, strategy=strategy, callbacks=callbacks)
+
+
+def _detect_validate(config):
+    from gn_keras.train.detection import config as detection_config
+
+    detection_config.validate(config)
+
+
+def _detect_check_model_name(config):
+    from gn_keras import _checks, models
+
+    _checks.check_choice(config.backbone, "--backbone", tuple(sorted(models.available())))
+
+
+def _detect_for_run(config):
+    """A BN* backbone starts from the BN model of ``{norm}``, any other from its own norm."""
+    from gn_keras.train.studies import pretrain
+
+    return _with_trained_norm(config, pretrain.pretrained_norm(config.backbone_norm))
+
+
+def _no_build_problem(config):
+    # The studies vary norms and heads only: validate() has checked the rest.
     del config
     return None
 
@@ -114,8 +143,16 @@ VIDEO = Job(
     _video_train,
     _video_validate,
     _video_check_model_name,
-    _video_build_problem,
+    _no_build_problem,  # every I3D model builds for each norm, clip length and batch
     result_keys=("test",),
     for_run=_video_for_run,
 )
-JOBS = {job.name: job for job in (CLASSIFY, VIDEO)}
+DETECT = Job(
+    "detect",
+    _detect_train,
+    _detect_validate,
+    _detect_check_model_name,
+    _no_build_problem,
+    for_run=_detect_for_run,
+)
+JOBS = {job.name: job for job in (CLASSIFY, VIDEO, DETECT)}

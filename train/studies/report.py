@@ -6,16 +6,19 @@ numbers behind the table, per setting and per seed).  Every number comes
 from the runs' results.json (and feature_stats.json for Figure 6) through
 ``summary.summarize_settings``; nothing is typed in.  The video study's
 Table 8 reads each run's final 10-clip ``test`` entry, its Figure 7 the
-per-epoch centre-clip validation error.
+per-epoch centre-clip validation error.  The detection studies' tables read
+each run's final COCO AP (``final_bbox_AP``, …), their figure the AP after
+every epoch, and print the paper's numbers beneath.
 """
 
+import functools
 import os
 
 import numpy as np
 
 from gn_keras._checks import FlagError
 from gn_keras.train import outputs
-from gn_keras.train.studies import feature_stats, figures, summary, tables
+from gn_keras.train.studies import feature_stats, figures, pretrain, summary, tables
 
 REPORT_TITLES = {
     "norms": "Normalization methods at one batch size (the paper's Table 1, Figure 4)",
@@ -23,6 +26,9 @@ REPORT_TITLES = {
     "groups": "Group division (the paper's Table 3)",
     "feature_stats": "Feature distributions of VGG-16's last conv (the paper's Figure 6)",
     "video": "Video classification, BN vs GN (the paper's Table 8, Figure 7)",
+    "detection_heads": "Mask R-CNN box heads and their norms (the paper's Table 5)",
+    "detection_backbones": "Mask R-CNN backbones, BN* vs GN (the paper's Tables 4 and 6)",
+    "detection_scratch": "Mask R-CNN from scratch, GN vs sync BN (the paper's Table 7)",
 }
 
 
@@ -67,6 +73,53 @@ def video_caption(runs):
         "averaged). Curves: top-1 val error (%) of one centre clip per video after each "
         f"epoch. Median over {len(seeds)} seed{plural}."
     )
+
+
+def _backbone_start(configs):
+    """Where the runs' backbones started, for the caption."""
+    sources = {os.path.dirname(c.trained_model) if c.trained_model else None for c in configs}
+    if sources == {None}:
+        return "from scratch (nothing frozen)"
+    names = sorted(s for s in sources if s)
+    if all(os.path.basename(n) == pretrain.PRETRAIN_DIR for n in names):
+        return (
+            f"BN*/GN/LN backbones pre-trained by the study on {pretrain.CROP_SIZE}-px shape "
+            "crops (BN frozen into BN*; stem and res2 frozen)"
+        )
+    return "backbones from --trained_model (BN frozen into BN*; stem and res2 frozen)"
+
+
+def detection_caption(runs):
+    """What Tables 4-7 and the AP figure state: data, model, schedule, where backbones began."""
+    configs = list(runs.configs.values())
+    first = configs[0]
+    seeds = sorted({config.seed for config in configs})
+    plural = "s" if len(seeds) > 1 else ""
+    steps = next(iter(runs.results.values()))["steps_per_epoch"]
+    data = (
+        f"shapes ({first.shapes_train_images} training, {first.shapes_val_images} validation "
+        f"images of {first.shapes_image_size} px)"
+        if first.dataset == "shapes"
+        else first.dataset
+    )
+    return (
+        f"Dataset {data}, Mask R-CNN on {first.backbone} at {first.image_size[0]} px, "
+        f"{first.epochs} epochs of {steps} steps of {first.batch_size_per_replica} images per "
+        f"replica ({first.lr_schedule} lr, base {first.base_lr:g} per {first.lr_reference_batch} "
+        f"images), {_backbone_start(configs)}, seed{plural} {', '.join(map(str, seeds))}. "
+        "Table: COCO AP (%) on the validation images after the last epoch, median over "
+        f"{len(seeds)} seed{plural}. Curves: AP after each epoch."
+    )
+
+
+def _detection(name, settings, summaries, runs, study_dir, text):
+    ours, paper = tables.detection_tables(name, summaries, settings)
+    path = figures.ap_curves_figure(
+        [summaries[s.key] for s in settings if s.key in summaries],
+        os.path.join(study_dir, f"{name}_ap.png"),
+        text,
+    )
+    return f"{ours}\n\n{tables.PAPER_NOTE}\n\n{paper}", [path]
 
 
 def _video(settings, summaries, runs, study_dir, text):
@@ -189,6 +242,7 @@ _SECTIONS = {
     "groups": _groups,
     "feature_stats": _feature_stats,
     "video": _video,
+    **{name: functools.partial(_detection, name) for name in tables.DETECTION_LEAD},
 }
 
 
@@ -204,6 +258,8 @@ def _test_entry(result, runs):
 
 
 def _summary_json(summaries, runs):
+    if summaries and isinstance(next(iter(summaries.values())), summary.DetectionResult):
+        return _detection_summary_json(summaries, runs)
     return {
         "settings": {
             key: {
@@ -214,6 +270,25 @@ def _summary_json(summaries, runs):
                 "runs": r.run_names,
                 "val_curve": r.val_curve,
                 **_test_entry(r, runs),
+            }
+            for key, r in summaries.items()
+        },
+        "not_applicable": runs.not_applicable,
+    }
+
+
+def _detection_summary_json(summaries, runs):
+    return {
+        "settings": {
+            key: {
+                "label": r.label,
+                "coco_ap": r.ap,
+                "coco_ap_per_seed": r.ap_per_seed,
+                "seeds": r.seeds,
+                "runs": r.run_names,
+                "steps": r.steps,
+                "box_ap_curve": r.box_curve,
+                "mask_ap_curve": r.mask_curve,
             }
             for key, r in summaries.items()
         },
@@ -243,8 +318,12 @@ def write_report(study, specs, runs, study_dir, command=""):
             f"({runs.not_applicable}); nothing to report."
         )
     settings = unique_settings(specs)
-    summaries = summary.summarize_settings(specs, runs.results)
-    text = video_caption(runs) if study.job == "video" else caption(runs)
+    if study.job == "detect":
+        summaries = summary.summarize_detection(specs, runs.results)
+        text = detection_caption(runs)
+    else:
+        summaries = summary.summarize_settings(specs, runs.results)
+        text = video_caption(runs) if study.job == "video" else caption(runs)
     table, paths = _SECTIONS[study.name](settings, summaries, runs, study_dir, text)
     outputs.write_json_atomically(
         os.path.join(study_dir, "summary.json"), _summary_json(summaries, runs)

@@ -121,7 +121,7 @@ def run_all(
     Both only on the chief, the one process that writes run directories.
     """
     job = jobs.JOBS[study.job]
-    job.check_model_name(base_config.model)
+    job.check_model_name(base_config)
     planned = _plan(specs, base_config, study_dir, job)
     runs = StudyRuns(results={}, configs={}, not_applicable=_not_applicable(planned, job))
     os.makedirs(study_dir, exist_ok=True)

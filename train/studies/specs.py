@@ -17,6 +17,10 @@ encodes the setting and the seed, so re-running a study finds its runs.
   short clips (every 2nd frame) at each clips-per-replica count, and with
   clips twice as long (consecutive frames, the same time span) at the
   smallest count.
+* ``detection_heads``, ``detection_backbones``, ``detection_scratch`` —
+  Tables 4-7 (§4.2): ``gn-detect`` runs, one per row of the paper's table
+  (the norm of each part of the Mask R-CNN and its box head); the first
+  two fine-tune pre-trained backbones (``train.studies.pretrain``).
 
 Each study names the config fields it sets itself (``controlled``): a flag
 for one of those would be silently overridden, so the CLI refuses it.
@@ -39,6 +43,10 @@ class StudyOptions:
     # fit moving_shapes' 16-frame videos on a CPU) and clips per replica.
     video_frames: tuple = (4, 8)
     video_clips: tuple = (8, 4)
+    # Epochs of the detection studies' backbone pre-training on shape crops,
+    # and the rows of their tables to run (by key; empty: every row).
+    detection_pretrain_epochs: int = 15
+    detection_rows: tuple = ()
     runs_per_config: int = 1
 
     def __post_init__(self):
@@ -63,6 +71,9 @@ class StudyOptions:
                     f"--{flag}", ",".join(map(str, values)), f"a list of distinct {expected}"
                 )
         _checks.check_int(self.runs_per_config, "--runs_per_config", minimum=1)
+        _checks.check_int(
+            self.detection_pretrain_epochs, "--study_detection_pretrain_epochs", minimum=1
+        )
         self._check_video_frames()
 
     def _check_video_frames(self):
@@ -128,11 +139,28 @@ class Study:
     defaults: dict = dataclasses.field(default_factory=dict)
     records_feature_stats: bool = False
     job: str = "classify"  # a key of train.studies.jobs.JOBS
+    # Detection: its backbones start from pre-trained models (§4.2), which
+    # the study trains itself unless --trained_model names them.
+    fine_tunes: bool = False
 
     def runs(self, options, first_seed=0):
         """Every training, setting-major, ``runs_per_config`` seeds each."""
         seeds = range(first_seed, first_seed + options.runs_per_config)
-        return [RunSpec(s, seed) for s in self.settings(options) for seed in seeds]
+        return [RunSpec(s, seed) for s in self._chosen_settings(options) for seed in seeds]
+
+    def _chosen_settings(self, options):
+        settings = self.settings(options)
+        if self.job != "detect" or not options.detection_rows:
+            return settings
+        keys = [s.key for s in settings]
+        unknown = [row for row in options.detection_rows if row not in keys]
+        if unknown:
+            raise _checks.invalid(
+                "--study_detection_rows",
+                ",".join(options.detection_rows),
+                f"some of the rows of --study={self.name}: {', '.join(keys)}",
+            )
+        return [s for s in settings if s.key in options.detection_rows]
 
 
 def _norm_settings(options):
@@ -222,6 +250,73 @@ _VIDEO_DEFAULTS = {
     "test_batch_size_per_replica": 16,  # 160 clips a step: the 10-clip test in a few steps
 }
 
+
+def _detection_row(key, cells, label, backbone, box_head="4conv1fc", heads="none", **more):
+    """One row of Tables 4-7: ``cells`` are its leading cells, e.g. ``BN* | 2fc``.
+
+    ``heads`` is the norm of the box head's convs and of the mask head
+    (``more`` overrides either, or the FPN's); the FPN has no norm unless
+    given.
+    """
+    overrides = {
+        "backbone_norm": backbone,
+        "fpn_norm": "none",
+        "box_head": box_head,
+        "box_head_norm": heads,
+        "mask_head_norm": heads,
+        **more,
+    }
+    return Setting(key, label, overrides, panel="FPN", column=cells)
+
+
+def _detection_heads_settings(options):
+    """Table 5 (R50-FPN) plus its 2fc baseline and BN in the box head (§4.2's text)."""
+    return [
+        _detection_row("bnstar_2fc", "BN* | 2fc", "BN*, 2fc head", "frozen_bn", "2fc"),
+        _detection_row("bnstar_4conv1fc", "BN* | 4conv1fc", "BN*, 4conv1fc head", "frozen_bn"),
+        _detection_row(
+            "bnstar_gn_head", "BN* | 4conv1fc, GN", "BN*, GN head", "frozen_bn", heads="gn"
+        ),
+        _detection_row(
+            "gn_everywhere", "GN | 4conv1fc, GN", "GN everywhere", "gn", heads="gn", fpn_norm="gn"
+        ),
+        _detection_row(
+            "bnstar_bn_head",
+            "BN* | 4conv1fc, BN",
+            "BN*, BN box head",
+            "frozen_bn",
+            heads="gn",
+            box_head_norm="bn",
+        ),
+    ]
+
+
+def _detection_backbones_settings(options):
+    """Table 6 (FPN: Detectron's BN* baseline vs GN in backbone, FPN and heads)."""
+    return [
+        _detection_row("fpn_bnstar", "FPN | BN*", "FPN, BN*", "frozen_bn", "2fc"),
+        _detection_row("fpn_gn", "FPN | GN", "FPN, GN", "gn", heads="gn", fpn_norm="gn"),
+    ]
+
+
+def _detection_scratch_settings(options):
+    """Table 7: from scratch, sync BN (BN over the replica batch on one device) vs GN."""
+    return [
+        _detection_row(
+            "scratch_sync_bn", "sync BN", "sync BN", "sync_bn", heads="sync_bn", fpn_norm="sync_bn"
+        ),
+        _detection_row("scratch_gn", "GN", "GN", "gn", heads="gn", fpn_norm="gn"),
+    ]
+
+
+# CPU-sized runs of gn-detect's main job (resnet18_narrow, 64 px shapes): 3
+# epochs of 150 steps of 2 images, the lr ÷10 for the last one; a few minutes
+# per run on 2 cores.  docs/studies.md gives the COCO commands.
+_DETECTION_DEFAULTS = {"epochs": 3, "lr_boundaries": (2.0,)}
+_DETECTION_CONTROLLED = frozenset(
+    {"backbone_norm", "fpn_norm", "box_head", "box_head_norm", "mask_head_norm"}
+)
+
 STUDIES = {
     "norms": Study(
         "norms",
@@ -259,6 +354,32 @@ STUDIES = {
         frozenset({"norm", "frames", "frame_stride", "batch_size_per_replica"}),
         _VIDEO_DEFAULTS,
         job="video",
+    ),
+    "detection_heads": Study(
+        "detection_heads",
+        "Table 5: box heads and their norms on a BN* or GN backbone (Mask R-CNN, FPN)",
+        _detection_heads_settings,
+        _DETECTION_CONTROLLED,
+        _DETECTION_DEFAULTS,
+        job="detect",
+        fine_tunes=True,
+    ),
+    "detection_backbones": Study(
+        "detection_backbones",
+        "Tables 4 and 6: BN* vs GN backbones (Mask R-CNN, C4 and FPN)",
+        _detection_backbones_settings,
+        _DETECTION_CONTROLLED,
+        _DETECTION_DEFAULTS,
+        job="detect",
+        fine_tunes=True,
+    ),
+    "detection_scratch": Study(
+        "detection_scratch",
+        "Table 7: Mask R-CNN from scratch, GN vs sync BN",
+        _detection_scratch_settings,
+        _DETECTION_CONTROLLED | {"trained_model"},
+        _DETECTION_DEFAULTS,
+        job="detect",
     ),
 }
 
