@@ -27,6 +27,8 @@ import numpy as np
 from absl import logging
 from pycocotools import mask as mask_utils
 
+from gn_keras import _checks
+
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding) before it is refused
 SHOWN_PROBLEMS = 5
 
@@ -118,7 +120,7 @@ def _annotation_problem(annotation, image, labels):
     if annotation.get("category_id") not in labels:
         return f"unknown category id {annotation.get('category_id')!r}"
     box = annotation.get("bbox")
-    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+    if not (isinstance(box, list) and len(box) == 4 and all(map(_checks.is_number, box))):
         return "bbox is not [x, y, w, h]"
     x, y, w, h = box
     if w <= 0 or h <= 0:
@@ -130,17 +132,13 @@ def _annotation_problem(annotation, image, labels):
     return _segmentation_problem(annotation.get("segmentation"), height, width)
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _read_images(data, image_dir, problems):
     images = {}
     for image in data["images"]:
         record = f"image id {image.get('id')!r}"
         name = image.get("file_name")
         size = (image.get("height"), image.get("width"))
-        if not isinstance(name, str) or not all(isinstance(s, int) and s > 0 for s in size):
+        if not isinstance(name, str) or not all(_checks.is_integer(s) and s > 0 for s in size):
             problems.add(record, "needs file_name, height and width")
             continue
         path = os.path.join(image_dir, name)
@@ -196,7 +194,7 @@ def read_coco(annotation_file, image_dir, strict=False):
 
 def _ground_truth_annotation(annotation, record):
     area = annotation.get("area")
-    if not _is_number(area) or area <= 0:
+    if not _checks.is_number(area) or area <= 0:
         area = float(mask_utils.area(_rle(annotation["segmentation"], record.height, record.width)))
     keep = ("id", "image_id", "category_id", "bbox", "segmentation")
     return dict({k: annotation[k] for k in keep}, area=area, iscrowd=annotation["iscrowd"])

@@ -28,6 +28,7 @@ import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 from official.vision.ops import box_ops
 
+from gn_keras import _checks
 from gn_keras.models.detection import ops
 from gn_keras.train.detection import coco
 from gn_keras.train.sources import IMAGENET_MEAN, IMAGENET_STD
@@ -51,11 +52,7 @@ class InputConfig:
 
     def validate(self, image_size):
         for field in ("short_side", "max_side", "max_instances", "mask_crop_size"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"InputConfig: field `{field}` must be a positive integer, got {value!r}."
-                )
+            _checks.check_int(getattr(self, field), f"`{field}`", minimum=1, where="InputConfig")
         if self.max_side > max(image_size) or self.short_side > min(image_size):
             raise ValueError(
                 f"InputConfig: short_side={self.short_side}, max_side={self.max_side} must fit "

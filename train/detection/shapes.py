@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from gn_keras import _checks
+
 CATEGORIES = (
     {"id": 1, "name": "circle"},
     {"id": 2, "name": "square"},
@@ -84,12 +86,8 @@ def _annotation(annotation_id, image_id, category_id, mask):
 
 def write_shapes(directory, num_images, image_size=64, max_shapes=4, seed=0, min_visible_pixels=16):
     """Write the set into ``directory``; return the annotation file's path."""
-    if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(
-            f"write_shapes: num_images must be a positive integer, got {num_images!r}."
-        )
-    if not isinstance(image_size, int) or image_size < 16:
-        raise ValueError(f"write_shapes: image_size must be an integer >= 16, got {image_size!r}.")
+    _checks.check_int(num_images, "`num_images`", minimum=1, where="write_shapes")
+    _checks.check_int(image_size, "`image_size`", minimum=16, where="write_shapes")
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(directory, IMAGE_DIR), exist_ok=True)
     images, annotations = [], []

@@ -24,6 +24,8 @@ import dataclasses
 import tensorflow as tf
 from official.vision.ops import preprocess_ops_3d
 
+from gn_keras import _checks
+
 # The paper's two clip settings at full Kinetics size (§4.3, Table 8).
 PAPER_SIZES = {"crop_size": 224, "train_short_side": (256, 320), "eval_short_side": 256}
 TEST_CROPS = (1, 3)
@@ -43,24 +45,9 @@ class ClipSpec:
 
     def __post_init__(self):
         for name in ("frames", "frame_stride", "crop_size", "eval_short_side", "test_clips"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ClipSpec: `{name}` must be a positive integer, got {value!r}.")
-        low, high = _pair(self.train_short_side)
-        if not (self.crop_size <= low <= high):
-            raise ValueError(
-                "ClipSpec: `train_short_side` must be (low, high) integers with "
-                f"crop_size={self.crop_size} <= low <= high, got {self.train_short_side!r}."
-            )
-        if self.eval_short_side < self.crop_size:
-            raise ValueError(
-                f"ClipSpec: `eval_short_side`={self.eval_short_side} is smaller than "
-                f"crop_size={self.crop_size}."
-            )
-        if self.test_crops not in TEST_CROPS:
-            raise ValueError(
-                f"ClipSpec: `test_crops` must be 1 or 3, got test_crops={self.test_crops!r}."
-            )
+            _checks.check_int(getattr(self, name), f"`{name}`", minimum=1, where="ClipSpec")
+        check_short_sides(self.crop_size, self.train_short_side, self.eval_short_side)
+        _checks.check_choice(self.test_crops, "`test_crops`", TEST_CROPS, where="ClipSpec")
 
     @property
     def span(self):
@@ -75,18 +62,30 @@ class ClipSpec:
 def paper_spec(frames=32):
     """The paper's Kinetics clips: 32 frames every 2nd frame, or 64 consecutive."""
     if frames not in (32, 64):
-        raise ValueError(f"paper_spec: `frames` must be 32 or 64 (§4.3), got {frames!r}.")
+        raise _checks.invalid("`frames`", frames, "32 or 64 (§4.3)", where="paper_spec")
     return ClipSpec(frames=frames, frame_stride=2 if frames == 32 else 1, **PAPER_SIZES)
 
 
-def _pair(value):
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return (0, -1)
-    return tuple(value)
+def check_short_sides(crop_size, train_short_side, eval_short_side, flags=False):
+    """Refuse short sides a ``crop_size`` crop does not fit in.
+
+    ``train_short_side`` must be two integers LOW <= HIGH, both at least
+    ``crop_size``, and ``eval_short_side`` at least ``crop_size``.  The
+    error names the flags (``flags=True``: a ``FlagError``) or ClipSpec's
+    fields.
+    """
+    spell = (lambda name: f"--{name}") if flags else (lambda name: f"`{name}`")
+    crop = f"{'--' if flags else ''}crop_size={crop_size}"
+    side = train_short_side
+    pair = isinstance(side, (tuple, list)) and len(side) == 2
+    if not (pair and all(map(_checks.is_integer, side)) and crop_size <= side[0] <= side[1]):
+        shown = ",".join(map(str, side)) if isinstance(side, (tuple, list)) else side
+        expected = f"two integers LOW,HIGH with {crop} <= LOW <= HIGH"
+        raise _checks.invalid(spell("train_short_side"), shown, expected, where="ClipSpec")
+    if eval_short_side < crop_size:
+        raise _checks.invalid(
+            spell("eval_short_side"), eval_short_side, f"at least {crop}", where="ClipSpec"
+        )
 
 
 def train_indices(length, spec, seed=None):

@@ -50,13 +50,13 @@ class VideoConfig(config_lib.RunConfig):
     dataset: str = "moving_shapes"
     data_dir: str | None = None
     # Clips (train.video.clips.ClipSpec).
-    frames: int = 8
-    frame_stride: int = 1
-    crop_size: int = 32
-    train_short_side: tuple = (32, 40)
-    eval_short_side: int = 32
-    test_clips: int = 10
-    test_crops: int = 1
+    frames: int = clips.ClipSpec.frames
+    frame_stride: int = clips.ClipSpec.frame_stride
+    crop_size: int = clips.ClipSpec.crop_size
+    train_short_side: tuple = clips.ClipSpec.train_short_side
+    eval_short_side: int = clips.ClipSpec.eval_short_side
+    test_clips: int = clips.ClipSpec.test_clips
+    test_crops: int = clips.ClipSpec.test_crops
     test_batch_size_per_replica: int = 1
 
 
@@ -107,27 +107,6 @@ def clip_spec(config):
     return clips.ClipSpec(**{name: getattr(config, name) for name in CLIP_FIELDS})
 
 
-def _check_short_sides(config):
-    side = config.train_short_side
-    if (
-        not isinstance(side, (tuple, list))
-        or len(side) != 2
-        or not all(_checks.is_integer(v) for v in side)
-        or not config.crop_size <= side[0] <= side[1]
-    ):
-        raise _checks.invalid(
-            "--train_short_side",
-            ",".join(map(str, side)) if isinstance(side, (tuple, list)) else side,
-            f"two integers LOW,HIGH with --crop_size={config.crop_size} <= LOW <= HIGH",
-        )
-    if config.eval_short_side < config.crop_size:
-        raise _checks.invalid(
-            "--eval_short_side",
-            config.eval_short_side,
-            f"at least --crop_size={config.crop_size}",
-        )
-
-
 def _check_dataset(config):
     dataset = config.dataset
     if isinstance(dataset, str) and dataset.startswith("tfds:"):
@@ -154,7 +133,9 @@ def validate(config):
     if config.groups == 0:
         raise _checks.invalid("--groups", 0, "a positive group count, or -1 for one per group")
     config_lib.validate_run_config(config)
-    _check_short_sides(config)
+    clips.check_short_sides(
+        config.crop_size, config.train_short_side, config.eval_short_side, flags=True
+    )
     _check_dataset(config)
     for name in ("model", "norm"):
         if not getattr(config, name):
