@@ -242,3 +242,22 @@ def test_detectron2_detector_checkpoint_backbone(tmp_path, rng, images):
     assert_same_network(conversion.model, network, images, compare_logits=False)
     check = pretrained.verify(conversion)
     assert check["compared"] == "C5" and check["passed"]
+
+
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        ({"source": "caffe"}, "`source` must be one of timm, "),
+        ({"model": "resnet7"}, "`model` must be one of resnet18, "),
+        ({"norm": "ln"}, "`norm` must be one of gn, bn, "),
+        ({"groups": 0}, "`groups` must be a positive integer or unset, got groups=0."),
+        ({"image_size": True}, "got image_size=True."),
+        ({"input_format": "hsv"}, "got input_format='hsv'."),
+    ],
+)
+def test_bad_arguments_are_refused_before_the_checkpoint_is_read(tmp_path, arguments, named):
+    options = {"source": "torchvision", "checkpoint": tmp_path / "absent.pth", **arguments}
+    with pytest.raises(ValueError) as caught:
+        pretrained.convert_checkpoint(**options)
+    message = str(caught.value)
+    assert message.startswith("load_pretrained: argument `") and named in message, message

@@ -47,26 +47,20 @@ def _fail(where, problem):
 
 
 def _check_arguments(source, model, norm, groups, image_size, num_classes, input_format):
-    def bad(argument, value, expected):
-        raise ValueError(
-            f"load_pretrained: argument `{argument}` must be {expected}, got {value!r}."
-        )
-
-    if source not in names.SOURCES:
-        bad("source", source, f"one of {list(names.SOURCES)}")
+    where = "load_pretrained"
+    _checks.check_choice(source, "`source`", names.SOURCES, where)
     if model is not None and model not in MODELS:
-        bad("model", model, f"one of {list(MODELS)} (or None: taken from the checkpoint)")
-    if norm not in NORMS:
-        bad("norm", norm, f"one of {list(NORMS)}")
+        expected = f"one of {', '.join(MODELS)} (or None: taken from the checkpoint)"
+        raise _checks.invalid("`model`", model, expected, where)
+    _checks.check_choice(norm, "`norm`", NORMS, where)
     for argument, value in (
         ("groups", groups),
         ("image_size", image_size),
         ("num_classes", num_classes),
     ):
-        if value is not None and not (_checks.is_integer(value) and value > 0):
-            bad(argument, value, "a positive integer")
-    if input_format is not None and input_format not in INPUT_FORMATS:
-        bad("input_format", input_format, f"one of {list(INPUT_FORMATS)}")
+        _checks.check_int(value, f"`{argument}`", minimum=1, optional=True, where=where)
+    if input_format is not None:
+        _checks.check_choice(input_format, "`input_format`", INPUT_FORMATS, where)
 
 
 def _model_name(canonical, asked, where):
