@@ -115,7 +115,7 @@ def _target_norm(config, kind, where):
         if kind == "bn":
             return "frozen_bn" if config.freeze_bn else "bn"
         return kind
-    allowed = BN_FAMILY if kind == "bn" else (kind,)
+    allowed = BN_FAMILY if kind == "bn" else ("gn", "ln") if kind == "gn" else (kind,)
     if asked not in allowed:
         raise ValueError(
             f"{where} normalizes with {kind} but --backbone_norm={asked}; use "
