@@ -20,6 +20,8 @@ MODEL_HELP = {
     "backbone_norm": "Backbone norm; auto: GN from scratch, else the --trained_model's "
     "(BN as BN* with --freeze_bn).",
     "backbone": f"Zoo backbone with C2..C5: {', '.join(models.available())}.",
+    "architecture": "fpn (Tables 5-7) or c4 (Table 4: ResNet to conv4, conv5 as the RoI head "
+    "with --backbone_norm; changing an FPN or head flag is refused).",
     "groups": "GN groups of every GN layer (backbone, FPN, heads).",
     "group_size": "GN channels per group; replaces --groups when set.",
     "anchor_scale": "Anchor size = anchor_scale * 2^level (Detectron: 8, i.e. 32..512 px).",
@@ -44,6 +46,8 @@ def _kind(name, default):
         return tuple(norms.available())
     if name == "box_head":
         return model_config_lib.BOX_HEADS
+    if name == "architecture":
+        return model_config_lib.ARCHITECTURES
     if name == "dataset":
         return config_lib.DATASETS
     if isinstance(default, bool):
