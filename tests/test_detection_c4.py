@@ -206,6 +206,33 @@ def test_a_trained_keras_file_starts_the_res5_head_too(norm, kind, tmp_path, rng
                     np.testing.assert_array_equal(mine, theirs)
 
 
+def test_keras_applications_conv5_becomes_the_bn_star_res5_head(tmp_path, rng):
+    network = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
+    for variable in network.weights:
+        if variable.name in ("gamma", "moving_variance"):
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+        else:
+            variable.assign((rng.normal(size=variable.shape) * 0.05).astype("float32"))
+    path = str(tmp_path / "r50.weights.h5")
+    network.save_weights(path)
+    config = config_lib.make_config(
+        architecture="c4",
+        backbone="resnet50",
+        trained_model=f"keras.applications:ResNet50:{path}",
+        image_size=(64, 64),
+        short_side=64,
+        max_side=64,
+    )
+    start = transfer.backbone_start(config)
+    model = MaskRCNN(start.model_config, backbone=start.backbone_fn(start.model_config))
+    conv5 = [layer for layer in model.mask_head.layers if layer.name.startswith("conv5")]
+    assert len([layer for layer in conv5 if layer.weights]) == 3 * 6 + 2  # 3 blocks + projection
+    assert isinstance(model.box_head.get_layer("conv5_block3_3_bn"), FrozenBatchNormalization)
+    for layer in conv5:
+        for mine, theirs in zip(layer.weights, network.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+
+
 @pytest.fixture(scope="module")
 def c4_run(tmp_path_factory):
     """A tiny gn-detect --architecture=c4 run in process: 1 epoch of 3 steps, export verified."""
