@@ -77,16 +77,18 @@ def video_caption(runs):
 
 def _backbone_start(configs):
     """Where the runs' backbones started, for the caption."""
-    sources = {os.path.dirname(c.trained_model) if c.trained_model else None for c in configs}
-    if sources == {None}:
+    if all(not c.trained_model for c in configs):
         return "from scratch (nothing frozen)"
-    names = sorted(s for s in sources if s)
-    if all(os.path.basename(n) == pretrain.PRETRAIN_DIR for n in names):
-        return (
-            f"BN*/GN/LN backbones pre-trained by the study on {pretrain.CROP_SIZE}-px shape "
-            "crops (BN frozen into BN*; stem and res2 frozen)"
-        )
-    return "backbones from --trained_model (BN frozen into BN*; stem and res2 frozen)"
+    freeze = {c.freeze_at for c in configs}
+    frozen = "stem and res2 frozen" if freeze == {-1} else f"--freeze_at={min(freeze)}"
+    norms = sorted({pretrain.pretrained_norm(c.backbone_norm).upper() for c in configs})
+    parents = {os.path.basename(os.path.dirname(c.trained_model)) for c in configs}
+    where = (
+        f"pre-trained by the study on {pretrain.CROP_SIZE}-px shape crops"
+        if parents == {pretrain.PRETRAIN_DIR}
+        else "from --trained_model"
+    )
+    return f"{'/'.join(norms)} backbones {where} (BN frozen into BN*; {frozen})"
 
 
 def detection_caption(runs):
