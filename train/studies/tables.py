@@ -19,11 +19,11 @@ def fmt_delta(value):
     return MISSING if value is None else f"{value:+.2f}"
 
 
-def markdown_table(header, rows):
-    """A Markdown table from a header list and rows of cell strings."""
+def markdown_table(header, rows, lead=1):
+    """A Markdown table from a header list and rows of cell strings; ``lead`` columns left."""
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        "|" + "|".join(["---"] * lead + ["---:"] * (len(header) - lead)) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -155,4 +155,5 @@ def detection_tables(study_name, summaries, settings):
         values = [MISSING if result is None else f"{result.ap[key]:.1f}" for _, key in COCO_COLUMNS]
         ours.append(cells + values)
         paper.append(cells + list(PAPER_AP.get(setting.key, (MISSING,) * len(COCO_COLUMNS))))
-    return markdown_table(header, ours), markdown_table(header, paper)
+    lead = len(DETECTION_LEAD[study_name])
+    return markdown_table(header, ours, lead), markdown_table(header, paper, lead)
