@@ -181,23 +181,35 @@ def _fail(flag, value, expected):
     raise _checks.invalid(f"--{flag}", value, expected)
 
 
-def _check_dataset(config):
-    kind = dataset_kind(config.dataset)
-    if kind == "tfds":
-        if not config.dataset[len("tfds:") :]:
-            _fail("dataset", config.dataset, "a TFDS name after 'tfds:', e.g. tfds:cifar10")
+def check_dataset_flag(dataset, data_dir, kinds, data_dir_holds, tfds_example):
+    """Refuse a ``--dataset`` that is none of ``kinds`` nor ``tfds:NAME``, or lacks its data.
+
+    ``data_dir_holds`` maps each kind read from ``--data_dir`` to what that
+    directory holds (for the message when it is not given).
+    """
+    if isinstance(dataset, str) and dataset.startswith("tfds:"):
+        if not dataset[len("tfds:") :]:
+            _fail("dataset", dataset, f"a TFDS name after 'tfds:', e.g. {tfds_example}")
         return
-    if kind not in DATASET_KINDS:
-        _fail("dataset", config.dataset, f"one of {', '.join(DATASET_KINDS)} or tfds:NAME")
-    if kind in ("folder", "imagenet_tfrecord") and not config.data_dir:
+    if dataset not in kinds:
+        _fail("dataset", dataset, f"one of {', '.join(kinds)} or tfds:NAME")
+    if dataset in data_dir_holds and not data_dir:
         raise _checks.FlagError(
-            f"--dataset={config.dataset} needs --data_dir: the directory holding "
-            + (
-                "one sub-folder of images per class."
-                if kind == "folder"
-                else "the ImageNet TFRecord shards (train-*-of-*, validation-*-of-*)."
-            )
+            f"--dataset={dataset} needs --data_dir: the directory holding {data_dir_holds[dataset]}"
         )
+
+
+def _check_dataset(config):
+    check_dataset_flag(
+        config.dataset,
+        config.data_dir,
+        DATASET_KINDS,
+        {
+            "folder": "one sub-folder of images per class.",
+            "imagenet_tfrecord": "the ImageNet TFRecord shards (train-*-of-*, validation-*-of-*).",
+        },
+        tfds_example="tfds:cifar10",
+    )
 
 
 def _check_schedule(config):

@@ -108,23 +108,16 @@ def clip_spec(config):
 
 
 def _check_dataset(config):
-    dataset = config.dataset
-    if isinstance(dataset, str) and dataset.startswith("tfds:"):
-        if not dataset[len("tfds:") :]:
-            raise _checks.invalid(
-                "--dataset", dataset, "a TFDS name after 'tfds:', e.g. tfds:ucf101"
-            )
-        return
-    _checks.check_choice(dataset, "--dataset", (*DATASET_KINDS, "tfds:NAME"))
-    if dataset in ("tfrecord", "folder") and not config.data_dir:
-        raise _checks.FlagError(
-            f"--dataset={dataset} needs --data_dir: the directory holding "
-            + (
-                "the SequenceExample TFRecords (train*, validation*)."
-                if dataset == "tfrecord"
-                else "one sub-folder of videos per class (or train/ and val/ trees)."
-            )
-        )
+    config_lib.check_dataset_flag(
+        config.dataset,
+        config.data_dir,
+        DATASET_KINDS,
+        {
+            "tfrecord": "the SequenceExample TFRecords (train*, validation*).",
+            "folder": "one sub-folder of videos per class (or train/ and val/ trees).",
+        },
+        tfds_example="tfds:ucf101",
+    )
 
 
 def validate(config):
