@@ -8,6 +8,9 @@ time of the forward pass and of forward+backward (dx, dγ, dβ) for
 * ``ours_tf_ops``: the same layer traced with ``GN_KERAS_KERNELS=off``: the
   TensorFlow-ops fallback (XLA-compiled in the forward+backward graph), and
   what a user's own inference ``tf.function`` runs;
+* ``ours_relu``: ``GroupNormalization(activation="relu")``, the ReLU fused
+  into the kernels, against ``ours_then_relu``: the layer followed by a
+  ``keras.layers.ReLU`` (the unfused pair of every conv–GN–ReLU unit);
 * ``keras_gn``: ``keras.layers.GroupNormalization`` (same epsilon);
 * ``keras_bn``: ``keras.layers.BatchNormalization`` in training mode;
 * ``torch_gn``: ``torch.nn.functional.group_norm`` on the same bytes
@@ -66,12 +69,14 @@ RATIOS = {
         ("ours", "keras_bn", None),
         ("ours", "torch_gn", None),
         ("ours", "copy", 3.0),
+        ("ours_relu", "ours_then_relu", 1.0),
     ),
     "forward_backward": (
         ("ours", "keras_gn", 0.5),
         ("ours", "keras_bn", 1.0),
         ("ours", "torch_gn", 1.0),
         ("ours_tf_ops", "keras_gn", None),
+        ("ours_relu", "ours_then_relu", 1.0),
     ),
 }
 
@@ -185,6 +190,19 @@ def _contenders(shape, dtype, rng):
         "ours": _keras_contender(GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy),
         "ours_tf_ops": _keras_contender(
             GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy, kernels="off"
+        ),
+        "ours_relu": _keras_contender(
+            GroupNormalization(GROUPS, epsilon=EPSILON, activation="relu", dtype=policy), x, dy
+        ),
+        "ours_then_relu": _keras_contender(
+            keras.Sequential(
+                [
+                    GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy),
+                    keras.layers.ReLU(dtype=policy),
+                ]
+            ),
+            x,
+            dy,
         ),
         "keras_gn": _keras_contender(
             keras.layers.GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy

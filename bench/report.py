@@ -97,7 +97,7 @@ def print_table(rows, columns, first="contender"):
     print(table(rows, columns, first))
 
 
-def print_step_report(rows, found, first, rate_header, rate_format):
+def print_step_report(rows, found, first, rate_header, rate_format, ratio_format=".2f"):
     """The step-time table (with a rate column) and the step-time ratio table."""
     columns = (
         *STEP_TIME_COLUMNS,
@@ -106,7 +106,8 @@ def print_step_report(rows, found, first, rate_header, rate_format):
     )
     print_table(rows, columns, first)
     print()
-    print_table(found, RATIO_COLUMNS, "step-time ratio")
+    ratio_columns = tuple((header, key, ratio_format) for header, key, _ in RATIO_COLUMNS)
+    print_table(found, ratio_columns, "step-time ratio")
 
 
 def write_result(path, settings, rows, ratios, *, started, machine, **extra):

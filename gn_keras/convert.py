@@ -178,7 +178,7 @@ def swap_norm(model, name, *, keep_norm_weights=True, **norm_options):
 
     def replace(layer):
         if isinstance(layer, NORMALIZATION_LAYERS):
-            return factory(axis=_channel_axis(layer), name=layer.name)
+            return _keep_fused_relu(layer, factory(axis=_channel_axis(layer), name=layer.name))
         rank = _conv_rank(layer)
         if rank is None:
             return None
@@ -188,6 +188,22 @@ def swap_norm(model, name, *, keep_norm_weights=True, **norm_options):
         return conv_class.from_config(conv_config(layer))
 
     return _rebuild(model, replace, keep_norm_weights)
+
+
+def _keep_fused_relu(old, new):
+    """``new``, taking over the ReLU that ``old`` (a GN with ``activation``) applies.
+
+    Only our GN fuses a ReLU; a kind that cannot is refused rather than
+    silently dropping the activation.
+    """
+    if getattr(old, "activation", None) is None or not isinstance(old, GroupNormalization):
+        return new
+    if not isinstance(new, GroupNormalization):
+        raise ValueError(
+            f"swap_norm: layer {old.name!r} is a GroupNormalization with a fused ReLU "
+            f"(activation='relu'); {type(new).__name__} has none to take it over."
+        )
+    return GroupNormalization.from_config({**new.get_config(), "activation": old.activation})
 
 
 def _all_layers(model):

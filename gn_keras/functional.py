@@ -137,6 +137,7 @@ def group_norm(
     axis=-1,
     epsilon=1e-5,
     mask=None,
+    activation=None,
 ):
     """Group-normalize ``x`` (Wu & He 2018, Eqns. 1, 2, 6, 7).
 
@@ -154,14 +155,30 @@ def group_norm(
         channel axis, e.g. ``(N, T)`` for a sequence, or with that axis of
         size 1; masked-out positions are left out of the statistics (their
         outputs are still computed).  Other shapes raise a ``ValueError``.
+      activation: ``None`` or ``"relu"``: a ReLU on the result, fused into
+        the compiled TensorFlow kernels (the paper's ResNet blocks follow
+        most GN layers with a ReLU, §4.1).
 
     Returns:
       A tensor of the shape and dtype of ``x`` (float32 for integer ``x``).
     """
-    return normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, "group_norm")
+    relu = applies_relu(activation, "group_norm")
+    return normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, "group_norm", relu)
 
 
-def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where):
+ACTIVATIONS = (None, "relu")
+
+
+def applies_relu(activation, where):
+    """Whether ``activation`` (one of :data:`ACTIVATIONS`) is the ReLU; else a ValueError."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"{where}: argument `activation` must be None or 'relu', got activation={activation!r}."
+        )
+    return activation == "relu"
+
+
+def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where, relu=False):
     """:func:`group_norm`, with errors naming ``where`` (the layer or function)."""
     x = ops.convert_to_tensor(x)
     _checks.check_epsilon(epsilon, where)
@@ -179,7 +196,7 @@ def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where):
         from gn_keras import tf_fast
 
         if tf_fast.supports(x):
-            return tf_fast.group_norm(x, gamma, beta, num_groups, axis, epsilon)
+            return tf_fast.group_norm(x, gamma, beta, num_groups, axis, epsilon, relu)
 
     stats_dtype = statistics_dtype(x.dtype)
     rank = len(x.shape)
@@ -194,4 +211,6 @@ def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where):
     y = (xg - mean) * scale
     if beta is not None:
         y = y + ops.reshape(ops.cast(beta, stats_dtype), per_channel)
+    if relu:
+        y = ops.relu(y)
     return ops.cast(ops.reshape(y, ops.shape(x)), _output_dtype(x.dtype))

@@ -28,6 +28,10 @@ keras_gn   ``keras.layers.GroupNormalization`` with the paper's ε=1e-5, for
 none       identity (e.g. the classic VGG-16 of Figure 6).
 ========== ==================================================================
 
+:meth:`NormFactory.normalize_relu` applies a norm and a ReLU; for the GN
+kinds (``gn``, ``ln``, ``in``, ``gn+ws``) it is one layer whose compiled
+kernel fuses the ReLU (``GroupNormalization(activation="relu")``).
+
 A kind also decides the convolution it pairs with: :meth:`NormFactory.conv`
 builds a plain, weight-standardized or weight-normalized conv, without a bias
 when a feature normalization follows (its β makes a bias redundant).
@@ -188,6 +192,18 @@ class NormFactory:
         start is given to the conv instead (see :meth:`conv`).
         """
         return self._make_layer(self, axis, zero_init, name)
+
+    def normalize_relu(self, x, name, relu_name, axis=-1):
+        """``ReLU(norm(x))``: one fused layer ``name`` for the GN kinds.
+
+        Other kinds get the norm layer ``name`` followed by a ``ReLU`` layer
+        ``relu_name`` (an identity kind: just the ReLU).  The fused layer
+        saves the ReLU's own memory passes, forward and backward.
+        """
+        layer = self(axis=axis, name=name)
+        if isinstance(layer, GroupNormalization):
+            return GroupNormalization.from_config({**layer.get_config(), "activation": "relu"})(x)
+        return keras.layers.ReLU(name=relu_name)(layer(x))
 
     def conv_class(self, rank):
         """The convolution class this kind pairs with, for ``rank`` 2 or 3."""

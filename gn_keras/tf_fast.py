@@ -68,11 +68,14 @@ def supports(x):
     return tf.is_tensor(x) and _dtype_name(x.dtype) in _FLOAT_DTYPES
 
 
-def group_norm(x, gamma, beta, groups, axis, epsilon):
+def group_norm(x, gamma, beta, groups, axis, epsilon, relu=False):
     """Group-normalize the TensorFlow tensor ``x``, arguments already validated.
 
     ``axis`` is the non-negative channel axis, ``groups`` the resolved group
-    count; ``gamma``/``beta`` are per-channel vectors or None.
+    count; ``gamma``/``beta`` are per-channel vectors or None.  ``relu``
+    applies a ReLU to the result: the compiled kernels fuse it (no pass of
+    its own, forward or backward); every other implementation runs
+    ``tf.nn.relu`` after the normalization.
     """
     # A tf.Variable read inside the custom gradient would need the
     # ``variables=`` protocol; reading it here keeps x a plain input.
@@ -83,9 +86,14 @@ def group_norm(x, gamma, beta, groups, axis, epsilon):
     gamma = _affine(gamma, channels, 1.0, stats_dtype)
     beta = _affine(beta, channels, 0.0, stats_dtype)
     implementation = _choose_kernels(x, layout)
+    if implementation is FUSED and relu:
+        layout = layout._replace(relu=True)
+        return _normalize_with_closed_form_gradient(x, gamma, beta, layout, implementation)
     if implementation is PORTABLE:
-        return _forward(x, gamma, beta, layout)[0]
-    return _normalize_with_closed_form_gradient(x, gamma, beta, layout, implementation)
+        y = _forward(x, gamma, beta, layout)[0]
+    else:
+        y = _normalize_with_closed_form_gradient(x, gamma, beta, layout, implementation)
+    return tf.nn.relu(y) if relu else y
 
 
 class _Layout(typing.NamedTuple):
@@ -97,6 +105,7 @@ class _Layout(typing.NamedTuple):
     epsilon: float
     rank: int
     stats_dtype_name: str
+    relu: bool = False  # fused into the compiled kernels only
 
     @property
     def group_width(self):
@@ -264,8 +273,9 @@ def _group_sum(t5):
     return tf.reduce_sum(_channel_sum(t5), axis=3, keepdims=True)
 
 
-def _backward(x, gamma, dy, statistics, layout):
+def _backward(x, gamma, beta, dy, statistics, layout):
     """Closed-form dx, dγ, dβ of Eqns. (1), (2), (6) from two per-channel sums."""
+    del beta  # the fused kernel's ReLU gate needs it; no ReLU here
     shift, delta, inv_std = statistics
     x5, dy5 = layout.grouped(x), layout.grouped(dy)
     gamma5 = layout.per_channel(tf.cast(gamma, layout.stats_dtype))
@@ -292,15 +302,16 @@ def _fused_forward(x, gamma, beta, layout):
     """The compiled kernel's forward; statistics (N, G) float32."""
     y, shift, delta, inv_std = kernels.load().gn_keras_group_norm(
         x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32),
-        groups=layout.groups, epsilon=layout.epsilon,
+        groups=layout.groups, epsilon=layout.epsilon, relu=layout.relu,
     )  # fmt: skip
     return y, (shift, delta, inv_std)
 
 
-def _fused_backward(x, gamma, dy, statistics, layout):
+def _fused_backward(x, gamma, beta, dy, statistics, layout):
     return kernels.load().gn_keras_group_norm_grad(
-        x, tf.cast(dy, x.dtype), tf.cast(gamma, tf.float32), *statistics, groups=layout.groups
-    )
+        x, tf.cast(dy, x.dtype), tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32),
+        *statistics, groups=layout.groups, relu=layout.relu,
+    )  # fmt: skip
 
 
 PLAIN = _Kernels("plain", _forward, _backward)
@@ -337,7 +348,7 @@ def _first_order(x, gamma, beta, dy, statistics, layout, implementation):
 
     @tf.custom_gradient
     def backward(x, gamma, dy):
-        gradients = implementation.backward(x, gamma, dy, statistics, layout)
+        gradients = implementation.backward(x, gamma, beta, dy, statistics, layout)
 
         def second_order(*upstream):
             return _reverse_over_reverse(x, gamma, beta, dy, upstream, layout)
@@ -363,5 +374,7 @@ def _reverse_over_reverse(x, gamma, beta, dy, upstream, layout):
         with tf.GradientTape() as inner:
             inner.watch([x, gamma, beta])
             y, _ = _forward(x, gamma, beta, layout)
+            if layout.relu:
+                y = tf.nn.relu(y)
         first = inner.gradient(y, [x, gamma, beta], output_gradients=dy)
     return outer.gradient(first, targets, output_gradients=upstream)

@@ -48,7 +48,15 @@ def test_layer_speed_quick_reports_every_contender(tmp_path):
     assert report["machine"]["gn_keras_kernels"] == {"setting": "require", "loaded": True}
     (row,) = report["results"]
     assert row["shape"] == [2, 56, 56, 256]
-    expected = {"ours", "ours_tf_ops", "keras_gn", "keras_bn", "copy"}
+    expected = {
+        "ours",
+        "ours_tf_ops",
+        "ours_relu",
+        "ours_then_relu",
+        "keras_gn",
+        "keras_bn",
+        "copy",
+    }
     try:
         import torch  # noqa: F401
 

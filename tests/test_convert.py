@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from gn_reference import group_norm_reference
 from test_models import train_step
 
 from gn_keras import convert, models, norms
@@ -124,6 +125,20 @@ def test_swap_keeps_affine_weights_unless_told_not_to(rng):
     np.testing.assert_array_equal(
         convert.swap_norm(model, "frozen_bn")(x, training=True), model(x, training=False)
     )
+
+
+def test_swap_keeps_a_fused_relu_or_refuses_to_drop_it(rng):
+    """A GN with activation='relu' stays a ReLU'd GN; a kind without it is refused."""
+    inputs = keras.Input((6, 6, 8))
+    fused = GroupNormalization(groups=4, activation="relu", name="norm")(inputs)
+    model = keras.Model(inputs, fused)
+    x = rng.normal(1.0, 2.0, size=(2, 6, 6, 8)).astype("float32")
+    swapped = convert.swap_norm(model, "ln")
+    assert swapped.get_layer("norm").get_config()["activation"] == "relu"
+    expected = np.maximum(group_norm_reference(x, groups=1), 0.0)
+    np.testing.assert_allclose(swapped(x), expected, atol=1e-4)
+    with pytest.raises(ValueError, match=r"'norm' is a GroupNormalization with a fused ReLU"):
+        convert.swap_norm(model, "bn")
 
 
 def test_swap_to_weight_convs_keeps_or_standardizes_the_kernels(rng):

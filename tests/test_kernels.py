@@ -119,6 +119,53 @@ def test_values_and_gradients_across_blocks(rng, chosen, shape, groups):
         np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=2e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("shape,groups", [BLOCK_CASES[0], ((64, 7, 7, 32), 8)])
+def test_fused_relu_values_and_gradients(rng, chosen, shape, groups):
+    """activation="relu": max(GN(x), 0), and dy gated where that is positive.
+
+    The reference is the float64 keras.ops path followed by a separate ReLU;
+    the values against the NumPy reference of the paper's equations.
+    """
+    x, upstream = _input(rng, shape), rng.normal(size=shape)
+    gamma, beta = rng.normal(1.0, 0.5, shape[-1]), rng.normal(0.0, 0.5, shape[-1])
+
+    def forward_backward(x, gamma, beta, upstream, fused):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            if fused:
+                y = group_norm(x, gamma, beta, groups=groups, activation="relu")
+            else:
+                y = tf.nn.relu(group_norm(x, gamma, beta, groups=groups))
+        return [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
+
+    ours = tf.function(forward_backward)(
+        *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)), True
+    )
+    assert chosen == ["fused"]
+    with _keras_ops_path():
+        reference = forward_backward(*(tf.constant(v) for v in (x, gamma, beta, upstream)), False)
+    reference[0] = np.maximum(group_norm_reference(x, gamma, beta, groups), 0.0)
+    assert 0.2 < np.mean(reference[0] > 0) < 0.8  # the gate is exercised both ways
+    for got, want in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=2e-5 * np.abs(want).max())
+
+
+def test_fused_relu_in_every_implementation_and_layer(rng, chosen):
+    """The ReLU is applied by whichever implementation runs: fused, XLA, portable."""
+    x = _input(rng, (2, 5, 5, 8)).astype("float32")
+    expected = np.maximum(group_norm_reference(x, groups=4), 0.0)
+    layer = gn_keras.GroupNormalization(groups=4, activation="relu")
+    eager = layer(x)
+    xla = tf.function(lambda x: _under_tape(layer, x), jit_compile=True)(tf.constant(x))
+    with gn_keras.portable_ops():
+        portable = tf.function(lambda x: layer(x))(tf.constant(x))
+    assert chosen == ["fused", "xla", "portable"]
+    for got in (eager, xla, portable):
+        np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5)
+    with pytest.raises(ValueError, match=r"activation='gelu'"):
+        gn_keras.GroupNormalization(activation="gelu")
+
+
 @pytest.mark.parametrize("dtype,tolerance", [("bfloat16", 3e-2), ("float16", 3e-3)])
 def test_16_bit_inputs_round_once_from_float32(rng, chosen, dtype, tolerance):
     shape, groups = BLOCK_CASES[0]

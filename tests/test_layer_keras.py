@@ -188,6 +188,7 @@ def test_config_round_trip_keeps_every_argument():
         gamma_regularizer=keras.regularizers.L1(0.01),
         beta_constraint="non_neg",
         gamma_constraint=keras.constraints.MaxNorm(2.0),
+        activation="relu",
         name="gn_custom",
     )
     config = layer.get_config()
@@ -200,6 +201,7 @@ def test_config_round_trip_keeps_every_argument():
         "epsilon": 3e-4,
         "center": False,
         "scale": True,
+        "activation": "relu",
         "name": "gn_custom",
     }.items():
         assert config[key] == value, key

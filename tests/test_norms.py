@@ -59,6 +59,22 @@ def test_group_kinds_match_reference(rng, kind, groups, axis):
     np.testing.assert_allclose(layer(x, training=True), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind,groups", [("gn", 4), ("ln", 1), ("in", -1), ("none", None)])
+def test_normalize_relu_fuses_for_group_kinds(rng, kind, groups):
+    """One fused GN layer for the GN kinds; a norm and a ReLU layer otherwise."""
+    factory = norms.get(kind, groups=4)
+    inputs = keras.Input((5, 6, 8))
+    model = keras.Model(inputs, factory.normalize_relu(inputs, name="norm", relu_name="relu"))
+    names = [layer.name for layer in model.layers[1:]]
+    assert names == (["norm"] if groups else ["norm", "relu"])
+    x = _features(rng, (3, 5, 6, 8))
+    expected = x.astype(np.float64)
+    if groups:
+        gamma, beta = _random_affine(model.get_layer("norm"), rng)
+        expected = group_norm_reference(x, gamma, beta, groups=groups, epsilon=EPS)
+    np.testing.assert_allclose(model(x), np.maximum(expected, 0), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["bn", "sync_bn"])
 def test_batch_norm_kinds_use_batch_then_moving_statistics(rng, kind):
     factory = norms.get(kind, momentum=0.8)

@@ -207,26 +207,54 @@ inline void GroupMoments(const std::vector<float>& sums, const std::vector<float
   }
 }
 
-template <typename T>
-void WriteNormalized(const T* x, const float* shift, const float* scale, const float* offset,
-                     const Layout& l, const BlockRange& r, T* y) {
+// The normalized value (before the optional ReLU) of an element whose
+// centred input is `centred` = (x - shift) - mean(d).  The backward's ReLU
+// gate recomputes it with this same expression, so the gate's sign is the
+// forward's.
+inline float Normalized(float centred, float scale, float beta) { return centred * scale + beta; }
+
+// `scale` is gamma / sigma, `centre` the group's mean(d), per channel.
+template <typename T, bool kRelu>
+void WriteNormalized(const T* x, const float* shift, const float* centre, const float* scale,
+                     const float* beta, const Layout& l, const BlockRange& r, T* y) {
   const int64_t c = l.c;
   const int64_t start = (r.sample * l.a + r.first_row) * c;
   for (int64_t i = 0; i < r.rows; ++i) {
     const T* row = x + start + i * c;
     T* out = y + start + i * c;
     for (int64_t j = 0; j < c; ++j) {
-      out[j] = FromFloat<T>((ToFloat(row[j]) - shift[j]) * scale[j] + offset[j]);
+      const float value = Normalized((ToFloat(row[j]) - shift[j]) - centre[j], scale[j], beta[j]);
+      out[j] = FromFloat<T>(kRelu ? std::max(value, 0.0f) : value);
     }
   }
 }
 
 // ---- backward ----------------------------------------------------------------
 
-// Per block and channel: sum of dy and sum of dy * (d - mean(d)).
-template <typename T>
-void BlockGradientSums(const T* x, const T* dy, const float* centre_shift, const float* centre,
-                       const Layout& l, const BlockRange& r, float* sum_dy, float* sum_dy_centred) {
+// The fused ReLU's gate: dy where the forward's normalized value was
+// positive (as TensorFlow's ReluGrad), else 0.  `gate` holds the value's
+// per-channel scale (gamma / sigma) and beta; unused without the ReLU.
+struct ReluGate {
+  const float *scale, *beta;
+};
+
+template <bool kRelu>
+inline float GatedGradient(float dy, float centred, float scale, float beta) {
+  if (!kRelu) return dy;
+  return Normalized(centred, scale, beta) > 0.0f ? dy : 0.0f;
+}
+
+// Per block and channel: sum of dy and sum of dy * (d - mean(d)), dy gated
+// by the fused ReLU when there is one.
+// (__restrict__: with the gate's two arrays, too many pointers for GCC to
+// check for overlap at run time, and the loops would not be vectorized.)
+template <typename T, bool kRelu>
+void BlockGradientSums(const T* __restrict__ x, const T* __restrict__ dy,
+                       const float* __restrict__ centre_shift, const float* __restrict__ centre,
+                       const ReluGate& gate, const Layout& l, const BlockRange& r,
+                       float* __restrict__ sum_dy, float* __restrict__ sum_dy_centred) {
+  const float* __restrict__ gate_scale = gate.scale;
+  const float* __restrict__ gate_beta = gate.beta;
   const int64_t c = l.c;
   const int64_t start = (r.sample * l.a + r.first_row) * c;
   std::fill_n(sum_dy, c, 0.0f);
@@ -235,17 +263,23 @@ void BlockGradientSums(const T* x, const T* dy, const float* centre_shift, const
     const T* x_row = x + start + i * c;
     const T* dy_row = dy + start + i * c;
     for (int64_t j = 0; j < c; ++j) {
-      const float g = ToFloat(dy_row[j]);
+      const float centred = (ToFloat(x_row[j]) - centre_shift[j]) - centre[j];
+      const float g = GatedGradient<kRelu>(ToFloat(dy_row[j]), centred, kRelu ? gate_scale[j] : 0.0f,
+                                                  kRelu ? gate_beta[j] : 0.0f);
       sum_dy[j] += g;
-      sum_dy_centred[j] += g * ((ToFloat(x_row[j]) - centre_shift[j]) - centre[j]);
+      sum_dy_centred[j] += g * centred;
     }
   }
 }
 
-template <typename T>
-void WriteInputGradient(const T* x, const T* dy, const float* centre_shift, const float* centre,
-                        const float* dy_scale, const float* centred_scale, const float* bias,
-                        const Layout& l, const BlockRange& r, T* dx) {
+template <typename T, bool kRelu>
+void WriteInputGradient(const T* __restrict__ x, const T* __restrict__ dy,
+                        const float* __restrict__ centre_shift, const float* __restrict__ centre,
+                        const ReluGate& gate, const float* __restrict__ dy_scale,
+                        const float* __restrict__ centred_scale, const float* __restrict__ bias,
+                        const Layout& l, const BlockRange& r, T* __restrict__ dx) {
+  const float* __restrict__ gate_scale = gate.scale;
+  const float* __restrict__ gate_beta = gate.beta;
   const int64_t c = l.c;
   const int64_t start = (r.sample * l.a + r.first_row) * c;
   for (int64_t i = 0; i < r.rows; ++i) {
@@ -254,7 +288,9 @@ void WriteInputGradient(const T* x, const T* dy, const float* centre_shift, cons
     T* out = dx + start + i * c;
     for (int64_t j = 0; j < c; ++j) {
       const float centred = (ToFloat(x_row[j]) - centre_shift[j]) - centre[j];
-      out[j] = FromFloat<T>(dy_scale[j] * ToFloat(dy_row[j]) - centred_scale[j] * centred - bias[j]);
+      const float g = GatedGradient<kRelu>(ToFloat(dy_row[j]), centred, kRelu ? gate_scale[j] : 0.0f,
+                                                  kRelu ? gate_beta[j] : 0.0f);
+      out[j] = FromFloat<T>(dy_scale[j] * g - centred_scale[j] * centred - bias[j]);
     }
   }
 }

@@ -13,9 +13,14 @@
 //   variance is two-pass within each block of rows, where the block is
 //   still in cache, and blocks are merged with Chan's pairwise formula, so
 //   the tensor is read from memory once for the statistics.
-// * The forward writes y = d * scale + offset (scale = gamma / sigma); the
+// * The forward writes y = (d - mean(d)) * scale + beta (scale = gamma /
+//   sigma), centring inside the pass as the keras.ops reference does; the
 //   backward reads x and dy once for its two per-channel sums and once more
 //   to write dx.
+// * With relu=true the forward writes max(y, 0) and the backward gates dy by
+//   y > 0, recomputing y from x in the passes it makes anyway: a GN + ReLU
+//   pair costs what GN alone costs, two memory passes fewer than a separate
+//   ReLU and its gradient.
 //
 // Work is split into blocks of rows of one sample, run on TensorFlow's
 // intra-op thread pool (RunPhases in group_norm_blocks.h decides whether
@@ -39,6 +44,7 @@ class GroupNormOp : public OpKernel {
   explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
     OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -69,10 +75,10 @@ class GroupNormOp : public OpKernel {
     const std::vector<float> shift = ChannelShifts(xs, l, group_shift);
 
     std::vector<float> sums(l.Blocks() * l.c), m2s(l.Blocks() * l.c);
-    // y = d * (gamma / sigma) + (beta - mean(d) * gamma / sigma), per channel.
+    // y = (d - mean(d)) * (gamma / sigma) + beta, per channel.
     const float* g = gamma.flat<float>().data();
     const float* b = beta.flat<float>().data();
-    std::vector<float> scale(l.n * l.c), offset(l.n * l.c);
+    std::vector<float> scale(l.n * l.c), centre(l.n * l.c);
     T* ys = y->flat<T>().data();
     auto sweep = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
@@ -84,13 +90,19 @@ class GroupNormOp : public OpKernel {
       for (int64_t j = 0; j < l.c; ++j) {
         const int64_t group = s * l.groups + j / l.width;
         scale[s * l.c + j] = inv_std[group] * g[j];
-        offset[s * l.c + j] = b[j] - delta[group] * scale[s * l.c + j];
+        centre[s * l.c + j] = delta[group];
       }
     };
     auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
-      WriteNormalized(xs, shift.data() + at, scale.data() + at, offset.data() + at, l, r, ys);
+      if (relu_) {
+        WriteNormalized<T, true>(xs, shift.data() + at, centre.data() + at, scale.data() + at, b, l,
+                                 r, ys);
+      } else {
+        WriteNormalized<T, false>(xs, shift.data() + at, centre.data() + at, scale.data() + at, b,
+                                  l, r, ys);
+      }
     };
     RunPhases(context, l, 5, sweep, finish, write);
   }
@@ -98,6 +110,7 @@ class GroupNormOp : public OpKernel {
  private:
   int64_t groups_;
   float epsilon_;
+  bool relu_;
 };
 
 
@@ -106,6 +119,7 @@ class GroupNormGradOp : public OpKernel {
  public:
   explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -116,12 +130,13 @@ class GroupNormGradOp : public OpKernel {
     OP_REQUIRES(context, dy.shape() == x.shape(),
                 InvalidArgument("dy shape ", dy.shape().DebugString(), " != x shape ",
                                 x.shape().DebugString()));
-    for (int i = 3; i < 6; ++i) {
+    for (int i = 4; i < 7; ++i) {
       OP_REQUIRES(context, context->input(i).NumElements() == l.n * l.groups,
                   InvalidArgument("statistics must have shape [", l.n, ", ", l.groups, "]"));
     }
-    OP_REQUIRES(context, context->input(2).NumElements() == l.c,
-                InvalidArgument("gamma must hold ", l.c, " values"));
+    OP_REQUIRES(context,
+                context->input(2).NumElements() == l.c && context->input(3).NumElements() == l.c,
+                InvalidArgument("gamma and beta must hold ", l.c, " values"));
     Tensor *dx_out, *dgamma_out, *dbeta_out;
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx_out));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({l.c}), &dgamma_out));
@@ -135,16 +150,33 @@ class GroupNormGradOp : public OpKernel {
     const T* xs = x.flat<T>().data();
     const T* dys = dy.flat<T>().data();
     const float* gamma = context->input(2).flat<float>().data();
-    const float* inv_std = context->input(5).flat<float>().data();
-    const std::vector<float> shift = PerChannel(context->input(3).flat<float>().data(), l);
-    const std::vector<float> delta = PerChannel(context->input(4).flat<float>().data(), l);
+    const float* beta = context->input(3).flat<float>().data();
+    const float* inv_std = context->input(6).flat<float>().data();
+    const std::vector<float> shift = PerChannel(context->input(4).flat<float>().data(), l);
+    const std::vector<float> delta = PerChannel(context->input(5).flat<float>().data(), l);
+    // The forward's scale (gamma / sigma), for the ReLU's gate.
+    std::vector<float> scale;
+    if (relu_) {
+      scale = PerChannel(inv_std, l);
+      for (int64_t k = 0; k < l.n * l.c; ++k) scale[k] *= gamma[k % l.c];
+    }
+    auto gate_of = [&](int64_t at) {
+      return relu_ ? ReluGate{scale.data() + at, beta} : ReluGate{nullptr, nullptr};
+    };
 
     std::vector<float> sums(l.Blocks() * l.c), centred_sums(l.Blocks() * l.c);
     auto sweep = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
-      BlockGradientSums(xs, dys, shift.data() + at, delta.data() + at, l, r,
-                        sums.data() + block * l.c, centred_sums.data() + block * l.c);
+      float* sum = sums.data() + block * l.c;
+      float* centred_sum = centred_sums.data() + block * l.c;
+      if (relu_) {
+        BlockGradientSums<T, true>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at), l,
+                                   r, sum, centred_sum);
+      } else {
+        BlockGradientSums<T, false>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at), l,
+                                    r, sum, centred_sum);
+      }
     };
     // Per sample and channel: the contributions to dbeta = sum dy and
     // dgamma = sum dy * xhat, added over samples at the end in a fixed order.
@@ -159,8 +191,15 @@ class GroupNormGradOp : public OpKernel {
     auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
-      WriteInputGradient(xs, dys, shift.data() + at, delta.data() + at, dy_scale.data() + at,
-                         centred_scale.data() + at, bias.data() + at, l, r, dx);
+      if (relu_) {
+        WriteInputGradient<T, true>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at),
+                                    dy_scale.data() + at, centred_scale.data() + at,
+                                    bias.data() + at, l, r, dx);
+      } else {
+        WriteInputGradient<T, false>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at),
+                                     dy_scale.data() + at, centred_scale.data() + at,
+                                     bias.data() + at, l, r, dx);
+      }
     };
     RunPhases(context, l, 8, sweep, finish, write);
     for (int64_t j = 0; j < l.c; ++j) {
@@ -176,6 +215,7 @@ class GroupNormGradOp : public OpKernel {
 
  private:
   int64_t groups_;
+  bool relu_;
 };
 
 // ---- registration ------------------------------------------------------------
@@ -212,12 +252,14 @@ REGISTER_OP("GnKerasGroupNorm")
     .Attr("T: {half, bfloat16, float}")
     .Attr("groups: int >= 1")
     .Attr("epsilon: float")
+    .Attr("relu: bool = false")
     .SetShapeFn(ForwardShape);
 
 REGISTER_OP("GnKerasGroupNormGrad")
     .Input("x: T")
     .Input("dy: T")
     .Input("gamma: float")
+    .Input("beta: float")
     .Input("shift: float")
     .Input("delta: float")
     .Input("inv_std: float")
@@ -226,6 +268,7 @@ REGISTER_OP("GnKerasGroupNormGrad")
     .Output("dbeta: float")
     .Attr("T: {half, bfloat16, float}")
     .Attr("groups: int >= 1")
+    .Attr("relu: bool = false")
     .SetShapeFn(BackwardShape);
 
 #define GN_KERAS_REGISTER(T)                                                              \

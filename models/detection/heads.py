@@ -65,8 +65,8 @@ def _head_convs(x, config, norm, prefix, initializer):
             kernel_initializer=initializer,
             name=f"{prefix}_conv{i}",
         )(x)
-        x = factory(axis=-1, name=f"{prefix}_norm{i}")(x)
-        x = keras.layers.ReLU(name=f"{prefix}_relu{i}")(x)
+        # A GN norm takes the ReLU into its kernel (one layer, no ReLU pass).
+        x = factory.normalize_relu(x, name=f"{prefix}_norm{i}", relu_name=f"{prefix}_relu{i}")
     return x
 
 
