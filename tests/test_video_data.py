@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gn_keras._checks import FlagError
 from gn_keras.train.video import clips, data, sources
+from gn_keras.train.video import config as video_config
+from gn_keras.train.video import task as video_task
 
 SPEC = clips.ClipSpec(
     frames=4,
@@ -58,8 +61,9 @@ def _eval_batches(dataset_fn, steps):
 @pytest.mark.parametrize("kind", ["eval", "test"])
 def test_evaluation_counts_every_video_once(pipeline, kind):
     # 10 videos: 3 batches of 4 clips, or 4 test batches of 3 videos.
-    steps = pipeline.eval_steps(4) if kind == "eval" else pipeline.test_steps(1)
-    assert steps == (3 if kind == "eval" else 4)
+    steps = 3 if kind == "eval" else 4
+    if kind == "test":
+        assert pipeline.test_steps(1) == steps
     fn = pipeline.eval_dataset_fn if kind == "eval" else pipeline.test_dataset_fn
     batches = _eval_batches(fn, steps)
     weights = np.concatenate([b[2].numpy() for b in batches])
@@ -86,6 +90,12 @@ def test_preprocessing_and_steps(pipeline):
     prep = pipeline.preprocessing()
     assert prep["clip_shape"] == [4, 16, 16]
     assert (prep["frames"], prep["frame_stride"], prep["num_classes"]) == (4, 2, 4)
-    assert pipeline.steps_per_epoch(8) == 3
-    with pytest.raises(ValueError, match="global batch of 32 clips is larger than the 24"):
-        pipeline.steps_per_epoch(32)
+
+
+def test_a_batch_larger_than_the_training_videos_names_the_flag(pipeline):
+    task = video_task.VideoTask(SPEC, source=pipeline.source)
+    config = video_config.make_config(batch_size_per_replica=32)
+    with pytest.raises(FlagError, match="--batch_size_per_replica=32 gives a global batch of 32, "):
+        task.make_data(config, tf.distribute.get_strategy())
+    config = video_config.make_config(batch_size_per_replica=8)
+    assert task.make_data(config, tf.distribute.get_strategy()).steps_per_epoch == 3

@@ -131,20 +131,10 @@ class VideoPipeline:
         shape = (self.spec.test_views, *self.clip_shape())
         return self._padded_eval(steps, self.test_views, shape, self.test_batch_size_per_replica)
 
-    def steps_per_epoch(self, global_batch_size):
-        """Whole global batches in one pass over the training videos."""
-        full = self.source.num_train // global_batch_size
-        if full == 0:
-            raise ValueError(
-                f"a global batch of {global_batch_size} clips is larger than the "
-                f"{self.source.num_train} training videos of {self.source.name}."
-            )
-        return full
-
-    def eval_steps(self, global_batch_size):
-        """Global batches covering the validation videos once."""
-        return -(-self.source.num_eval // global_batch_size)
-
     def test_steps(self, num_replicas):
-        """Global test batches (``test_batch_size_per_replica`` videos each) covering them once."""
-        return self.eval_steps(self.test_batch_size_per_replica * num_replicas)
+        """Global test batches (``test_batch_size_per_replica`` videos each) covering them once.
+
+        Training and validation steps follow the image pipeline's rules
+        (:func:`gn_keras.train.data.steps_per_epoch`, ``eval_steps``).
+        """
+        return -(-self.source.num_eval // (self.test_batch_size_per_replica * num_replicas))

@@ -23,6 +23,7 @@ The config is read for the general fields only (``dataset``, ``data_dir``,
 import tensorflow as tf
 
 from gn_keras.train import classification
+from gn_keras.train import data as image_data
 from gn_keras.train import task as task_lib
 from gn_keras.train.video import clips, data, export, folders, sources
 
@@ -112,12 +113,11 @@ class VideoTask(classification.ClassificationTask):
         global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
         self.num_classes = source.num_classes
         self.label_smoothing = getattr(config, "label_smoothing", 0.0)
-        eval_steps = pipeline.eval_steps(global_batch_size)
         self.data = task_lib.TaskData(
             train_dataset_fn=pipeline.train_dataset_fn,
             eval_dataset_fn=pipeline.eval_dataset_fn,
-            steps_per_epoch=config.steps_per_epoch or pipeline.steps_per_epoch(global_batch_size),
-            eval_steps=min(eval_steps, config.eval_steps) if config.eval_steps else eval_steps,
+            steps_per_epoch=image_data.steps_per_epoch(config, source, global_batch_size),
+            eval_steps=image_data.eval_steps(config, source, global_batch_size),
             global_batch_size=global_batch_size,
             preprocessing=pipeline.preprocessing(),
             info={
