@@ -153,6 +153,23 @@ def _tfds_builder(name, data_dir):
     return builder
 
 
+def tfds_classification_builder(name, data_dir, feature, kind):
+    """The prepared builder of a TFDS dataset of ``feature`` and ``label``, and its eval split.
+
+    The evaluation split is ``validation``, else ``test``; ``kind`` words
+    the refusal of a dataset without those features (``"a video"``).
+    """
+    builder = _tfds_builder(name, data_dir)
+    features = builder.info.features
+    if feature not in features or "label" not in features:
+        raise FlagError(
+            f"--dataset=tfds:{name} has features {sorted(features.keys())}; "
+            f"expected {kind} classification dataset with '{feature}' and 'label'."
+        )
+    eval_split = "validation" if "validation" in builder.info.splits else "test"
+    return builder, eval_split
+
+
 def _tfds_count(builder, split):
     try:
         return builder.info.splits[split].num_examples
@@ -166,14 +183,8 @@ def tfds_source(name, data_dir):
     """A TFDS image classification dataset (``image`` and ``label`` features)."""
     import tensorflow_datasets as tfds
 
-    builder = _tfds_builder(name, data_dir)
+    builder, eval_split = tfds_classification_builder(name, data_dir, "image", "an image")
     features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise FlagError(
-            f"--dataset=tfds:{name} has features {sorted(features.keys())}; "
-            "expected an image classification dataset with 'image' and 'label'."
-        )
-    eval_split = "validation" if "validation" in builder.info.splits else "test"
     channels = features["image"].shape[-1] or 3
 
     def train_records(num_shards, shard_index, seed=None):

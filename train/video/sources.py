@@ -182,15 +182,9 @@ def tfds_source(name, data_dir=None):
     """A TFDS video classification dataset (``video`` and ``label`` features)."""
     import tensorflow_datasets as tfds
 
-    builder = image_sources._tfds_builder(name, data_dir)
-    features = builder.info.features
-    if "video" not in features or "label" not in features:
-        raise ValueError(
-            f"--dataset=tfds:{name} has features {sorted(features.keys())}; "
-            "expected a video classification dataset with 'video' and 'label'."
-        )
-    splits = builder.info.splits
-    eval_split = "validation" if "validation" in splits else "test"
+    builder, eval_split = image_sources.tfds_classification_builder(
+        name, data_dir, "video", "a video"
+    )
 
     def records_of(split):
         def records(num_shards, shard_index, seed=None):
@@ -203,7 +197,7 @@ def tfds_source(name, data_dir=None):
 
         return records
 
-    label = features["label"]
+    label = builder.info.features["label"]
     return VideoSource(
         f"tfds:{name}",
         label.num_classes,
