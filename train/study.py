@@ -174,7 +174,8 @@ def base_config_from_flags(study, flag_values=flags.FLAGS):
             f"--{refused[0]} cannot be set with --study={study.name}: the study sets "
             f"{', '.join(sorted(study.controlled))} per run and puts runs under "
             "--out_dir (use --study_norms, --study_batch_sizes, --study_groups or "
-            "--study_group_sizes, --study_video_frames or --study_video_clips to change a grid)."
+            "--study_group_sizes, --study_video_frames or --study_video_clips, or "
+            "--study_detection_rows to change a grid)."
         )
     others = sorted(_ALL_JOB_FLAGS - set(_JOB_SPECS[study.job]))
     other_job = [name for name in others if flag_values[name].present]
