@@ -91,9 +91,7 @@ def define_flags(flag_values):
 def _parse_list(name, values):
     """A comma-separated list flag as the tuple its field holds."""
     default = getattr(config_lib.DetectionConfig(), name)
-    integral = name in ("image_size", "category_ids") or all(
-        isinstance(v, int) and not isinstance(v, bool) for v in default[:1]
-    )
+    integral = name in ("image_size", "category_ids") or all(map(_checks.is_integer, default[:1]))
     try:
         return tuple(int(v) if integral else float(v) for v in values)
     except ValueError:
