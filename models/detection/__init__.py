@@ -1,4 +1,4 @@
-"""Mask R-CNN with a ResNet-FPN backbone, any norm in each part (paper §4.2).
+"""Mask R-CNN with a ResNet-FPN or ResNet-C4 backbone, any norm in each part (paper §4.2).
 
     from gn_keras.models.detection import MaskRCNN, MaskRCNNConfig
     config = MaskRCNNConfig(num_classes=3, image_size=(128, 128),
@@ -11,7 +11,8 @@
     losses = mask_rcnn_losses(outputs, batch)    # five [B] vectors
 
 Modules: :mod:`.config` (settings), :mod:`.ops` (TF Model Garden box
-machinery), :mod:`.fpn` (backbone + FPN), :mod:`.heads`, :mod:`.losses`,
+machinery), :mod:`.fpn` (backbone + FPN), :mod:`.heads`, :mod:`.c4` (the C4 variant,
+``architecture="c4"``), :mod:`.losses`,
 :mod:`.maskrcnn` (the model).
 """
 
