@@ -115,14 +115,16 @@ def test_saved_model_cli_shows_the_uint8_clip_signature(exported):
     assert "shape: (-1, 5)" in shown
 
 
-# Both policies on the small model; ResNet-50 I3D (slow to export on 2 cores)
-# under float16, the policy that failed before VideoMaxPooling3D.
+# Both policies on the small model, whose res2 temporal pool is the
+# VideoMaxPooling3D that float16 failed without.  ResNet-50 I3D is not
+# exported here (a minute on 2 cores for the same export code): its float16
+# stem pool and blocks are run by
+# test_models_video.py::test_every_3d_model_trains_under_mixed_precision.
 @pytest.mark.parametrize(
     "name,shape,policy",
     [
         ("resnet20_i3d", CLIP, "mixed_float16"),
         ("resnet20_i3d", CLIP, "mixed_bfloat16"),
-        ("resnet50_i3d", (2, 16, 16, 3), "mixed_float16"),
     ],
 )
 def test_3d_models_export_under_mixed_precision(rng, tmp_path, policy, name, shape):
