@@ -252,11 +252,10 @@ _VIDEO_DEFAULTS = {
 
 
 def _detection_row(key, cells, label, backbone, box_head="4conv1fc", heads="none", **more):
-    """One row of Tables 4-7: ``cells`` are its leading cells, e.g. ``BN* | 2fc``.
+    """One row of Tables 5-7: ``cells`` lead its table row, e.g. ``BN* | 2fc``.
 
-    ``heads`` is the norm of the box head's convs and of the mask head
-    (``more`` overrides either, or the FPN's); the FPN has no norm unless
-    given.
+    ``heads``: the norm of the box head's convs and the mask head (``more``
+    overrides either, or the FPN's, which is none by default).
     """
     overrides = {
         "backbone_norm": backbone,
@@ -292,11 +291,9 @@ def _detection_heads_settings(options):
 
 
 def _c4_row(key, cells, label, backbone):
-    """A row of Table 4: C4 has no FPN and its res5 RoI head takes the backbone's norm.
+    """A row of Table 4: no FPN, the res5 RoI head takes the backbone's norm.
 
-    The FPN and head fields stay at the base config's values, which
-    gn-detect replaces by the library defaults for C4 (a changed one is
-    refused there, and the study refuses those flags).
+    The FPN and head fields stay as given, which gn-detect resets for C4.
     """
     overrides = {"architecture": "c4", "backbone_norm": backbone}
     return Setting(key, label, overrides, panel="C4", column=cells)
@@ -316,10 +313,8 @@ def _detection_backbones_settings(options):
 def _detection_scratch_settings(options):
     """Table 7: from scratch, sync BN (BN over the replica batch on one device) vs GN."""
     return [
-        _detection_row(
-            "scratch_sync_bn", "sync BN", "sync BN", "sync_bn", heads="sync_bn", fpn_norm="sync_bn"
-        ),
-        _detection_row("scratch_gn", "GN", "GN", "gn", heads="gn", fpn_norm="gn"),
+        _detection_row(f"scratch_{n}", label, label, n, heads=n, fpn_norm=n)
+        for n, label in (("sync_bn", "sync BN"), ("gn", "GN"))
     ]
 
 
