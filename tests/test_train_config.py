@@ -92,6 +92,7 @@ def test_make_config_matches_flags():
         (["--label_smoothing=2"], "label_smoothing", "2"),
         (["--lr_boundaries=60,30"], "lr_boundaries", "60"),
         (["--lr_boundaries=a,b"], "lr_boundaries", "a,b"),
+        (["--lr_schedule=step", "--lr_boundaries="], "lr_boundaries", "[]"),
         (["--lr_decay_factor=0"], "lr_decay_factor", "0"),
         (["--warmup_epochs=9.5", "--epochs=9"], "warmup_epochs", "9.5"),
         (["--image_size=4"], "image_size", "4"),

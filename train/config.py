@@ -165,6 +165,20 @@ def make_task_config(
     return config
 
 
+def fields_from_settings(config_class, settings):
+    """The ``config_class`` fields among a run's recorded ``settings`` (lists back to tuples).
+
+    For commands that act on a finished run (``gn-detect --eval_only``): the
+    run's settings take the place of the defaults, under the flags given.
+    """
+    values = {}
+    for field in dataclasses.fields(config_class):
+        if field.name in settings:
+            value = settings[field.name]
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
 def make_config(preset=None, script_defaults=None, **explicit):
     """A validated classification ``TrainConfig`` (``make_task_config``'s precedence)."""
     return make_task_config(
@@ -218,6 +232,7 @@ def _check_schedule(config):
     numeric = all(_checks.is_number(b) for b in boundaries)
     if (
         not numeric
+        or (config.lr_schedule == "step" and not boundaries)  # a step schedule needs a step
         or list(boundaries) != sorted(set(boundaries))
         or any(b <= 0 for b in boundaries)
     ):
