@@ -50,6 +50,8 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout",
+            # pytest.ini runs the suite on two workers (-n 2).
+            "pytest-xdist>=3.5",
             # Lint and format check; pinned so that a new release cannot
             # reformat the tree under CI.
             "ruff==0.17.6",

@@ -21,10 +21,35 @@ import numpy as np
 import pytest
 
 SESSION_SEED = int(os.environ.get("GN_TEST_SEED", secrets.randbits(32)))
+# pytest-xdist's workers start from this process's environment: they take
+# the seed drawn here, so the one seed in the header replays every worker.
+os.environ["GN_TEST_SEED"] = str(SESSION_SEED)
 
 
 def pytest_report_header(config):
     return f"gn-keras random inputs: GN_TEST_SEED={SESSION_SEED}"
+
+
+# The files that take a minute or more on 2 cores, slowest first.  They run
+# before the rest, so that pytest-xdist (pytest.ini) never hands one to a
+# worker while the other worker is nearly done.
+SLOW_FILES_FIRST = (
+    "test_detection_train.py",
+    "test_readme_commands.py",
+    "test_video_train.py",
+    "test_study.py",
+    "test_study_video.py",
+    "test_bench.py",
+    "test_pretrained_cli.py",
+    "test_cli_write_errors.py",
+    "test_train_loop.py",
+    "test_train_worker_failures.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep order
 
 
 @pytest.fixture
