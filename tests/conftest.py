@@ -35,6 +35,9 @@ def pytest_report_header(config):
 # worker while the other worker is nearly done.
 SLOW_FILES_FIRST = (
     "test_detection_train.py",
+    "test_transfer_pipeline.py",
+    "test_detection_c4.py",
+    "test_study_detection.py",
     "test_readme_commands.py",
     "test_video_train.py",
     "test_study.py",

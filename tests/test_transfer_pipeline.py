@@ -92,7 +92,8 @@ def pipeline(tmp_path_factory):
         f"--data_dir={paths['data']}",
     ]
     printed = {"train": _script("detect", *detector)}
-    printed["eval"] = _script("detect", *detector, "--eval_only")
+    # Only the run's folder: --eval_only takes every other setting from settings.json.
+    printed["eval"] = _script("detect", f"--model_dir={paths['detector']}", "--eval_only")
     return paths, printed
 
 

@@ -18,7 +18,7 @@ import os
 
 from absl import flags, logging
 
-from gn_keras.train import checkpoints, cli, loop, outputs, trainer
+from gn_keras.train import checkpoints, cli, loop, outputs, settings, trainer
 from gn_keras.train import strategy as strategy_lib
 from gn_keras.train.detection import config as config_lib
 from gn_keras.train.detection import flags as detection_flags
@@ -124,7 +124,8 @@ def define_flags(flag_values=flags.FLAGS):
         "eval_only",
         False,
         "Only evaluate: COCO AP of the newest checkpoint in --model_dir (or, without one, of "
-        "the model as built), printed as Table 6 and written to <model_dir>/eval.json.",
+        "the model as built), printed as Table 6 and written to <model_dir>/eval.json. The "
+        "run's recorded settings are used for every flag not given.",
         flag_values=flag_values,
     )
 
@@ -154,8 +155,9 @@ def main(argv):
     if not values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     try:
-        config = detection_flags.config_from_flags(values)
         if values.eval_only:
+            # The run's own settings, so --eval_only needs only --model_dir.
+            config = detection_flags.config_from_flags(values, _run_settings(values))
             metrics, epoch, step = evaluate(config)
             where = (
                 f"checkpoint at epoch {epoch}, step {step}"
@@ -165,10 +167,16 @@ def main(argv):
             print(f"COCO AP on the validation set ({where}; Table 6 columns, %):")
             print(table6(metrics))
             return
+        config = detection_flags.config_from_flags(values)
         results = train(config)
     except ValueError as error:  # bad flags (exit 2), or a run that cannot go on (exit 1)
         cli.exit_with_error(PROGRAM, error)
     _report_training(results)
+
+
+def _run_settings(values):
+    """The settings recorded in ``--model_dir`` (before any flag is checked), or None."""
+    return settings.recorded(values["model_dir"].value)
 
 
 def run():

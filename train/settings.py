@@ -65,6 +65,11 @@ def shaping_settings(config, global_batch_size):
     return {**compared(config.as_dict()), "global_batch_size": global_batch_size}
 
 
+def recorded(model_dir):
+    """The settings an earlier attempt in ``model_dir`` stored, or None."""
+    return _stored(model_dir)[0]
+
+
 def _stored(model_dir):
     """``(settings, schedule_changes)`` of an earlier attempt, or ``(None, [])``.
 

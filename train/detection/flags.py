@@ -11,6 +11,7 @@ import dataclasses
 
 from gn_keras import _checks, models, norms
 from gn_keras.models.detection import config as model_config_lib
+from gn_keras.train import config as train_config
 from gn_keras.train import flags as flags_lib
 from gn_keras.train.detection import config as config_lib
 
@@ -99,11 +100,18 @@ def _parse_list(name, values):
         raise _checks.invalid(f"--{name}", ",".join(values), f"comma-separated {kind}") from None
 
 
-def config_from_flags(flag_values):
-    """A validated ``DetectionConfig``: defaults, --preset, then the flags given."""
+def config_from_flags(flag_values, run_settings=None):
+    """A validated ``DetectionConfig``: defaults, --preset, then the flags given.
+
+    ``run_settings``: an existing run's recorded settings (``--eval_only``),
+    which beat the defaults and the preset and lose to the flags given.
+    """
     specs = flag_specs()
     explicit = flags_lib.explicit_values(flag_values, specs)
     for name, value in explicit.items():
         if specs[name][0] == "list" and name != "lr_boundaries":
             explicit[name] = _parse_list(name, value)
-    return config_lib.make_config(flag_values["preset"].value, **explicit)
+    recorded = None
+    if run_settings:
+        recorded = train_config.fields_from_settings(config_lib.DetectionConfig, run_settings)
+    return config_lib.make_config(flag_values["preset"].value, recorded, **explicit)
