@@ -202,7 +202,7 @@ def _detection_config(study, flag_values):
         if name == "image_size":  # the shared integer flag: a square padded size
             explicit[name] = (value, value)
         elif _DETECT_SPECS[name][0] == "list" and name != "lr_boundaries":
-            explicit[name] = detection_flags._parse_list(name, value)
+            explicit[name] = detection_flags.parse_list(name, value)
     preset = flag_values["preset"].value
     return detection_config.make_config(preset, None if preset else study.defaults, **explicit)
 

@@ -89,7 +89,7 @@ def define_flags(flag_values):
     flags_lib.define_config_flags(flag_values, config_lib.DetectionConfig, flag_specs())
 
 
-def _parse_list(name, values):
+def parse_list(name, values):
     """A comma-separated list flag as the tuple its field holds."""
     default = getattr(config_lib.DetectionConfig(), name)
     integral = name in ("image_size", "category_ids") or all(map(_checks.is_integer, default[:1]))
@@ -110,7 +110,7 @@ def config_from_flags(flag_values, run_settings=None):
     explicit = flags_lib.explicit_values(flag_values, specs)
     for name, value in explicit.items():
         if specs[name][0] == "list" and name != "lr_boundaries":
-            explicit[name] = _parse_list(name, value)
+            explicit[name] = parse_list(name, value)
     recorded = None
     if run_settings:
         recorded = train_config.fields_from_settings(config_lib.DetectionConfig, run_settings)
