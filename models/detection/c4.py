@@ -32,7 +32,7 @@ backbone's names (``res5_block<i>_*``).
 
 import keras
 
-from gn_keras.models.common import he_normal_fan_out
+from gn_keras.models.detection import heads
 from gn_keras.models.detection.config import C4_LEVEL
 
 RES5_INPUT, RES5_OUTPUT = "C4", "C5"
@@ -81,15 +81,5 @@ def build_box_head(config, backbone):
 def build_mask_head(config, backbone):
     """RoI features [N, 14, 14, C4] -> class-specific mask logits [N, 14, 14, K]."""
     features = _roi_input(config, backbone, "mask_features")
-    x = keras.layers.Conv2DTranspose(
-        config.head_conv_channels,
-        2,
-        strides=2,
-        activation="relu",
-        kernel_initializer=he_normal_fan_out(),
-        name="mask_deconv",
-    )(res5(backbone, features))
-    logits = keras.layers.Conv2D(
-        config.num_classes, 1, kernel_initializer=_normal(0.001), name="mask_logits"
-    )(x)
+    logits = heads.mask_predictor(res5(backbone, features), config)
     return keras.Model(features, logits, name="mask_head")

@@ -100,6 +100,14 @@ def build_mask_head(config):
     size = config.mask_roi_size
     features = keras.Input((size, size, config.fpn_channels), name="mask_features")
     x = _head_convs(features, config, config.mask_head_norm, "mask", he_normal_fan_out())
+    return keras.Model(features, mask_predictor(x, config), name="mask_head")
+
+
+def mask_predictor(x, config):
+    """2×2 stride-2 deconv + ReLU, then a 1×1 conv to K class-specific mask logits.
+
+    The end of both mask heads: after the four convs (FPN) or after res5 (C4).
+    """
     x = keras.layers.Conv2DTranspose(
         config.head_conv_channels,
         2,
@@ -108,7 +116,6 @@ def build_mask_head(config):
         kernel_initializer=he_normal_fan_out(),
         name="mask_deconv",
     )(x)
-    logits = keras.layers.Conv2D(
+    return keras.layers.Conv2D(
         config.num_classes, 1, kernel_initializer=_normal(0.001), name="mask_logits"
     )(x)
-    return keras.Model(features, logits, name="mask_head")

@@ -79,12 +79,18 @@ def median_curve(curves):
     return [float(v) for v in np.median(np.asarray(curves, dtype=np.float64), axis=0)]
 
 
-def summarize_settings(specs, all_results):
-    """``{setting key: SettingResult}`` in grid order, for settings that ran."""
+def runs_by_setting(specs, all_results):
+    """``{setting key: (setting, [spec, ...])}`` in grid order, for the runs that finished."""
     grouped = {}
     for spec in specs:
         if spec.name in all_results:
             grouped.setdefault(spec.setting.key, (spec.setting, []))[1].append(spec)
+    return grouped
+
+
+def summarize_settings(specs, all_results):
+    """``{setting key: SettingResult}`` in grid order, for settings that ran."""
+    grouped = runs_by_setting(specs, all_results)
     summaries = {}
     for key, (setting, runs) in grouped.items():
         results = [all_results[spec.name] for spec in runs]
@@ -149,10 +155,7 @@ class DetectionResult:
 
 def summarize_detection(specs, all_results):
     """``{setting key: DetectionResult}`` in grid order, for settings that ran."""
-    grouped = {}
-    for spec in specs:
-        if spec.name in all_results:
-            grouped.setdefault(spec.setting.key, (spec.setting, []))[1].append(spec)
+    grouped = runs_by_setting(specs, all_results)
     summaries = {}
     for key, (setting, runs) in grouped.items():
         results = [all_results[spec.name] for spec in runs]
