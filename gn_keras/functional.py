@@ -155,30 +155,57 @@ def group_norm(
         channel axis, e.g. ``(N, T)`` for a sequence, or with that axis of
         size 1; masked-out positions are left out of the statistics (their
         outputs are still computed).  Other shapes raise a ``ValueError``.
-      activation: ``None`` or ``"relu"``: a ReLU on the result, fused into
-        the compiled TensorFlow kernels (the paper's ResNet blocks follow
-        most GN layers with a ReLU, §4.1).
+      activation: ``None``, ``"relu"`` or ``"silu"`` (alias ``"swish"``):
+        an activation on the result, fused into the compiled TensorFlow
+        kernels.  The paper's ResNet blocks follow most GN layers with a
+        ReLU (§4.1); the VAEs and UNets of diffusion models follow theirs
+        with a SiLU.
 
     Returns:
       A tensor of the shape and dtype of ``x`` (float32 for integer ``x``).
     """
-    relu = applies_relu(activation, "group_norm")
-    return normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, "group_norm", relu)
+    activation = activation_name(activation, "group_norm")
+    return normalize(
+        x, gamma, beta, groups, group_size, axis, epsilon, mask, "group_norm", activation
+    )
 
 
-ACTIVATIONS = (None, "relu")
+# The activations GN can apply to its output, by the one name stored for
+# each; the compiled TensorFlow kernels fuse them into their own passes.
+ACTIVATIONS = (None, "relu", "silu")
+# Other accepted spellings, and the stored name each stands for.
+ACTIVATION_ALIASES = {"swish": "silu"}
 
 
-def applies_relu(activation, where):
-    """Whether ``activation`` (one of :data:`ACTIVATIONS`) is the ReLU; else a ValueError."""
-    if activation not in ACTIVATIONS:
+def activation_name(activation, where):
+    """The stored name (one of :data:`ACTIVATIONS`) of ``activation``; else a ValueError."""
+    name = (
+        ACTIVATION_ALIASES.get(activation, activation)
+        if isinstance(activation, str)
+        else activation
+    )
+    if name not in ACTIVATIONS:
         raise ValueError(
-            f"{where}: argument `activation` must be None or 'relu', got activation={activation!r}."
+            f"{where}: argument `activation` must be None, 'relu', 'silu' or 'swish', "
+            f"got activation={activation!r}."
         )
-    return activation == "relu"
+    return name
 
 
-def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where, relu=False):
+def apply_activation(y, activation):
+    """``y`` through the activation named ``activation`` (a name of :data:`ACTIVATIONS`).
+
+    SiLU is written out as ``y·sigmoid(y)``: TensorFlow's ``tf.nn.silu``
+    carries a custom gradient, which a SavedModel keeps without its function.
+    """
+    if activation == "relu":
+        return ops.relu(y)
+    if activation == "silu":
+        return y * ops.sigmoid(y)
+    return y
+
+
+def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where, activation=None):
     """:func:`group_norm`, with errors naming ``where`` (the layer or function)."""
     x = ops.convert_to_tensor(x)
     _checks.check_epsilon(epsilon, where)
@@ -196,7 +223,7 @@ def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where, re
         from gn_keras import tf_fast
 
         if tf_fast.supports(x):
-            return tf_fast.group_norm(x, gamma, beta, num_groups, axis, epsilon, relu)
+            return tf_fast.group_norm(x, gamma, beta, num_groups, axis, epsilon, activation)
 
     stats_dtype = statistics_dtype(x.dtype)
     rank = len(x.shape)
@@ -211,6 +238,5 @@ def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where, re
     y = (xg - mean) * scale
     if beta is not None:
         y = y + ops.reshape(ops.cast(beta, stats_dtype), per_channel)
-    if relu:
-        y = ops.relu(y)
+    y = apply_activation(y, activation)
     return ops.cast(ops.reshape(y, ops.shape(x)), _output_dtype(x.dtype))

@@ -10,7 +10,7 @@ propagation, and a ``get_config`` that round-trips every argument.
 import keras
 
 from gn_keras import _checks
-from gn_keras.functional import applies_relu, normalize
+from gn_keras.functional import activation_name, normalize
 
 
 @keras.saving.register_keras_serializable(package="gn_keras")
@@ -36,9 +36,11 @@ class GroupNormalization(keras.layers.Layer):
       epsilon: added to the variance. The default 1e-5 is the paper's;
         ``keras.layers.GroupNormalization`` defaults to 1e-3.
       center, scale: whether to learn β and γ.
-      activation: ``None`` or ``"relu"``: a ReLU on the output.  On
+      activation: ``None``, ``"relu"`` or ``"silu"`` (``"swish"`` is
+        accepted and stored as ``"silu"``): an activation on the output.  On
         TensorFlow's CPU kernels it is fused into the normalization's own
-        passes, forward and backward, so GN + ReLU costs what GN costs.
+        passes, forward and backward, so GN + ReLU or GN + SiLU (the pair
+        of diffusion models' VAEs and UNets) costs about what GN costs.
       beta_initializer, gamma_initializer, beta_regularizer,
       gamma_regularizer, beta_constraint, gamma_constraint: as in Keras.
 
@@ -75,7 +77,6 @@ class GroupNormalization(keras.layers.Layer):
         where = f"GroupNormalization(name={self.name!r})"
         _checks.check_groups_arguments(groups, group_size, where)
         _checks.check_epsilon(epsilon, where)
-        self._relu = applies_relu(activation, where)
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ValueError(f"{where}: argument `axis` must be an integer, got axis={axis!r}.")
         self.groups = groups
@@ -90,7 +91,8 @@ class GroupNormalization(keras.layers.Layer):
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
-        self.activation = activation
+        # One stored name per activation ("swish" is kept as "silu").
+        self.activation = activation_name(activation, where)
         self.supports_masking = True
         # Keras would round float inputs to the compute dtype before call():
         # a float32 input above 65504 would become inf under mixed_float16.
@@ -159,7 +161,7 @@ class GroupNormalization(keras.layers.Layer):
             self.epsilon,
             mask,
             self._where,
-            self._relu,
+            self.activation,
         )
         if keras.backend.standardize_dtype(outputs.dtype) != self.compute_dtype:
             outputs = keras.ops.cast(outputs, self.compute_dtype)

@@ -28,9 +28,11 @@ keras_gn   ``keras.layers.GroupNormalization`` with the paper's ε=1e-5, for
 none       identity (e.g. the classic VGG-16 of Figure 6).
 ========== ==================================================================
 
-:meth:`NormFactory.normalize_relu` applies a norm and a ReLU; for the GN
+:meth:`NormFactory.normalize_activation` applies a norm and an activation
+(ReLU or SiLU; :meth:`NormFactory.normalize_relu` for the ReLU); for the GN
 kinds (``gn``, ``ln``, ``in``, ``gn+ws``) it is one layer whose compiled
-kernel fuses the ReLU (``GroupNormalization(activation="relu")``).
+kernel fuses the activation (``GroupNormalization(activation="relu")`` or
+``activation="silu"``).
 
 A kind also decides the convolution it pairs with: :meth:`NormFactory.conv`
 builds a plain, weight-standardized or weight-normalized conv, without a bias
@@ -45,6 +47,7 @@ import keras
 
 from gn_keras import _checks
 from gn_keras.frozen_bn import FrozenBatchNormalization
+from gn_keras.functional import activation_name
 from gn_keras.layer import GroupNormalization
 from gn_keras.weight_convs import WNConv2D, WNConv3D, WSConv2D, WSConv3D
 
@@ -194,16 +197,31 @@ class NormFactory:
         return self._make_layer(self, axis, zero_init, name)
 
     def normalize_relu(self, x, name, relu_name, axis=-1):
-        """``ReLU(norm(x))``: one fused layer ``name`` for the GN kinds.
+        """``ReLU(norm(x))``: :meth:`normalize_activation` with ``"relu"``."""
+        return self.normalize_activation(x, "relu", name, relu_name, axis)
 
-        Other kinds get the norm layer ``name`` followed by a ``ReLU`` layer
-        ``relu_name`` (an identity kind: just the ReLU).  The fused layer
-        saves the ReLU's own memory passes, forward and backward.
+    def normalize_activation(self, x, activation, name, activation_layer_name, axis=-1):
+        """``activation(norm(x))``: one fused layer ``name`` for the GN kinds.
+
+        ``activation`` is one of GN's (``"relu"``, ``"silu"`` or its alias
+        ``"swish"``).  Other kinds get the norm layer ``name`` followed by
+        an activation layer ``activation_layer_name`` (an identity kind:
+        just the activation).  The fused layer saves the activation's own
+        memory passes, forward and backward.
         """
+        activation = activation_name(activation, "NormFactory.normalize_activation")
+        if activation is None:
+            raise ValueError(
+                "NormFactory.normalize_activation: argument `activation` must name "
+                "an activation, got activation=None."
+            )
         layer = self(axis=axis, name=name)
         if isinstance(layer, GroupNormalization):
-            return GroupNormalization.from_config({**layer.get_config(), "activation": "relu"})(x)
-        return keras.layers.ReLU(name=relu_name)(layer(x))
+            config = {**layer.get_config(), "activation": activation}
+            return GroupNormalization.from_config(config)(x)
+        if activation == "relu":
+            return keras.layers.ReLU(name=activation_layer_name)(layer(x))
+        return keras.layers.Activation(activation, name=activation_layer_name)(layer(x))
 
     def conv_class(self, rank):
         """The convolution class this kind pairs with, for ``rank`` 2 or 3."""

@@ -52,7 +52,7 @@ import keras
 import tensorflow as tf
 
 from gn_keras import _internals, kernels, portable
-from gn_keras.functional import statistics_dtype
+from gn_keras.functional import apply_activation, statistics_dtype
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # The input dtypes the compiled kernels take (float32 statistics).
@@ -68,14 +68,15 @@ def supports(x):
     return tf.is_tensor(x) and _dtype_name(x.dtype) in _FLOAT_DTYPES
 
 
-def group_norm(x, gamma, beta, groups, axis, epsilon, relu=False):
+def group_norm(x, gamma, beta, groups, axis, epsilon, activation=None):
     """Group-normalize the TensorFlow tensor ``x``, arguments already validated.
 
     ``axis`` is the non-negative channel axis, ``groups`` the resolved group
-    count; ``gamma``/``beta`` are per-channel vectors or None.  ``relu``
-    applies a ReLU to the result: the compiled kernels fuse it (no pass of
-    its own, forward or backward); every other implementation runs
-    ``tf.nn.relu`` after the normalization.
+    count; ``gamma``/``beta`` are per-channel vectors or None.
+    ``activation`` (a name of :data:`FUSED_ACTIVATIONS`, or None) is applied
+    to the result: the compiled kernels fuse it (no pass of its own, forward
+    or backward); every other implementation runs it after the
+    normalization.
     """
     # A tf.Variable read inside the custom gradient would need the
     # ``variables=`` protocol; reading it here keeps x a plain input.
@@ -86,14 +87,18 @@ def group_norm(x, gamma, beta, groups, axis, epsilon, relu=False):
     gamma = _affine(gamma, channels, 1.0, stats_dtype)
     beta = _affine(beta, channels, 0.0, stats_dtype)
     implementation = _choose_kernels(x, layout)
-    if implementation is FUSED and relu:
-        layout = layout._replace(relu=True)
+    if implementation is FUSED and activation in FUSED_ACTIVATIONS:
+        layout = layout._replace(activation=activation)
         return _normalize_with_closed_form_gradient(x, gamma, beta, layout, implementation)
     if implementation is PORTABLE:
         y = _forward(x, gamma, beta, layout)[0]
     else:
         y = _normalize_with_closed_form_gradient(x, gamma, beta, layout, implementation)
-    return tf.nn.relu(y) if relu else y
+    return apply_activation(y, activation)
+
+
+# The activations the compiled kernels fuse.
+FUSED_ACTIVATIONS = ("relu", "silu")
 
 
 class _Layout(typing.NamedTuple):
@@ -105,7 +110,7 @@ class _Layout(typing.NamedTuple):
     epsilon: float
     rank: int
     stats_dtype_name: str
-    relu: bool = False  # fused into the compiled kernels only
+    activation: str | None = None  # fused into the compiled kernels only
 
     @property
     def group_width(self):
@@ -275,7 +280,7 @@ def _group_sum(t5):
 
 def _backward(x, gamma, beta, dy, statistics, layout):
     """Closed-form dx, dγ, dβ of Eqns. (1), (2), (6) from two per-channel sums."""
-    del beta  # the fused kernel's ReLU gate needs it; no ReLU here
+    del beta  # the fused kernel's activation gradient needs it; no activation here
     shift, delta, inv_std = statistics
     x5, dy5 = layout.grouped(x), layout.grouped(dy)
     gamma5 = layout.per_channel(tf.cast(gamma, layout.stats_dtype))
@@ -302,7 +307,7 @@ def _fused_forward(x, gamma, beta, layout):
     """The compiled kernel's forward; statistics (N, G) float32."""
     y, shift, delta, inv_std = kernels.load().gn_keras_group_norm(
         x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32),
-        groups=layout.groups, epsilon=layout.epsilon, relu=layout.relu,
+        groups=layout.groups, epsilon=layout.epsilon, activation=layout.activation or "none",
     )  # fmt: skip
     return y, (shift, delta, inv_std)
 
@@ -310,7 +315,7 @@ def _fused_forward(x, gamma, beta, layout):
 def _fused_backward(x, gamma, beta, dy, statistics, layout):
     return kernels.load().gn_keras_group_norm_grad(
         x, tf.cast(dy, x.dtype), tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32),
-        *statistics, groups=layout.groups, relu=layout.relu,
+        *statistics, groups=layout.groups, activation=layout.activation or "none",
     )  # fmt: skip
 
 
@@ -373,8 +378,6 @@ def _reverse_over_reverse(x, gamma, beta, dy, upstream, layout):
         outer.watch(targets)
         with tf.GradientTape() as inner:
             inner.watch([x, gamma, beta])
-            y, _ = _forward(x, gamma, beta, layout)
-            if layout.relu:
-                y = tf.nn.relu(y)
+            y = apply_activation(_forward(x, gamma, beta, layout)[0], layout.activation)
         first = inner.gradient(y, [x, gamma, beta], output_gradients=dy)
     return outer.gradient(first, targets, output_gradients=upstream)

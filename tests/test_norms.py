@@ -59,20 +59,42 @@ def test_group_kinds_match_reference(rng, kind, groups, axis):
     np.testing.assert_allclose(layer(x, training=True), expected, rtol=1e-4, atol=1e-4)
 
 
+def _silu(v):
+    return v / (1.0 + np.exp(-v))
+
+
 @pytest.mark.parametrize("kind,groups", [("gn", 4), ("ln", 1), ("in", -1), ("none", None)])
-def test_normalize_relu_fuses_for_group_kinds(rng, kind, groups):
-    """One fused GN layer for the GN kinds; a norm and a ReLU layer otherwise."""
+@pytest.mark.parametrize("activation", ["relu", "silu", "swish"])
+def test_normalize_activation_fuses_for_group_kinds(rng, kind, groups, activation):
+    """One fused GN layer for the GN kinds; a norm and an activation layer otherwise."""
     factory = norms.get(kind, groups=4)
     inputs = keras.Input((5, 6, 8))
-    model = keras.Model(inputs, factory.normalize_relu(inputs, name="norm", relu_name="relu"))
+    if activation == "relu":
+        outputs = factory.normalize_relu(inputs, name="norm", relu_name="act")
+    else:
+        outputs = factory.normalize_activation(inputs, activation, name="norm",
+                                               activation_layer_name="act")  # fmt: skip
+    model = keras.Model(inputs, outputs)
     names = [layer.name for layer in model.layers[1:]]
-    assert names == (["norm"] if groups else ["norm", "relu"])
+    assert names == (["norm"] if groups else ["norm", "act"])
+    if groups:
+        stored = "relu" if activation == "relu" else "silu"
+        assert model.get_layer("norm").get_config()["activation"] == stored
     x = _features(rng, (3, 5, 6, 8))
     expected = x.astype(np.float64)
     if groups:
         gamma, beta = _random_affine(model.get_layer("norm"), rng)
         expected = group_norm_reference(x, gamma, beta, groups=groups, epsilon=EPS)
-    np.testing.assert_allclose(model(x), np.maximum(expected, 0), rtol=1e-4, atol=1e-4)
+    expected = np.maximum(expected, 0) if activation == "relu" else _silu(expected)
+    np.testing.assert_allclose(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_normalize_activation_refuses_none_and_unknown_names():
+    factory = norms.get("gn", groups=4)
+    inputs = keras.Input((5, 6, 8))
+    for activation in (None, "gelu"):
+        with pytest.raises(ValueError, match=rf"activation={activation!r}"):
+            factory.normalize_activation(inputs, activation, "norm", "act")
 
 
 @pytest.mark.parametrize("kind", ["bn", "sync_bn"])

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -207,14 +209,77 @@ inline void GroupMoments(const std::vector<float>& sums, const std::vector<float
   }
 }
 
-// The normalized value (before the optional ReLU) of an element whose
-// centred input is `centred` = (x - shift) - mean(d).  The backward's ReLU
-// gate recomputes it with this same expression, so the gate's sign is the
-// forward's.
+// ---- fused activations ---------------------------------------------------------
+
+enum class Activation { kNone, kRelu, kSilu };
+
+inline tensorflow::Status ParseActivation(const std::string& name, Activation* out) {
+  if (name == "none") {
+    *out = Activation::kNone;
+  } else if (name == "relu") {
+    *out = Activation::kRelu;
+  } else if (name == "silu") {
+    *out = Activation::kSilu;
+  } else {
+    return InvalidArgument("unknown activation '", name, "'");
+  }
+  return tensorflow::OkStatus();
+}
+
+// Calls fn with the activation as a compile-time constant, so that each
+// sweep's inner loop is compiled (and vectorized) for one activation.
+template <typename Fn>
+void WithActivation(Activation activation, Fn fn) {
+  using K = Activation;
+  switch (activation) {
+    case K::kRelu:
+      fn(std::integral_constant<K, K::kRelu>());
+      break;
+    case K::kSilu:
+      fn(std::integral_constant<K, K::kSilu>());
+      break;
+    default:
+      fn(std::integral_constant<K, K::kNone>());
+  }
+}
+
+// 1 / (1 + e^-v) without a library call, so that the loops that use it are
+// vectorized: e^-v = 2^n * e^r with n = round(-v / ln 2) and |r| <= ln(2)/2,
+// e^r by its degree-6 Taylor polynomial (relative error below 3e-7, about
+// 2 ulp), 2^n assembled in the exponent bits.  -v is clamped to
+// [-87, 88], where 2^n stays a normal float; a NaN passes through.
+inline float Sigmoid(float v) {
+  const float t = std::min(std::max(-v, -87.0f), 88.0f);
+  const float n = std::floor(t * 1.44269504f + 0.5f);
+  const float r = (t - n * 0.693145752f) - n * 1.42860677e-6f;  // ln 2 in two parts
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return 1.0f / (1.0f + p * two_n);
+}
+
+template <Activation kAct>
+inline float Activate(float v) {
+  if (kAct == Activation::kRelu) return std::max(v, 0.0f);
+  if (kAct == Activation::kSilu) return v * Sigmoid(v);
+  return v;
+}
+
+// The normalized value (before the activation) of an element whose centred
+// input is `centred` = (x - shift) - mean(d).  The backward's activation
+// gradient recomputes it with this same expression, so that (for the ReLU)
+// the gate's sign is the forward's.
 inline float Normalized(float centred, float scale, float beta) { return centred * scale + beta; }
 
 // `scale` is gamma / sigma, `centre` the group's mean(d), per channel.
-template <typename T, bool kRelu>
+template <typename T, Activation kAct>
 void WriteNormalized(const T* x, const float* shift, const float* centre, const float* scale,
                      const float* beta, const Layout& l, const BlockRange& r, T* y) {
   const int64_t c = l.c;
@@ -224,35 +289,42 @@ void WriteNormalized(const T* x, const float* shift, const float* centre, const 
     T* out = y + start + i * c;
     for (int64_t j = 0; j < c; ++j) {
       const float value = Normalized((ToFloat(row[j]) - shift[j]) - centre[j], scale[j], beta[j]);
-      out[j] = FromFloat<T>(kRelu ? std::max(value, 0.0f) : value);
+      out[j] = FromFloat<T>(Activate<kAct>(value));
     }
   }
 }
 
 // ---- backward ----------------------------------------------------------------
 
-// The fused ReLU's gate: dy where the forward's normalized value was
-// positive (as TensorFlow's ReluGrad), else 0.  `gate` holds the value's
-// per-channel scale (gamma / sigma) and beta; unused without the ReLU.
-struct ReluGate {
+// What the fused activation's gradient needs to recompute the forward's
+// normalized value: its per-channel scale (gamma / sigma) and beta; unused
+// without an activation.
+struct ActivationGate {
   const float *scale, *beta;
 };
 
-template <bool kRelu>
+// dy times the activation's derivative at the normalized value: for the
+// ReLU dy where the value was positive (as TensorFlow's ReluGrad), else 0;
+// for the SiLU dy * s * (1 + v * (1 - s)), s = sigmoid(v).
+template <Activation kAct>
 inline float GatedGradient(float dy, float centred, float scale, float beta) {
-  if (!kRelu) return dy;
-  return Normalized(centred, scale, beta) > 0.0f ? dy : 0.0f;
+  if (kAct == Activation::kNone) return dy;
+  const float v = Normalized(centred, scale, beta);
+  if (kAct == Activation::kRelu) return v > 0.0f ? dy : 0.0f;
+  const float s = Sigmoid(v);
+  return dy * (s * (1.0f + v * (1.0f - s)));
 }
 
-// Per block and channel: sum of dy and sum of dy * (d - mean(d)), dy gated
-// by the fused ReLU when there is one.
+// Per block and channel: sum of dy and sum of dy * (d - mean(d)), dy taken
+// through the fused activation's derivative when there is one.
 // (__restrict__: with the gate's two arrays, too many pointers for GCC to
 // check for overlap at run time, and the loops would not be vectorized.)
-template <typename T, bool kRelu>
+template <typename T, Activation kAct>
 void BlockGradientSums(const T* __restrict__ x, const T* __restrict__ dy,
                        const float* __restrict__ centre_shift, const float* __restrict__ centre,
-                       const ReluGate& gate, const Layout& l, const BlockRange& r,
+                       const ActivationGate& gate, const Layout& l, const BlockRange& r,
                        float* __restrict__ sum_dy, float* __restrict__ sum_dy_centred) {
+  constexpr bool kGated = kAct != Activation::kNone;
   const float* __restrict__ gate_scale = gate.scale;
   const float* __restrict__ gate_beta = gate.beta;
   const int64_t c = l.c;
@@ -264,20 +336,22 @@ void BlockGradientSums(const T* __restrict__ x, const T* __restrict__ dy,
     const T* dy_row = dy + start + i * c;
     for (int64_t j = 0; j < c; ++j) {
       const float centred = (ToFloat(x_row[j]) - centre_shift[j]) - centre[j];
-      const float g = GatedGradient<kRelu>(ToFloat(dy_row[j]), centred, kRelu ? gate_scale[j] : 0.0f,
-                                                  kRelu ? gate_beta[j] : 0.0f);
+      const float g = GatedGradient<kAct>(ToFloat(dy_row[j]), centred,
+                                          kGated ? gate_scale[j] : 0.0f,
+                                          kGated ? gate_beta[j] : 0.0f);
       sum_dy[j] += g;
       sum_dy_centred[j] += g * centred;
     }
   }
 }
 
-template <typename T, bool kRelu>
+template <typename T, Activation kAct>
 void WriteInputGradient(const T* __restrict__ x, const T* __restrict__ dy,
                         const float* __restrict__ centre_shift, const float* __restrict__ centre,
-                        const ReluGate& gate, const float* __restrict__ dy_scale,
+                        const ActivationGate& gate, const float* __restrict__ dy_scale,
                         const float* __restrict__ centred_scale, const float* __restrict__ bias,
                         const Layout& l, const BlockRange& r, T* __restrict__ dx) {
+  constexpr bool kGated = kAct != Activation::kNone;
   const float* __restrict__ gate_scale = gate.scale;
   const float* __restrict__ gate_beta = gate.beta;
   const int64_t c = l.c;
@@ -288,8 +362,9 @@ void WriteInputGradient(const T* __restrict__ x, const T* __restrict__ dy,
     T* out = dx + start + i * c;
     for (int64_t j = 0; j < c; ++j) {
       const float centred = (ToFloat(x_row[j]) - centre_shift[j]) - centre[j];
-      const float g = GatedGradient<kRelu>(ToFloat(dy_row[j]), centred, kRelu ? gate_scale[j] : 0.0f,
-                                                  kRelu ? gate_beta[j] : 0.0f);
+      const float g = GatedGradient<kAct>(ToFloat(dy_row[j]), centred,
+                                          kGated ? gate_scale[j] : 0.0f,
+                                          kGated ? gate_beta[j] : 0.0f);
       out[j] = FromFloat<T>(dy_scale[j] * g - centred_scale[j] * centred - bias[j]);
     }
   }

@@ -17,10 +17,12 @@
 //   sigma), centring inside the pass as the keras.ops reference does; the
 //   backward reads x and dy once for its two per-channel sums and once more
 //   to write dx.
-// * With relu=true the forward writes max(y, 0) and the backward gates dy by
-//   y > 0, recomputing y from x in the passes it makes anyway: a GN + ReLU
-//   pair costs what GN alone costs, two memory passes fewer than a separate
-//   ReLU and its gradient.
+// * With activation="relu" the forward writes max(y, 0) and the backward
+//   gates dy by y > 0; with activation="silu" it writes y * sigmoid(y) and
+//   takes dy through its derivative s * (1 + y * (1 - s)), s = sigmoid(y).
+//   Both recompute y from x in the passes the backward makes anyway: a
+//   GN + activation pair costs about what GN alone costs, two memory passes
+//   fewer than a separate activation and its gradient.
 //
 // Work is split into blocks of rows of one sample, run on TensorFlow's
 // intra-op thread pool (RunPhases in group_norm_blocks.h decides whether
@@ -44,7 +46,9 @@ class GroupNormOp : public OpKernel {
   explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
     OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
-    OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
+    std::string activation;
+    OP_REQUIRES_OK(context, context->GetAttr("activation", &activation));
+    OP_REQUIRES_OK(context, ParseActivation(activation, &activation_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -96,13 +100,10 @@ class GroupNormOp : public OpKernel {
     auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
-      if (relu_) {
-        WriteNormalized<T, true>(xs, shift.data() + at, centre.data() + at, scale.data() + at, b, l,
-                                 r, ys);
-      } else {
-        WriteNormalized<T, false>(xs, shift.data() + at, centre.data() + at, scale.data() + at, b,
-                                  l, r, ys);
-      }
+      WithActivation(activation_, [&](auto kind) {
+        WriteNormalized<T, decltype(kind)::value>(xs, shift.data() + at, centre.data() + at,
+                                                  scale.data() + at, b, l, r, ys);
+      });
     };
     RunPhases(context, l, 5, sweep, finish, write);
   }
@@ -110,7 +111,7 @@ class GroupNormOp : public OpKernel {
  private:
   int64_t groups_;
   float epsilon_;
-  bool relu_;
+  Activation activation_;
 };
 
 
@@ -119,7 +120,9 @@ class GroupNormGradOp : public OpKernel {
  public:
   explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
-    OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
+    std::string activation;
+    OP_REQUIRES_OK(context, context->GetAttr("activation", &activation));
+    OP_REQUIRES_OK(context, ParseActivation(activation, &activation_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -154,14 +157,15 @@ class GroupNormGradOp : public OpKernel {
     const float* inv_std = context->input(6).flat<float>().data();
     const std::vector<float> shift = PerChannel(context->input(4).flat<float>().data(), l);
     const std::vector<float> delta = PerChannel(context->input(5).flat<float>().data(), l);
-    // The forward's scale (gamma / sigma), for the ReLU's gate.
+    // The forward's scale (gamma / sigma), for the activation's gradient.
+    const bool gated = activation_ != Activation::kNone;
     std::vector<float> scale;
-    if (relu_) {
+    if (gated) {
       scale = PerChannel(inv_std, l);
       for (int64_t k = 0; k < l.n * l.c; ++k) scale[k] *= gamma[k % l.c];
     }
     auto gate_of = [&](int64_t at) {
-      return relu_ ? ReluGate{scale.data() + at, beta} : ReluGate{nullptr, nullptr};
+      return gated ? ActivationGate{scale.data() + at, beta} : ActivationGate{nullptr, nullptr};
     };
 
     std::vector<float> sums(l.Blocks() * l.c), centred_sums(l.Blocks() * l.c);
@@ -170,13 +174,10 @@ class GroupNormGradOp : public OpKernel {
       const int64_t at = r.sample * l.c;
       float* sum = sums.data() + block * l.c;
       float* centred_sum = centred_sums.data() + block * l.c;
-      if (relu_) {
-        BlockGradientSums<T, true>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at), l,
-                                   r, sum, centred_sum);
-      } else {
-        BlockGradientSums<T, false>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at), l,
-                                    r, sum, centred_sum);
-      }
+      WithActivation(activation_, [&](auto kind) {
+        BlockGradientSums<T, decltype(kind)::value>(xs, dys, shift.data() + at, delta.data() + at,
+                                                    gate_of(at), l, r, sum, centred_sum);
+      });
     };
     // Per sample and channel: the contributions to dbeta = sum dy and
     // dgamma = sum dy * xhat, added over samples at the end in a fixed order.
@@ -191,15 +192,11 @@ class GroupNormGradOp : public OpKernel {
     auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
-      if (relu_) {
-        WriteInputGradient<T, true>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at),
-                                    dy_scale.data() + at, centred_scale.data() + at,
-                                    bias.data() + at, l, r, dx);
-      } else {
-        WriteInputGradient<T, false>(xs, dys, shift.data() + at, delta.data() + at, gate_of(at),
-                                     dy_scale.data() + at, centred_scale.data() + at,
-                                     bias.data() + at, l, r, dx);
-      }
+      WithActivation(activation_, [&](auto kind) {
+        WriteInputGradient<T, decltype(kind)::value>(
+            xs, dys, shift.data() + at, delta.data() + at, gate_of(at), dy_scale.data() + at,
+            centred_scale.data() + at, bias.data() + at, l, r, dx);
+      });
     };
     RunPhases(context, l, 8, sweep, finish, write);
     for (int64_t j = 0; j < l.c; ++j) {
@@ -215,7 +212,7 @@ class GroupNormGradOp : public OpKernel {
 
  private:
   int64_t groups_;
-  bool relu_;
+  Activation activation_;
 };
 
 // ---- registration ------------------------------------------------------------
@@ -252,7 +249,7 @@ REGISTER_OP("GnKerasGroupNorm")
     .Attr("T: {half, bfloat16, float}")
     .Attr("groups: int >= 1")
     .Attr("epsilon: float")
-    .Attr("relu: bool = false")
+    .Attr("activation: {'none', 'relu', 'silu'} = 'none'")
     .SetShapeFn(ForwardShape);
 
 REGISTER_OP("GnKerasGroupNormGrad")
@@ -268,7 +265,7 @@ REGISTER_OP("GnKerasGroupNormGrad")
     .Output("dbeta: float")
     .Attr("T: {half, bfloat16, float}")
     .Attr("groups: int >= 1")
-    .Attr("relu: bool = false")
+    .Attr("activation: {'none', 'relu', 'silu'} = 'none'")
     .SetShapeFn(BackwardShape);
 
 #define GN_KERAS_REGISTER(T)                                                              \
