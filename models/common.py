@@ -23,6 +23,7 @@ across 2D/3D, so weights map by name. Stage outputs are marked by
 
 import keras
 
+from gn_keras.models import layout
 from gn_keras.temporal_padding import TemporalReplicatePadding, VideoMaxPooling3D
 
 CLASSIFIER_STDDEV = 0.01
@@ -41,15 +42,22 @@ def classifier_initializer():
 
 
 class Builder:
-    """Places conv/norm/activation units for one network."""
+    """Places conv/norm/activation units for one network.
+
+    ``data_format`` is the model's interface (its input, feature-map output
+    and endpoints); the layers are placed in :attr:`data_format`, the
+    layout it computes in here (:mod:`models.layout`), which differs only
+    for channels_first on a CPU that cannot run NCHW convolutions.
+    """
 
     def __init__(self, norm, rank, data_format, zero_init_residual, temporal_padding="replicate"):
         self.norm = norm
         self.rank = rank
-        self.data_format = data_format
+        self.interface_format = data_format
+        self.data_format = layout.compute_format(data_format)
         self.zero_init_residual = zero_init_residual
         self.temporal_padding = temporal_padding
-        self.channel_axis = -1 if data_format == "channels_last" else 1
+        self.channel_axis = -1 if self.data_format == "channels_last" else 1
 
     def kernel(self, spatial, temporal=1):
         """A kernel or stride tuple: ``spatial`` in H, W and ``temporal`` in T."""
@@ -144,10 +152,30 @@ class Builder:
             num_classes, kernel_initializer=classifier_initializer(), name=name
         )(x)
 
+    def enter(self, inputs):
+        """The model's input in the layout the body computes in."""
+        return self._convert(inputs, self.interface_format, self.data_format, "to_channels_last")
 
-def mark_endpoint(x, name):
-    """Tag a stage output so :mod:`models.endpoints` can find it."""
-    return keras.layers.Identity(name=name)(x)
+    def leave(self, outputs):
+        """The model's output in its interface layout (feature maps only)."""
+        if len(outputs.shape) <= 2:
+            return outputs
+        return self._convert(outputs, self.data_format, self.interface_format, "to_channels_first")
+
+    def mark_endpoint(self, x, name):
+        """Tag a stage output ``name`` so :mod:`models.endpoints` finds it.
+
+        The mark is an ``Identity``; a body computing in another layout than
+        the interface marks the interface-layout map (a transpose named
+        ``name``) and carries on from a transpose back.
+        """
+        if self.data_format == self.interface_format:
+            return keras.layers.Identity(name=name)(x)
+        marked = self._convert(x, self.data_format, self.interface_format, name)
+        return self._convert(marked, self.interface_format, self.data_format, f"{name}_back")
+
+    def _convert(self, x, source, target, name):
+        return layout.convert(x, self.rank, source, target, name)
 
 
 def model_input(input_shape, name="input"):

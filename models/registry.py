@@ -12,7 +12,7 @@ import functools
 import keras
 
 from gn_keras import _checks, norms
-from gn_keras.models import resnet, resnet3d, resnet_cifar, vgg
+from gn_keras.models import resnet, resnet3d, resnet_cifar, resnetv2, vgg
 from gn_keras.models.common import DATA_FORMATS, POOLINGS, TEMPORAL_PADDINGS, Builder, model_input
 
 
@@ -39,6 +39,12 @@ def _specs():
     for depth in resnet_cifar.DEPTHS:
         fn = functools.partial(resnet_cifar.build_resnet_cifar, depth=depth)
         specs[f"resnet{depth}"] = ModelSpec(fn, 2, (32, 32, 3), options=("width_multiplier",))
+    # Pre-activation ResNet-V2: BiT's stem, or the deep stem of timm's "d" models.
+    for depth in resnetv2.DEPTHS:
+        for suffix, stem_kind in (("", "bit"), ("d", "deep")):
+            fn = functools.partial(resnetv2.build_resnetv2, depth=depth, stem_kind=stem_kind)
+            options = ("width_multiplier", "ws_epsilon")
+            specs[f"resnetv2_{depth}{suffix}"] = ModelSpec(fn, 2, (224, 224, 3), options=options)
     specs["vgg16"] = ModelSpec(vgg.build_vgg16, 2, (224, 224, 3), fixed_spatial_top=True)
     # 32-frame clips as in the paper's main Kinetics setting (§4.3).
     specs["resnet50_i3d"] = ModelSpec(
@@ -137,13 +143,16 @@ def build(
         224×224 RGB (ImageNet models), 32×32 (CIFAR ResNets), 32×224×224
         clips (I3D). ``None`` sizes are allowed except for VGG's flatten head.
       groups, group_size: GN's grouping (for ``gn``, ``gn+ws``, ``keras_gn``).
-      zero_init_residual: start each residual block's last γ at 0 (§4.1).
+      zero_init_residual: start each residual block's last γ at 0 (§4.1);
+        ResNet-V2 blocks start their last conv at 0 instead (see resnetv2).
       data_format: ``"channels_last"`` or ``"channels_first"``.
       include_top: add the classifier; if False the output is the last
         feature map pooled by ``pooling`` (``"avg"``, ``"max"``, or None
         for the map itself). ``pooling`` is ignored when ``include_top``.
-      **options: model-specific: ``width_multiplier`` (CIFAR ResNets),
-        ``temporal_padding`` (``"replicate"``/``"zeros"``, I3D).
+      **options: model-specific: ``width_multiplier`` (CIFAR ResNets,
+        ResNet-V2), ``ws_epsilon`` (ResNet-V2 with ``gn+ws``: the ε of its
+        weight standardization), ``temporal_padding``
+        (``"replicate"``/``"zeros"``, I3D).
 
     Returns:
       A functional ``keras.Model`` named ``<name>_<norm>``.
@@ -160,10 +169,10 @@ def build(
     inputs = model_input(shape)
     outputs = spec.build_fn(
         builder,
-        inputs,
+        builder.enter(inputs),
         include_top=include_top,
         num_classes=num_classes,
         pooling=pooling,
         **options,
     )
-    return keras.Model(inputs, outputs, name=f"{name}_{norm.replace('+', '_')}")
+    return keras.Model(inputs, builder.leave(outputs), name=f"{name}_{norm.replace('+', '_')}")

@@ -20,8 +20,6 @@ The block and stage functions take a temporal kernel so the I3D model
 
 import keras
 
-from gn_keras.models.common import mark_endpoint
-
 # depth -> (block type, blocks per stage)
 DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -73,7 +71,7 @@ def stage(builder, x, block, count, width, strides, index, temporal_kernels=None
     for i in range(count):
         temporal = 1 if temporal_kernels is None else temporal_kernels[i]
         x = block(builder, x, width, strides if i == 0 else 1, f"res{index}_block{i + 1}", temporal)
-    return mark_endpoint(x, f"C{index}")
+    return builder.mark_endpoint(x, f"C{index}")
 
 
 def stem(builder, x, temporal=1, width=STEM_WIDTH):

@@ -15,7 +15,7 @@ Names: unit ``j`` of block ``b`` is ``block<b>_<j>`` (``block1_1_conv``,
 
 import keras
 
-from gn_keras.models.common import classifier_initializer, mark_endpoint
+from gn_keras.models.common import classifier_initializer
 
 # (convs, filters) per block
 BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -35,7 +35,7 @@ def build_vgg16(builder, inputs, *, include_top, num_classes, pooling):
     for block, (convs, filters) in enumerate(BLOCKS, start=1):
         for unit in range(1, convs + 1):
             x = builder.conv_norm(x, filters, 3, 1, f"block{block}_{unit}")
-        x = mark_endpoint(x, f"C{block}")
+        x = builder.mark_endpoint(x, f"C{block}")
         x = keras.layers.MaxPooling2D(
             2, 2, data_format=builder.data_format, name=f"block{block}_pool"
         )(x)

@@ -12,6 +12,11 @@ import secrets
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN off, as TensorFlow leaves it on every CPU without AVX-512 (most
+# users' machines): the suite then checks the same paths on every machine
+# and is timed where it is slowest.  tests/test_models_layout.py runs the
+# layout-dependent checks with it on too.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # The compiled kernels (gn_keras/kernels) must build here: a silent fallback
 # to TensorFlow ops would leave them untested.  Tests that want the
 # fallback set GN_KERAS_KERNELS=off themselves.
