@@ -1,7 +1,8 @@
 """gn-keras: Group Normalization (Wu & He, 2018) for Keras 3 and TensorFlow.
 
 The public surface: the ``GroupNormalization`` layer and its functional form
-``group_norm``, and ``portable_ops`` for graphs traced by hand for export.
+``group_norm``, ``portable_ops`` for graphs traced by hand for export, and
+``replace_group_norms``, which puts the layer into an existing Keras model.
 """
 
 import os as _os
@@ -17,6 +18,7 @@ if _os.path.basename(_sys.argv[0]).startswith("gn-") or _sys.argv[0] == "-m":
 # The normalization family, model conversion, and the layers they use (the
 # imports also register those layers for loading saved models).
 from gn_keras import convert, norms
+from gn_keras.dropin import replace_group_norms
 from gn_keras.frozen_bn import FrozenBatchNormalization
 from gn_keras.functional import group_norm
 from gn_keras.layer import GroupNormalization
@@ -30,6 +32,7 @@ __all__ = [
     "GroupNormalization",
     "group_norm",
     "portable_ops",
+    "replace_group_norms",
     "__version__",
     "convert",
     "norms",
