@@ -102,18 +102,19 @@ def _fill_layer(layer, module, tensors, origin, result, flip):
     return [origin.get(f"{module}.{kind}", f"{module}.{kind}") for kind in unused]
 
 
-def fill(model, canonical, origin, *, flip_input_channels=False):
+def fill(model, canonical, origin, *, flip_input_channels=False, zoo_layer=names.zoo_layer):
     """Assign ``canonical`` (torchvision names) into zoo ResNet ``model`` in place.
 
     ``origin`` maps canonical names back to the source's names for the
     report; ``flip_input_channels`` reverses the stem conv's input channels
-    (BGR source → RGB model).
+    (BGR source → RGB model); ``zoo_layer`` names the layer a canonical
+    module fills (another family's map, e.g. timm's ResNet-V2).
     """
     result = FillResult()
     layers = {layer.name: layer for layer in model.layers if layer.weights}
     reached = set()
     for module, tensors in sorted(_group_by_module(canonical).items()):
-        layer = layers.get(names.zoo_layer(module))
+        layer = layers.get(zoo_layer(module))
         if layer is None:
             result.unused += [
                 origin.get(f"{module}.{kind}", f"{module}.{kind}") for kind in tensors

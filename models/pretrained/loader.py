@@ -6,11 +6,15 @@ zoo model with :func:`gn_keras.models.build` and fills it (:mod:`.assign`).
 Anything left over or left empty is refused in one line unless
 ``allow_partial``. :func:`load_pretrained` returns just the model.
 
+timm's pre-activation ResNet-V2 (BiT, ``resnetv2_50d_gn``) goes the same way
+through :mod:`.timm_resnetv2`, into the zoo's ``resnetv2_*``.
+
 Preprocessing (``preprocessing.json``, 0–255 pixel scale): the ImageNet
-mean/std of torchvision and timm, or timm's ``pretrained_cfg`` for a hub
-model; Caffe2 (Detectron) and detectron2 models read BGR pixels with only
-the pixel means subtracted. Their first conv is flipped to RGB here (see
-:mod:`.assign`), so the mean is stored in RGB order and std is 1.
+mean/std of torchvision and timm (the Inception mean/std for timm's
+ResNet-V2), or timm's ``pretrained_cfg`` for a hub model; Caffe2 (Detectron)
+and detectron2 models read BGR pixels with only the pixel means subtracted.
+Their first conv is flipped to RGB here (see :mod:`.assign`), so the mean is
+stored in RGB order and std is 1.
 """
 
 import dataclasses
@@ -18,10 +22,11 @@ import os
 
 from gn_keras import _checks, load
 from gn_keras.models import registry, resnet
-from gn_keras.models.pretrained import assign, checkpoints, names
+from gn_keras.models.pretrained import assign, checkpoints, names, timm_resnetv2
 
-NORMS = ("gn", "bn", "frozen_bn", "sync_bn")
-MODELS = tuple(f"resnet{depth}" for depth in resnet.DEPTHS)
+NORMS = ("gn", "bn", "frozen_bn", "sync_bn", "gn+ws")
+RESNETV2_MODELS = tuple(name for name in registry.available() if name.startswith("resnetv2_"))
+MODELS = tuple(f"resnet{depth}" for depth in resnet.DEPTHS) + RESNETV2_MODELS
 INPUT_FORMATS = ("rgb", "bgr")
 DEFAULT_IMAGE_SIZE = 224
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,8 +88,19 @@ def _source_norm(canonical, original_names):
     return "gn"
 
 
-def _check_norm(found, norm, where):
-    wanted_bn = norm != "gn"
+def _check_norm(found, norm, where, resnetv2):
+    if resnetv2 and (found != "gn" or norm not in timm_resnetv2.NORMS):
+        _fail(
+            where,
+            f"holds a ResNet-V2; only GN ones convert, with norm=gn or gn+ws "
+            f"(BiT's WS convs), not norm={norm}.",
+        )
+    if norm == "gn+ws" and not resnetv2:
+        _fail(
+            where,
+            "holds a ResNet (v1.5) with plain convs; norm=gn+ws is for timm's ResNet-V2 (BiT).",
+        )
+    wanted_bn = norm not in ("gn", "gn+ws")
     if (found == "gn") == wanted_bn:
         held = {"gn": "GN layers (no running statistics)", "bn": "BN layers", "affine": "affine BN"}
         other = "norm=gn" if wanted_bn else "norm=bn or norm=frozen_bn"
@@ -115,14 +131,17 @@ def _refuse_partial(result, where):
         )
 
 
-def _preprocessing(source, bgr, image_size, num_classes, hub_config):
+def _preprocessing(source, bgr, image_size, num_classes, hub_config, resnetv2):
     spec = {"image_size": [image_size, image_size], "channels": 3}
     if bgr:
         bgr_means = _BGR_MEANS.get(source, _BGR_MEANS["detectron2"])
         spec.update(mean=list(bgr_means[::-1]), std=[1.0, 1.0, 1.0], source_channel_order="BGR")
     else:
         config = hub_config or {}
-        mean, std = config.get("mean", _IMAGENET_MEAN), config.get("std", _IMAGENET_STD)
+        mean, std = (
+            (timm_resnetv2.MEAN, timm_resnetv2.STD) if resnetv2 else (_IMAGENET_MEAN, _IMAGENET_STD)
+        )
+        mean, std = config.get("mean", mean), config.get("std", std)
         spec.update(mean=[255.0 * m for m in mean], std=[255.0 * s for s in std])
         spec.update(source_channel_order="RGB")
         spec.update(crop_fraction=float(config.get("crop_pct", 0.875)))
@@ -157,25 +176,46 @@ class _ReadCheckpoint:
     bookkeeping: list  # source tensors that hold no weights (e.g. num_batches_tracked)
     model: str  # the zoo ResNet of the checkpoint's depth
     source_norm: str  # "bn", "affine" or "gn"
+    width_multiplier: int | None  # a ResNet-V2's width (None: a ResNet)
+
+    @property
+    def resnetv2(self):
+        return self.width_multiplier is not None
 
 
 def _read_checked(source, checkpoint, model, norm):
     """Read and rename ``checkpoint``; refuse a depth other than ``model`` or a wrong norm."""
     where = os.fspath(checkpoint)
     tensors, hub_config, digest = _read(source, checkpoint)
-    canonical, origin, unmatched, bookkeeping = names.to_canonical(tensors, source)
-    name = _model_name(canonical, model, where)
+    width_multiplier = None
+    if source == "timm" and timm_resnetv2.holds_resnetv2(tensors):
+        canonical, origin, unmatched, bookkeeping = timm_resnetv2.to_canonical(tensors)
+        name, width_multiplier = timm_resnetv2.model_name(
+            canonical, model, lambda problem: _fail(where, problem)
+        )
+    else:
+        canonical, origin, unmatched, bookkeeping = names.to_canonical(tensors, source)
+        name = _model_name(canonical, model, where)
     found_norm = _source_norm(canonical, origin.values())
-    _check_norm(found_norm, norm, where)
+    _check_norm(found_norm, norm, where, width_multiplier is not None)
     return _ReadCheckpoint(
-        where, digest, hub_config, canonical, origin, unmatched, bookkeeping, name, found_norm
+        where,
+        digest,
+        hub_config,
+        canonical,
+        origin,
+        unmatched,
+        bookkeeping,
+        name,
+        found_norm,
+        width_multiplier,
     )
 
 
 def _defaults(source, read, num_classes, image_size, input_format):
     """``(num_classes, image_size, bgr)``: as given, else from the checkpoint or the source."""
     if num_classes is None:
-        fc = read.canonical.get("fc.weight")
+        fc = read.canonical.get(timm_resnetv2.CLASSIFIER if read.resnetv2 else "fc.weight")
         num_classes = 1000 if fc is None else fc.shape[0]
     if image_size is None:
         image_size = int((read.hub_config or {}).get("input_size", (DEFAULT_IMAGE_SIZE,))[-1])
@@ -185,8 +225,15 @@ def _defaults(source, read, num_classes, image_size, input_format):
 
 def _filled_model(read, bgr, allow_partial, **build_arguments):
     """``(model, fill result)`` of the zoo model; a partial fill is refused unless allowed."""
+    zoo_layer = names.zoo_layer
+    if read.resnetv2:
+        zoo_layer = timm_resnetv2.zoo_layer
+        build_arguments.update(width_multiplier=read.width_multiplier)
+        build_arguments.update(timm_resnetv2.build_options(build_arguments["norm"]))
     keras_model = registry.build(read.model, **build_arguments)
-    result = assign.fill(keras_model, read.canonical, read.origin, flip_input_channels=bgr)
+    result = assign.fill(
+        keras_model, read.canonical, read.origin, flip_input_channels=bgr, zoo_layer=zoo_layer
+    )
     result.unused = sorted(result.unused + read.unmatched)
     if not allow_partial:
         _refuse_partial(result, read.where)
@@ -195,7 +242,7 @@ def _filled_model(read, bgr, allow_partial, **build_arguments):
 
 def _report(source, read, settings, result):
     """The conversion report: where from, the settings used, and what was filled or left."""
-    return {
+    report = {
         "source": source,
         "checkpoint": read.where if read.digest is None else os.path.abspath(read.where),
         "checkpoint_sha256": read.digest,
@@ -213,6 +260,10 @@ def _report(source, read, settings, result):
         "mismatched": result.mismatched,
         "skipped_bookkeeping_tensors": len(read.bookkeeping),
     }
+    if read.resnetv2:
+        report["width_multiplier"] = read.width_multiplier
+        report["ws_epsilon"] = timm_resnetv2.build_options(settings["norm"]).get("ws_epsilon")
+    return report
 
 
 def convert_checkpoint(
@@ -233,9 +284,12 @@ def convert_checkpoint(
       source: ``"timm"``, ``"torchvision"``, ``"detectron"`` or ``"detectron2"``.
       checkpoint: a ``.pth``/``.pt``/``.bin``/``.safetensors``/``.pkl`` path, or
         ``"hub:NAME"`` for timm to download (``source="timm"`` only).
-      model: ``"resnet18"`` … ``"resnet152"``; None takes the checkpoint's depth.
+      model: ``"resnet18"`` … ``"resnet152"``, or ``"resnetv2_50"`` …
+        ``"resnetv2_152d"`` for timm's ResNet-V2; None takes the checkpoint's depth.
       norm: ``"gn"`` for a GN checkpoint; ``"bn"``, ``"frozen_bn"`` (BN*) or
-        ``"sync_bn"`` for a BN (or Caffe2 affine) one.
+        ``"sync_bn"`` for a BN (or Caffe2 affine) one; ``"gn+ws"`` for BiT
+        (timm's ``resnetv2_*_bit``, whose convs standardize their kernels:
+        the checkpoint cannot say so).
       groups: GN's group count (not stored in checkpoints; timm and
         Detectron use 32).
       num_classes: the classifier width; default the checkpoint's fc (1000
@@ -265,13 +319,15 @@ def convert_checkpoint(
     )
     settings = {
         "norm": norm,
-        "groups": groups if norm == "gn" else None,
+        "groups": groups if norm in ("gn", "gn+ws") else None,
         "num_classes": num_classes,
         "image_size": image_size,
         "source_channel_order": "BGR" if bgr else "RGB",
         "allow_partial": allow_partial,
     }
-    preprocessing = _preprocessing(source, bgr, image_size, num_classes, read.hub_config)
+    preprocessing = _preprocessing(
+        source, bgr, image_size, num_classes, read.hub_config, read.resnetv2
+    )
     return Conversion(
         keras_model, preprocessing, _report(source, read, settings, result), read.canonical, bgr
     )

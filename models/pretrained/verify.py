@@ -1,11 +1,13 @@
 """Running the source network in PyTorch beside the converted Keras model.
 
 The reference is timm's ResNet (torchvision's layout and names, which every
-source is renamed into), given the checkpoint's own tensors. Both get the
+source is renamed into), or timm's ``ResNetV2`` of a converted ResNet-V2
+(:func:`.timm_resnetv2.reference_network`), given the checkpoint's own tensors. Both get the
 same random batch of already-normalized images (the Keras model the
 channels in RGB order when the source read BGR); the largest logit
 difference, relative to the largest |logit| of torch, must stay within
 ``tolerance`` (1e-4 in float32). Without a filled classifier the C5 maps
+(a ResNet-V2: the maps after its final norm, timm's ``forward_features``)
 are compared instead.
 
 Without torch and timm installed the check is skipped and says so.
@@ -13,11 +15,12 @@ Without torch and timm installed the check is skipped and says so.
 
 import functools
 
+import keras
 import numpy as np
 
 from gn_keras import load
 from gn_keras.models import endpoints
-from gn_keras.models.pretrained import torch_runtime
+from gn_keras.models.pretrained import timm_resnetv2, torch_runtime
 
 TOLERANCE = 1e-4
 BATCH = 2
@@ -33,6 +36,12 @@ def _runtime():
 
 def _reference(conversion, torch, timm):
     report = conversion.report
+    if "width_multiplier" in report:  # a ResNet-V2
+        network = timm_resnetv2.reference_network(timm, report)
+        network.load_state_dict(
+            timm_resnetv2.torch_state(conversion.canonical, torch), strict=False
+        )
+        return network.eval()
     options = {"pretrained": False, "num_classes": report["num_classes"]}
     if report["norm"] == "gn":
         options["norm_layer"] = functools.partial(
@@ -71,17 +80,30 @@ def verify(conversion, tolerance=TOLERANCE):
     if conversion.source_bgr:
         keras_images = keras_images[..., ::-1]
     network = _reference(conversion, torch, timm)
-    compared = "C5" if report["missing_model_weights"] else "logits"
+    compared = _compared(report)
     with torch.no_grad():
         tensor = torch.from_numpy(images)
-        want = network.forward_features(tensor) if compared == "C5" else network(tensor)
-    want = want.numpy()
+        want = network(tensor) if compared == "logits" else network.forward_features(tensor)
+    got = _keras_output(conversion.model, keras_images, compared)
+    return _judge(got, want.numpy(), compared, tolerance, report, torch, timm)
+
+
+def _compared(report):
+    """Logits; without a classifier, what timm's ``forward_features`` gives."""
+    if not report["missing_model_weights"]:
+        return "logits"
+    return timm_resnetv2.FEATURES_LAYER if "width_multiplier" in report else "C5"
+
+
+def _keras_output(model, images, compared):
+    """The Keras model's ``compared`` output, maps in torch's NCHW."""
+    if compared == "logits":
+        return np.asarray(model(images, training=False))
     if compared == "C5":
-        extractor = endpoints.feature_extractor(conversion.model, ("C5",))
-        got = np.asarray(extractor(keras_images, training=False)["C5"]).transpose(0, 3, 1, 2)
+        maps = endpoints.feature_extractor(model, ("C5",))(images, training=False)["C5"]
     else:
-        got = np.asarray(conversion.model(keras_images, training=False))
-    return _judge(got, want, compared, tolerance, report, torch, timm)
+        maps = keras.Model(model.input, model.get_layer(compared).output)(images, training=False)
+    return np.asarray(maps).transpose(0, 3, 1, 2)
 
 
 def _only_head_missing(report):
