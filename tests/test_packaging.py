@@ -1,9 +1,13 @@
 """The installed package: one ``gn_keras`` namespace, nothing at the top level besides it.
 
 A wheel is built from the repo and installed into a new virtual
-environment.  The environment sees the machine's site-packages for the
-heavy dependencies (TensorFlow, Keras: installing them again would take
-minutes), but gn-keras itself comes from the wheel, which the test checks.
+environment.  The environment sees the calling interpreter's
+site-packages for the heavy dependencies (TensorFlow, Keras: installing
+them again would take minutes) through a ``.pth`` file of plain paths,
+whether that interpreter is a system one, a plain venv or a
+``--system-site-packages`` venv; gn-keras itself comes from the wheel,
+which the test checks (plain paths run no ``.pth`` hooks, so the calling
+environment's editable install of gn-keras stays out).
 From a directory that holds its own ``models/`` and ``train/`` packages, as
 research repos often do, ``gn-train`` trains one tiny epoch and both the
 user's packages and ours import side by side.
@@ -66,10 +70,43 @@ def test_wheel_installs_models_and_train_inside_gn_keras_only(wheel):
     assert "gn-train = gn_keras.train.classify:run" in entry_points
 
 
+def _site_dirs():
+    """The calling interpreter's package folders, in its own order."""
+    return [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+
+
+def _venv_seeing_our_packages(venv):
+    """A new venv whose own site-packages come first, then the caller's."""
+    _run([sys.executable, "-m", "venv", str(venv)])
+    python = str(venv / "bin" / "python")
+    own = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+    own_site = own.stdout.strip()
+    with open(os.path.join(own_site, "zz_calling_environment.pth"), "w") as pth:
+        pth.write("\n".join(p for p in _site_dirs() if p != own_site) + "\n")
+    return python
+
+
+def test_the_new_venv_imports_tensorflow_and_keras_from_the_calling_environment(tmp_path):
+    python = _venv_seeing_our_packages(tmp_path / "venv")
+    import keras
+    import tensorflow
+
+    where = _run(
+        [python, "-c", "import keras, tensorflow; print(keras.__file__, tensorflow.__file__)"]
+    )
+    assert where.stdout.split() == [keras.__file__, tensorflow.__file__]
+    import gn_keras
+
+    if not any(gn_keras.__file__.startswith(site) for site in _site_dirs()):  # editable here
+        find = "import importlib.util as u; print(u.find_spec('gn_keras'))"
+        gn = _run([python, "-c", find], cwd=str(tmp_path))  # not the repo: '' is on sys.path
+        assert gn.stdout.strip() == "None", "the caller's editable gn-keras leaked in"
+
+
 def test_installed_wheel_runs_beside_a_project_with_its_own_models_and_train(wheel, tmp_path):
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
-    python, gn_train = str(venv / "bin" / "python"), str(venv / "bin" / "gn-train")
+    python = _venv_seeing_our_packages(venv)
+    gn_train = str(venv / "bin" / "gn-train")
     _run([python, "-m", "pip", "install", "--no-deps", "-q", wheel])
     project = tmp_path / "project"
     for package in ("models", "train"):
