@@ -8,8 +8,10 @@ Two kinds of change are made, and listed here so that nothing else is:
 * training commands get ``TINY`` flags appended (one short epoch);
 * ``/tmp/check`` becomes a directory of the test's own.
 
-Commands are skipped by ``SKIPPED`` alone: installs and the test command
-itself (the environment already has them), data or weights from outside
+The set-up steps of a ``&&`` chain (making and activating ``.venv``,
+``pip install``) are dropped: the test's environment already has them.
+Commands are skipped by ``SKIPPED`` alone: the test command
+itself, data or weights from outside
 (ImageNet, CIFAR, the timm hub, a Detectron file, COCO, Kinetics), and the
 detection and video main jobs, which their own tests run
 (tests/test_detection_train.py, tests/test_video_train.py).  Of the study
@@ -25,8 +27,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--epochs=1 --steps_per_epoch=2 --eval_steps=1"
 TRAINING = ("gn_keras.train.classify", "gn_keras.train.finetune", "gn_keras.train.study")
+SETUP_STEPS = re.compile(r"^(python3? -m venv |\. \S*/bin/activate$|pip install)")
 SKIPPED = (
-    re.compile(r"^pip install"),
     re.compile(r"pytest"),
     re.compile(r"/data/|tfds:|hub:|\.pkl|\.\.\.|--preset=paper_"),
     re.compile(r"^gn-(detect|video)\b"),
@@ -52,6 +54,11 @@ def runnable(commands, scratch):
     chosen, studies = [], 0
     for command in commands:
         if any(pattern.search(command) for pattern in SKIPPED):
+            continue
+        command = " && ".join(
+            step for step in command.split(" && ") if not SETUP_STEPS.match(step.strip())
+        )
+        if not command:
             continue
         if "gn_keras.train.study" in command:
             studies += 1
