@@ -283,20 +283,26 @@ def keras_reference(model, preprocessing, images):
     return {"logits": logits, "probabilities": probabilities}, features
 
 
-def compare(artefact, got, want, tolerance=DEFAULT_TOLERANCE):
-    """Max |got − want| per output; raise ExportMismatchError beyond tolerance."""
-    report = {}
+def check_outputs(artefact, got, want):
+    """``ExportMismatchError`` unless ``got`` has every output of ``want`` in its shape."""
     for name, expected in want.items():
         if name not in got:
             raise ExportMismatchError(
                 f"{artefact}: output {name!r} is missing (has {sorted(got)})."
             )
-        actual = np.asarray(got[name], np.float64)
-        if actual.shape != expected.shape:
+        if np.shape(got[name]) != np.shape(expected):
             raise ExportMismatchError(
-                f"{artefact}: output {name!r} has shape {actual.shape}, "
-                f"Keras gives {expected.shape}."
+                f"{artefact}: output {name!r} has shape {np.shape(got[name])}, "
+                f"Keras gives {np.shape(expected)}."
             )
+
+
+def compare(artefact, got, want, tolerance=DEFAULT_TOLERANCE):
+    """Max |got − want| per output; raise ExportMismatchError beyond tolerance."""
+    check_outputs(artefact, got, want)
+    report = {}
+    for name, expected in want.items():
+        actual = np.asarray(got[name], np.float64)
         error = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
         allowed = tolerance * max(1.0, float(np.max(np.abs(expected))))
         if not error <= allowed:

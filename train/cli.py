@@ -12,6 +12,10 @@ combination of flags (absl's ``flags.Error`` while parsing, or
 that stops a run (a file that cannot be read, a ``ValueError`` raised deep
 in training), without the pointer.
 
+An export that fails its own check (``gn_keras.export.ExportMismatchError``,
+e.g. at the end of a training run) also ends in its one line, status 1;
+the staged export is already removed by then (``train.workdir.staging``).
+
 A place that cannot be written, for any script, is caught here once
 (``write_error_line``): a read-only ``--model_dir``/``--output_dir`` or a
 full disk, whether Python (``PermissionError``, ``OSError`` ENOSPC, EROFS,
@@ -38,12 +42,14 @@ HELP_HINT = "(run with --helpfull for all flags)"
 
 def describe_outputs(results):
     """Where the run left everything, for the end of the command-line job."""
+    from gn_keras.train.loop import rate_text  # loaded by then; keeps TensorFlow out of here
+
     paths = results["outputs"]
     lines = [
         f"Median top-1 error of the last 5 epochs: {results['median_last5_top1_error']:.4f} "
         f"(final {results['final_top1_error']:.4f}, best {results['best_top1_error']:.4f} "
         f"at epoch {results['best_epoch'] + 1} of the 'Epoch N/E' lines); "
-        f"{results['images_per_sec']:.1f} images/s.",
+        f"{rate_text(results['images_per_sec'], 'image')}.",
         f"  results:        {paths['results']}",
         f"  checkpoints:    {paths['checkpoints']}  (rerun the same command to resume)",
         f"  TensorBoard:    tensorboard --logdir {paths['tensorboard']}",
@@ -103,14 +109,16 @@ def write_error_line(error):
 
 
 def guard_writes(main, program):
-    """``main`` with a failed write turned into one line and exit status 1 (see module doc)."""
+    """``main`` with a failed write or export check turned into one line, status 1 (module doc)."""
 
     def guarded(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
-        except Exception as error:  # noqa: BLE001 -- only failed writes are caught, see below
+        except Exception as error:  # noqa: BLE001 -- only failed writes and checks, see below
+            if _is_export_mismatch(error):
+                exit_with_error(program, error)
             line = write_error_line(error)
             cause = error.__cause__ or error.__context__
             if line is None and cause is not None:
@@ -120,6 +128,16 @@ def guard_writes(main, program):
             exit_with_error(program, OSError(line))
 
     return guarded
+
+
+def _is_export_mismatch(error):
+    """Whether ``error`` is an export that failed its check (``gn_keras.export``).
+
+    Looked up among the loaded modules: this module must not import
+    TensorFlow, and an error of that kind means its module is loaded.
+    """
+    export = sys.modules.get("gn_keras.export")
+    return export is not None and isinstance(error, export.ExportMismatchError)
 
 
 def _find_gpus_quietly():
@@ -178,8 +196,8 @@ def _define_key_flags(define_flags):
 def run_command(main, program, define_flags):
     """Define the flags, then ``app.run(main)`` with parsing errors reported in one line.
 
-    A failed write (read-only folder, full disk) ends ``main`` in one line
-    with status 1, and absl logs WARNING and above unless --verbosity is
+    A failed write (read-only folder, full disk) or export check ends
+    ``main`` in one line with status 1, and absl logs WARNING and above unless --verbosity is
     given (module doc).  Every script defines its flags here, when it runs (never at import), so
     importing a script's module defines nothing.  Also checks that no
     positional argument is left over.

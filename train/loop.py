@@ -172,7 +172,18 @@ def _describe(record, metric):
     # included); results.json's train loss, shown here too, excludes it.
     train_loss = record.train.get("loss")
     data_loss = "" if train_loss is None else f"train loss without L2 {train_loss:.4f}; "
-    return f"  {data_loss}val {shown}; {record.images_per_sec:.1f} examples/s"
+    return f"  {data_loss}val {shown}; {rate_text(record.images_per_sec)}"
+
+
+def rate_text(per_second, unit="example"):
+    """``"12.5 examples/s"``, or below one a second ``"125.0 s/example"``.
+
+    A slow run (a detector at full size on a CPU) reads as ``0.0`` per
+    second otherwise.
+    """
+    if 0 < per_second < 1:
+        return f"{1 / per_second:.1f} s/{unit}"
+    return f"{per_second:.1f} {unit}s/s"
 
 
 def run_epochs(run, callbacks=()):

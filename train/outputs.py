@@ -9,8 +9,8 @@
 * ``preprocessing.json``: how inputs become model inputs (the task's data).
 * ``tensorboard/train`` and ``tensorboard/val``: ``tf.summary`` scalars.
 * ``last.keras`` every epoch, ``best.keras`` at the best primary metric.
-* ``saved_model/``: the task's export at the end, written into a staging
-  directory first and swapped in whole.
+* ``saved_model/``: the task's export at the end, built and checked in a
+  staging directory, then exchanged with the old one in one step.
 
 Only the chief writes; other workers' saves (which must happen, see
 ``train.strategy``) go to throw-away directories.
@@ -18,13 +18,14 @@ Only the chief writes; other workers' saves (which must happen, see
 
 import json
 import os
-import shutil
 
 import tensorflow as tf
 from absl import logging
 
+from gn_keras import export as export_lib
 from gn_keras.train import records as records_lib
 from gn_keras.train import strategy as strategy_lib
+from gn_keras.train import workdir
 
 RESULTS_FILE = "results.json"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -186,17 +187,20 @@ class RunOutputs:
         """Write the export with ``export_fn(model, staging_dir, verify)`` and swap it in.
 
         Every worker must call this (see the module doc); only the chief's
-        export is kept and verified.
+        export is kept and verified.  The swap is ``train.workdir.publish``
+        (one atomic exchange), so ``saved_model/`` is at every moment the old
+        export or the new one; a failed build or check leaves it as it was
+        and its staging removed.
         """
         target = strategy_lib.worker_write_dir(self.strategy, self.paths["saved_model"])
-        staging = f"{target}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        export_fn(model, staging, self.is_chief)
-        if self.is_chief:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
+        with workdir.staging(target) as staging:
+            try:
+                export_fn(model, staging, self.is_chief)
+            except export_lib.ExportMismatchError as error:
+                kept = f"{error} {target} is left as it was."
+                raise export_lib.ExportMismatchError(kept) from None
+            if self.is_chief:
+                workdir.publish(staging, target)
         return target
 
 

@@ -9,7 +9,13 @@ claim sweeps it, with a warning naming each file and its size:
 
 * ``ckpt-N_temp/`` in ``checkpoints/`` (TensorFlow's checkpoint staging),
 * ``NAME.tmp-PID`` and ``NAME.tmp-PID.keras`` (our atomic writes),
-* ``saved_model.tmp-PID/`` (the export staging).
+* ``saved_model.tmp-PID/`` (the export staging, or the old export a
+  finished ``publish`` swapped out).
+
+A ``publish`` killed between its renames (only where ``renameat2`` cannot
+exchange) leaves ``NAME.tmp-PID-old/``: the sweeps finish that swap first
+(``settle_publish``), so the complete staging becomes ``NAME`` and is never
+deleted as debris.
 
 ``staging(target)`` builds a whole folder (the ``--output_dir`` of
 ``gn-export``) beside ``target`` as ``NAME.tmp-PID/``, locked (``flock`` on
@@ -36,6 +42,7 @@ from absl import logging
 LOCK_FILE = ".lock"
 _OUR_TEMPORARY = re.compile(r".+\.tmp-\d+(\.keras)?")
 _CHECKPOINT_TEMPORARY = re.compile(r"ckpt-\d+_temp")
+_ASIDE = re.compile(r"(?P<staging>(?P<target>.+)\.tmp-\d+)-old")
 _RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths in one step
 
 
@@ -74,18 +81,53 @@ def stale_files(model_dir):
     return found
 
 
+def _remove(path):
+    logging.warning("Removing %s (%.1f MB) left by an interrupted write.", path, _size(path) / 1e6)
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def settle_publish(aside):
+    """Finish the ``publish`` whose writer died between renames, leaving ``aside``.
+
+    ``aside`` (``NAME.tmp-PID-old``) is the old ``NAME``.  ``publish`` runs
+    only on a finished staging, so ``NAME.tmp-PID``, if still there, is the
+    complete new folder: it becomes ``NAME``; with it already moved, the old
+    folder is removed; with no ``NAME`` and no staging, the old one returns.
+    """
+    found = _ASIDE.fullmatch(os.path.basename(aside))
+    parent = os.path.dirname(aside)
+    target, staged = (os.path.join(parent, found[key]) for key in ("target", "staging"))
+    if not os.path.exists(target):
+        source = staged if os.path.isdir(staged) else aside
+        logging.warning("Finishing an interrupted swap: %s becomes %s.", source, target)
+        os.rename(source, target)
+    if os.path.isdir(aside):
+        _remove(aside)
+
+
+def _asides(parent, target_name=None):
+    names = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+    return [
+        os.path.join(parent, name)
+        for name in names
+        if (found := _ASIDE.fullmatch(name)) and target_name in (None, found["target"])
+    ]
+
+
 def sweep(model_dir):
-    """Delete the leftovers of dead writers, warning about each; return their paths."""
+    """Delete the leftovers of dead writers, warning about each; return their paths.
+
+    Interrupted swaps are finished first (``settle_publish``).
+    """
+    for aside in _asides(model_dir):
+        settle_publish(aside)
     removed = stale_files(model_dir)
     for path in removed:
-        logging.warning(
-            "Removing %s (%.1f MB) left by an interrupted write.", path, _size(path) / 1e6
-        )
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        _remove(path)
     return removed
 
 
@@ -147,11 +189,20 @@ def sweep_stagings(target):
     """Delete the ``NAME.tmp-PID/`` beside ``target`` whose writer is gone; return their paths.
 
     A live writer holds its staging's lock, so a folder whose lock can be
-    taken was left by a killed (or out-of-space) writer.
+    taken was left by a killed (or out-of-space) writer.  A dead writer's
+    interrupted swap is finished first (``settle_publish``; ``publish``
+    holds the old folder's lock while it is aside).
     """
     parent = os.path.dirname(os.path.abspath(target))
     if _fcntl() is None or not os.path.isdir(parent):
         return []
+    for aside in _asides(parent, os.path.basename(os.path.abspath(target))):
+        descriptor = _lock_folder(aside)
+        if descriptor is not None:  # its writer is gone
+            try:
+                settle_publish(aside)
+            finally:
+                os.close(descriptor)
     pattern = _staging_pattern(target)
     removed = []
     for name in sorted(os.listdir(parent)):
@@ -162,10 +213,7 @@ def sweep_stagings(target):
         if descriptor is None:  # its writer is alive
             continue
         try:
-            logging.warning(
-                "Removing %s (%.1f MB) left by an interrupted write.", path, _size(path) / 1e6
-            )
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
             removed.append(path)
         finally:
             os.close(descriptor)
@@ -217,8 +265,9 @@ def publish(staging_path, target):
     An existing ``target`` is exchanged with the staging in one atomic step,
     so a kill at any moment leaves either the old or the new folder at
     ``target`` (the other is a staging, swept later).  Without renameat2 the
-    old folder is moved aside first: a kill between those renames would
-    leave no ``target`` and the old folder at ``STAGING-old``.
+    old folder is moved aside first, locked: a kill between those renames
+    leaves no ``target``, the old folder at ``STAGING-old`` and the new one
+    at ``STAGING``, and the next sweep finishes the swap (``settle_publish``).
     """
     target = os.path.abspath(target)
     if not os.path.exists(target):
@@ -227,6 +276,15 @@ def publish(staging_path, target):
     if _exchange(staging_path, target):
         return
     aside = f"{staging_path}-old"
-    os.rename(target, aside)
-    os.rename(staging_path, target)
-    os.rename(aside, staging_path)
+    descriptor = _lock_folder(target)  # a sweep leaves a locked aside alone
+    try:
+        os.rename(target, aside)
+        try:
+            os.rename(staging_path, target)
+        except BaseException:
+            os.rename(aside, target)  # a failed (not killed) swap puts the old folder back
+            raise
+        os.rename(aside, staging_path)
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)

@@ -18,9 +18,12 @@ Signature ``serving_default``:
 
 Traced under :func:`gn_keras.portable.portable_ops`, so the graph holds
 standard TensorFlow ops only.  ``assets.extra/preprocessing.json`` carries
-the preprocessing and the category names.  :func:`verify` reloads the
-SavedModel and compares it with the Keras model run on each image through
-the evaluation pipeline.
+the preprocessing and the category names.  :func:`verify_saved_model`
+reloads the SavedModel and compares it with the Keras model run on each
+image through the evaluation pipeline: per image as sets of detections
+(:mod:`gn_keras.train.detection.match`: near-ties may reorder or swap, a
+confident detection may not), within ``gn_keras.export.default_tolerance``
+of the model's compute precision.
 """
 
 import json
@@ -32,14 +35,12 @@ import tensorflow as tf
 
 from gn_keras import export as image_export
 from gn_keras import load, portable
-from gn_keras.train.detection import pipeline
+from gn_keras.train.detection import match, pipeline
 
 SERVING_SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUTS = ("boxes", "classes", "scores", "masks", "num_detections")
 CHECK_SEED = 20170320  # Mask R-CNN's arXiv date: any fixed seed will do
-BOX_TOLERANCE_PX = 1e-2
-TOLERANCE = 1e-4
 
 
 def _input_config(preprocessing):
@@ -92,8 +93,11 @@ def finish(found, scales, image_size, category_ids):
 
 
 @portable.portable_ops()  # never the compiled GN kernels in an export
-def export_detection_saved_model(model, export_dir, preprocessing, verify=True):
-    """Write ``model`` (a ``MaskRCNN``) as a serving SavedModel; return the check report."""
+def export_detection_saved_model(model, export_dir, preprocessing, verify=True, tolerance=None):
+    """Write ``model`` (a ``MaskRCNN``) as a serving SavedModel; return the check report.
+
+    ``tolerance``: of the check (``verify_saved_model``).
+    """
     serving = _Serving(model, preprocessing)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -109,7 +113,7 @@ def export_detection_saved_model(model, export_dir, preprocessing, verify=True):
         json.dump(preprocessing, handle, indent=2)
     if not verify:
         return {}
-    return verify_saved_model(export_dir, model, preprocessing)
+    return verify_saved_model(export_dir, model, preprocessing, tolerance=tolerance)
 
 
 def check_images(preprocessing, batch_size=2, seed=CHECK_SEED):
@@ -143,34 +147,67 @@ def keras_reference(model, preprocessing, images):
     return {name: np.asarray(value) for name, value in outputs.items()}
 
 
-def compare(artefact, got, want):
-    """Max differences per output; ``ExportMismatchError`` past the tolerances."""
-    for name in ("num_detections", "classes"):
-        if not np.array_equal(got[name], want[name]):
-            raise image_export.ExportMismatchError(
-                f"{artefact}: output {name!r} differs from Keras: {got[name].tolist()} vs "
-                f"{want[name].tolist()}."
-            )
-    report = image_export.compare(
-        artefact,
-        {k: got[k] for k in ("scores", "masks")},
-        {k: want[k] for k in ("scores", "masks")},
-        TOLERANCE,
+def _one_image(outputs, image):
+    count = int(outputs["num_detections"][image])
+    return {name: np.asarray(outputs[name][image][:count]) for name in OUTPUTS[:-1]}
+
+
+def compare(
+    artefact,
+    got,
+    want,
+    tolerance=image_export.DEFAULT_TOLERANCE,
+    *,
+    score_threshold=None,
+    nms_iou=None,
+):
+    """Largest differences over tight pairs; ``ExportMismatchError`` naming the first break.
+
+    Detections are compared per image as sets (``train.detection.match``).  Boxes are
+    allowed ``tolerance`` relative to the largest Keras coordinate (at least
+    1 px), scores and mask probabilities ``tolerance``: the relative rule of
+    ``gn_keras.export.compare``.  ``score_threshold`` and ``nms_iou``
+    (the model's ``test_*`` settings) let near-ties at the threshold and
+    between boxes NMS would suppress differ; None excuses neither.
+    """
+    image_export.check_outputs(artefact, got, want)
+    scale = max(1.0, float(np.max(np.abs(want["boxes"]), initial=0.0)))
+    rules = match.MatchRules(
+        score=tolerance,
+        box_px=tolerance * scale,
+        mask=tolerance,
+        capacity=np.shape(want["scores"])[1],
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
     )
-    error = float(np.max(np.abs(got["boxes"] - want["boxes"]), initial=0.0))
-    if error > BOX_TOLERANCE_PX:
-        raise image_export.ExportMismatchError(
-            f"{artefact}: output 'boxes' differs from Keras by {error:.3g} px "
-            f"(allowed {BOX_TOLERANCE_PX})."
-        )
-    return {**report, "boxes": error}
+    report = {"boxes": 0.0, "scores": 0.0, "masks": 0.0}
+    for image in range(len(want["num_detections"])):
+        problem, errors = match.match_image(_one_image(got, image), _one_image(want, image), rules)
+        if problem is not None:
+            raise image_export.ExportMismatchError(f"{artefact}: image {image}: {problem}.")
+        report = {name: max(report[name], errors[name]) for name in report}
+    return report
 
 
-def verify_saved_model(export_dir, model, preprocessing, images=None):
-    """Reload the SavedModel and compare its ``serving_default`` with Keras on ``images``."""
+def verify_saved_model(export_dir, model, preprocessing, images=None, tolerance=None):
+    """Reload the SavedModel and compare its ``serving_default`` with Keras on ``images``.
+
+    ``tolerance``: default ``gn_keras.export.default_tolerance(model)``,
+    the precision-aware rule of every export (a mixed_bfloat16 model's
+    scores legitimately differ by ~1e-3).
+    """
     images = check_images(preprocessing) if images is None else images
+    tolerance = image_export.default_tolerance(model) if tolerance is None else tolerance
     want = keras_reference(model, preprocessing, images)
     loaded = tf.saved_model.load(os.fspath(export_dir))
     got = loaded.signatures[SERVING_SIGNATURE](**{INPUT_NAME: tf.constant(images)})
     got = {name: value.numpy() for name, value in got.items()}
-    return compare(f"{export_dir} [{SERVING_SIGNATURE}]", got, want)
+    config = model.config
+    return compare(
+        f"{export_dir} [{SERVING_SIGNATURE}]",
+        got,
+        want,
+        tolerance,
+        score_threshold=config.test_score_threshold,
+        nms_iou=config.test_nms_iou,
+    )
