@@ -65,6 +65,9 @@ setup(
             "torchvision==0.29.1",
             "timm==1.0.29",
             "safetensors==0.8.0",
+            # keras-hub's VAE (Stable Diffusion 3's) for the GN drop-in's
+            # tests and bench; it brings tensorflow-text, which TF 2.20 has.
+            "keras-hub==0.32.*",
             # Runtimes this project did not write, to check exported models:
             # tf2onnx >= 1.17 is the first without an old protobuf pin that
             # clashes with TensorFlow 2.20.
