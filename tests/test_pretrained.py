@@ -261,3 +261,107 @@ def test_bad_arguments_are_refused_before_the_checkpoint_is_read(tmp_path, argum
         pretrained.convert_checkpoint(**options)
     message = str(caught.value)
     assert message.startswith("load_pretrained: argument `") and named in message, message
+
+
+def timm_v2_outputs(network, images):
+    """Logits and the outputs of timm ResNet-V2's four stages (C2..C5), NHWC."""
+    found = {}
+    hooks = [
+        stage.register_forward_hook(
+            lambda _m, _i, out, key=f"C{i + 2}": found.__setitem__(key, out)
+        )
+        for i, stage in enumerate(network.stages)
+    ]
+    with torch.no_grad():
+        logits = network(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    for hook in hooks:
+        hook.remove()
+    maps = {key: value.numpy().transpose(0, 2, 3, 1) for key, value in found.items()}
+    return logits.numpy(), maps
+
+
+def assert_same_v2_network(model, network, images):
+    want_logits, want_maps = timm_v2_outputs(network, images)
+    got_maps = feature_extractor(model)(images, training=False)
+    for key in ("C2", "C3", "C4", "C5"):
+        assert_close(np.asarray(got_maps[key]), want_maps[key], key)
+    assert_close(np.asarray(model(images, training=False)), want_logits, "logits")
+
+
+@pytest.fixture(scope="module")
+def bit_checkpoint(tmp_path_factory):
+    """timm's BiT ResNet-50x1 (GN + WS convs), random weights, as .safetensors."""
+    from conftest import SESSION_SEED
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng([SESSION_SEED, 50])
+    network = randomize(timm.create_model("resnetv2_50x1_bit", pretrained=False), rng)
+    path = tmp_path_factory.mktemp("bit") / "resnetv2_50x1_bit.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(path))
+    return network, path
+
+
+def test_timm_bit_resnetv2_50x1_converts_with_gn_ws(tmp_path, bit_checkpoint, images):
+    network, path = bit_checkpoint
+    conversion = pretrained.convert_checkpoint("timm", path, norm="gn+ws", image_size=SIZE)
+    report = conversion.report
+    assert (report["model"], report["width_multiplier"], report["ws_epsilon"]) == (
+        "resnetv2_50",
+        1,
+        1e-8,
+    )
+    assert report["filled_weights"] == len(network.state_dict())
+    assert_same_v2_network(conversion.model, network, images)
+    assert pretrained.verify(conversion)["passed"]
+    # The .keras file keeps timm's ε in every WS conv.
+    conversion.model.save(tmp_path / "bit.keras")
+    reloaded = load.load_model(tmp_path / "bit.keras")
+    assert {layer.epsilon for layer in reloaded.layers if hasattr(layer, "effective_kernel")} == {
+        1e-8
+    }
+    assert_same_v2_network(reloaded, network, images)
+    # timm's ResNet-V2 normalize with the Inception mean/std (0.5, 0.5).
+    assert conversion.preprocessing["mean"] == conversion.preprocessing["std"] == [127.5] * 3
+
+
+def test_timm_resnetv2_50d_gn_converts_from_a_training_checkpoint(tmp_path, rng, images):
+    network = randomize(timm.create_model("resnetv2_50d_gn", pretrained=False), rng)
+    state = {f"module.{k}": v for k, v in network.state_dict().items()}  # DDP-wrapped
+    torch.save({"epoch": 3, "state_dict": state}, tmp_path / "checkpoint.pth")
+    conversion = pretrained.convert_checkpoint("timm", tmp_path / "checkpoint.pth", image_size=SIZE)
+    assert conversion.model.name == "resnetv2_50d_gn" and conversion.report["ws_epsilon"] is None
+    assert_same_v2_network(conversion.model, network, images)
+    assert pretrained.verify(conversion)["passed"]
+
+
+def test_wrong_resnetv2_mappings_fail(bit_checkpoint, images):
+    network, path = bit_checkpoint
+    # BiT's kernels in plain convs: a consistent network, but not BiT.
+    plain = pretrained.convert_checkpoint("timm", path, norm="gn", image_size=SIZE)
+    with pytest.raises(AssertionError, match="relative difference"):
+        assert_same_v2_network(plain.model, network, images)
+    # Two same-shaped norms swapped, as a wrong name map would: the check refuses.
+    b_norm, c_norm = (plain.model.get_layer(f"res3_block2_{u}_norm") for u in "bc")
+    b_weights = b_norm.get_weights()
+    b_norm.set_weights(c_norm.get_weights())
+    c_norm.set_weights(b_weights)
+    with pytest.raises(load.ModelFileError, match=r"logits differ from torch's by .* than 0.0001"):
+        pretrained.verify(plain)
+
+
+def test_resnetv2_refusals_name_what_the_checkpoint_holds(tmp_path, bit_checkpoint):
+    _, path = bit_checkpoint
+    with pytest.raises(
+        ValueError, match=r"holds a ResNet-V2; only GN ones convert, .* not norm=bn"
+    ):
+        pretrained.convert_checkpoint("timm", path, norm="bn")
+    with pytest.raises(
+        ValueError,
+        match=r"holds a resnetv2_50 \(pre-activation bottlenecks 3/4/6/3, 7x7 stem of width 64\)"
+        r" but model=resnetv2_50d was asked",
+    ):
+        pretrained.convert_checkpoint("timm", path, "resnetv2_50d", norm="gn+ws")
+    network = torchvision.models.resnet18(weights=None)
+    torch.save(network.state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(ValueError, match="norm=gn\\+ws is for timm's ResNet-V2"):
+        pretrained.convert_checkpoint("torchvision", tmp_path / "resnet18.pth", norm="gn+ws")

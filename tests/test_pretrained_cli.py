@@ -193,3 +193,22 @@ def test_gn_convert_reports_a_refusal_in_one_line(tmp_path, network):
         "but norm=bn was asked; use norm=gn."
     )
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_gn_convert_flags_take_resnetv2_with_gn_ws(monkeypatch):
+    # The whole run is in test_pretrained.py and docs/pretrained.md: its
+    # SavedModel export of a ResNet-50 alone takes minutes on 2 cores.
+    from absl import flags
+
+    from gn_keras.train import convert as convert_script
+
+    values = flags.FlagValues()
+    convert_script.define_flags(values)
+    values(["gn-convert", "--source=timm", "--checkpoint=bit.safetensors", "--output_dir=o"])
+    values(["gn-convert", "--model=resnetv2_50", "--norm=gn+ws"])
+    taken = {}
+    monkeypatch.setattr(pretrained, "convert_to_directory", lambda *a, **k: taken.update(a=a))
+    convert_script.convert(values)
+    assert taken["a"] == ("timm", "bit.safetensors", "o", "resnetv2_50", "gn+ws")
+    with pytest.raises(flags.IllegalFlagValueError, match=r"resnetv2_50\|resnetv2_50d\|"):
+        values(["gn-convert", "--model=resnetv2_26"])
