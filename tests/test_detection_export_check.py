@@ -5,15 +5,19 @@ detections: any order with rounding noise passes; near-ties that rounding
 can flip (at the list's cut, at the score threshold, an NMS swap of two tied
 overlapping boxes) pass in the tail; anything else fails with one phrase
 naming the detection.  Then a small random detector, shaped so that it has
-confident detections and a tail: its real SavedModel passes, a mixed_bfloat16
-one passes at the precision-aware tolerance, and serving graphs broken on
-purpose (normalization, class map, box scale) fail.  A failed check ends a
-run in one line, exit 1, with ``saved_model/`` untouched and no staging.
+confident detections and a tail: serving graphs broken on purpose
+(normalization, class map, box scale) fail, the unbroken one passes, and a
+real mixed_bfloat16 SavedModel passes at the precision-aware tolerance (the
+gn-detect runs of test_detection_train and test_detection_c4 verify real
+float32 exports).  A failed check ends a run in one line, exit 1, with
+``saved_model/`` untouched and no staging left.
 """
 
+import hashlib
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,6 +25,7 @@ from detection_helpers import tiny_config
 
 from gn_keras import export as image_export
 from gn_keras.models.detection import MaskRCNN
+from gn_keras.train import cli, outputs
 from gn_keras.train.detection import export, match
 
 TOL = 1e-4
@@ -394,3 +399,77 @@ def test_near_tie_reorderings_of_a_real_tail_pass_and_other_changes_fail(detecto
     got["scores"][1, tail_row] += 20 * TOL
     with pytest.raises(image_export.ExportMismatchError, match="image 1: .* score differs by"):
         _check(got, want)
+
+
+# ----------------------------------------------------------------------------
+# Real exports through a run's outputs: published whole, or refused in one line.
+
+
+def _tree(root):
+    """{relative path: sha256} of every file under ``root``."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
+def _run_outputs(model_dir, rng):
+    """A run's outputs whose ``saved_model/`` holds an earlier export (random bytes)."""
+    old = os.path.join(model_dir, "saved_model")
+    os.makedirs(os.path.join(old, "variables"))
+    for name in ("saved_model.pb", "variables/variables.index"):
+        with open(os.path.join(old, name), "wb") as handle:
+            handle.write(rng.bytes(int(rng.integers(100, 1000))))
+    strategy = tf.distribute.get_strategy()
+    return outputs.RunOutputs(str(model_dir), strategy, {}, PREPROCESSING, {}), _tree(old)
+
+
+def _stagings(model_dir):
+    return [name for name in os.listdir(model_dir) if ".tmp-" in name]
+
+
+def test_a_failed_check_is_one_line_exit_1_and_leaves_the_old_export(detector, tmp_path, rng):
+    model, images, want = detector
+    run, old = _run_outputs(tmp_path, rng)
+    swapped = export._Serving(model, {**PREPROCESSING, "category_ids": [9, 5, 1]})
+
+    def export_fn(model, directory, verify):  # a staged export whose check fails for real
+        with open(os.path.join(directory, "saved_model.pb"), "wb") as handle:
+            handle.write(rng.bytes(100))
+        export.compare(f"{directory} [serving_default]", _serve(swapped, images), want, TOL)
+
+    main = cli.guard_writes(lambda argv: run.export(model, export_fn), "gn-detect")
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    line = stopped.value.code
+    assert isinstance(line, str), "a message means exit status 1"
+    assert line.startswith("gn-detect: error: ") and "\n" not in line
+    assert "saved_model.tmp-" in line and "; the export has it as class" in line
+    assert line.endswith(f"{tmp_path}/saved_model is left as it was.")
+    assert _tree(tmp_path / "saved_model") == old
+    assert _stagings(tmp_path) == []
+
+
+def test_a_mixed_bfloat16_export_passes_its_check_and_replaces_the_old_one(tmp_path, rng):
+    """The one real export of this file (float32 ones: test_detection_train and _c4)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = _detector(int(os.environ["GN_TEST_SEED"]) + 1)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    tolerance = image_export.default_tolerance(model)
+    assert tolerance == 8 * 2.0**-7  # 8 bfloat16 roundings, not float32's 1e-4
+    run, old = _run_outputs(tmp_path, rng)
+    reports = []
+
+    def export_fn(model, directory, verify):
+        reports.append(export.export_detection_saved_model(model, directory, PREPROCESSING))
+
+    target = run.export(model, export_fn)
+    assert reports[0]["scores"] <= tolerance and reports[0]["boxes"] <= tolerance * 64
+    assert _stagings(tmp_path) == [] and _tree(target) != old
+    assert os.path.isfile(os.path.join(target, "assets.extra", "preprocessing.json"))

@@ -239,3 +239,18 @@ def test_eval_input_gives_the_same_batches_every_pass(rng):
     for _ in range(3):
         iterator = eval_input.iterator()
         _assert_same_batches(_arrays(next(iterator) for _ in range(eval_steps)), fresh)
+
+
+@pytest.mark.parametrize("seconds_per_example", [0.004, 0.9, 1.0, 1.6, 125.0, 4000.0])
+def test_the_epoch_line_reads_the_rate_at_any_speed(rng, seconds_per_example):
+    """Issue 24: a 125 s/step detector printed ``0.0 examples/s``."""
+    per_second = 1.0 / (seconds_per_example * rng.uniform(0.999, 1.001))
+    record = EpochRecord(0, {"loss": 1.0}, {"top1_error": 0.5}, 0.1, per_second, 1.0)
+    rate = loop._describe(record, "top1_error").rsplit("; ", 1)[-1]
+    number, unit = rate.split(" ")
+    if per_second >= 1:
+        assert unit == "examples/s" and float(number) == pytest.approx(per_second, abs=0.05)
+    else:
+        assert unit == "s/example" and float(number) == pytest.approx(1 / per_second, abs=0.05)
+    assert float(number) > 0
+    assert loop.rate_text(per_second, "image").split(" ")[1] in ("images/s", "s/image")

@@ -1,6 +1,8 @@
 """One writer per --model_dir, and the leftovers of killed writers swept (train/workdir.py)."""
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -108,3 +110,152 @@ def test_gn_train_on_a_directory_another_job_holds_says_so_in_one_line(tmp_path)
     assert len(errors) == 1 and "is in use by a running job (pid" in errors[0]
     assert "Traceback" not in result.stderr
     assert time.perf_counter() - started < 300
+
+
+# A writer killed at each step of swapping a finished export in (issue 23, item 3).
+# The child loads train/workdir.py alone (no TensorFlow) and SIGKILLs itself
+# right after the chosen step; the exchange path is renameat2's, the fallback
+# path the three renames of a file system without it.
+_KILLED_WRITER = """
+import importlib.util, os, shutil, signal, sys
+path, target, new, mode, kill_after = sys.argv[1:6]
+spec = importlib.util.spec_from_file_location("workdir_alone", path)
+workdir = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(workdir)
+die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+renames, real_rename, real_exchange = [], os.rename, workdir._exchange
+def rename(source, destination):
+    real_rename(source, destination)
+    renames.append(source)
+    if str(len(renames)) == kill_after:
+        die()
+os.rename = rename
+workdir._exchange = (lambda a, b: real_exchange(a, b) and die()) if mode == "exchange" else (
+    lambda a, b: False)
+with workdir.staging(target) as staging:
+    shutil.copytree(new, staging, dirs_exist_ok=True)
+    if kill_after == "built":
+        die()
+    workdir.publish(staging, target)
+"""
+WORKDIR_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "train", "workdir.py")
+SWAP_STEPS = [  # (path, killed after, what saved_model/ holds then: old, new or nothing)
+    ("exchange", "built", "old"),
+    ("exchange", "exchange", "new"),
+    ("fallback", "1", None),  # the old one moved aside: only here is there a gap
+    ("fallback", "2", "new"),
+    ("fallback", "3", "new"),
+]
+
+
+def _folder(root, rng):
+    os.makedirs(os.path.join(root, "variables"))
+    for name in ("saved_model.pb", "variables/variables.index"):
+        _write(root, name, rng)
+    return {name: open(os.path.join(root, name), "rb").read() for name in _names(root)}
+
+
+def _names(root):
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _, names in os.walk(root)
+        for name in names
+    )
+
+
+def _contents(root):
+    if not os.path.isdir(root):
+        return None
+    return {name: open(os.path.join(root, name), "rb").read() for name in _names(root)}
+
+
+@pytest.mark.parametrize("sweeper", ["claim", "staging"])
+@pytest.mark.parametrize("mode, kill_after, at_kill", SWAP_STEPS)
+def test_a_swap_killed_at_any_step_keeps_a_whole_export(
+    tmp_path, rng, mode, kill_after, at_kill, sweeper
+):
+    model_dir = tmp_path / "run"
+    target = model_dir / "saved_model"
+    old = _folder(str(target), rng)
+    new = _folder(str(tmp_path / "new"), rng)
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, WORKDIR_FILE, str(target), str(tmp_path / "new")]
+        + [mode, kill_after],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -9, child.stderr
+    assert _contents(str(target)) == {"old": old, "new": new, None: None}[at_kill]
+    if sweeper == "claim":  # the next run in --model_dir
+        with workdir.claim(str(model_dir)):
+            pass
+    else:  # the next build of the same folder (gn-export's)
+        with workdir.staging(str(target)):
+            pass
+    # A publish that began is finished; its complete staging is never swept as debris.
+    assert _contents(str(target)) == (old if kill_after == "built" else new)
+    assert set(os.listdir(model_dir)) - {".lock"} == {"saved_model"}
+
+
+def _run_outputs(model_dir):
+    import tensorflow as tf
+
+    from gn_keras.train import outputs
+
+    return outputs.RunOutputs(str(model_dir), tf.distribute.get_strategy(), {}, {}, {})
+
+
+def _failing_rename(monkeypatch, failing_call):
+    real_rename, calls = os.rename, []
+
+    def rename(source, destination):
+        calls.append(source)
+        if len(calls) == failing_call:
+            raise OSError(errno.EIO, "Input/output error", destination)
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+@pytest.mark.parametrize("failure", [None, "exchange", "fallback rename 1", "fallback rename 2"])
+def test_run_export_publishes_whole_or_leaves_the_old_export(tmp_path, rng, monkeypatch, failure):
+    run = _run_outputs(tmp_path)
+    target = str(tmp_path / "saved_model")
+    old = _folder(target, rng)
+    new = _folder(str(tmp_path / "new_build"), rng)
+    published = []
+    monkeypatch.setattr(workdir, "publish", _spy(workdir.publish, published))
+    if failure == "exchange":
+        monkeypatch.setattr(workdir, "_exchange", _raise(OSError(errno.EIO, "I/O error")))
+    elif failure:
+        monkeypatch.setattr(workdir, "_exchange", lambda first, second: False)
+        _failing_rename(monkeypatch, int(failure[-1]))
+
+    def export_fn(model, directory, verify):
+        assert verify and os.path.basename(directory).startswith("saved_model.tmp-")
+        shutil.copytree(tmp_path / "new_build", directory, dirs_exist_ok=True)
+
+    if failure:
+        with pytest.raises(OSError, match="Input/output error|I/O error"):
+            run.export(None, export_fn)
+    else:
+        assert run.export(None, export_fn) == target
+    assert len(published) == 1  # the one atomic swap of train/workdir.py
+    assert _contents(target) == (old if failure else new)
+    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+
+
+def _spy(function, calls):
+    def spied(*args):
+        calls.append(args)
+        return function(*args)
+
+    return spied
+
+
+def _raise(error):
+    def failing(*args):
+        raise error
+
+    return failing
