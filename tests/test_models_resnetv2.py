@@ -5,8 +5,9 @@ reference for one block or stem at a time, at odd and even sizes (where the
 paddings and ceil-mode pooling show); weights are copied with the names
 spelled out here. Whole networks: parameter counts against timm's
 ``resnetv2_50x1_bit`` and ``resnetv2_50d_gn``, channels_first against
-channels_last, and one training step with GN+WS built the way gn-train
-builds ``--model``. Whole-network conversions are in test_pretrained.py.
+channels_last, one training step with GN+WS built the way gn-train builds
+``--model``, and a ``.keras`` round trip (test_models_saving.py's check).
+Whole-network conversions are in test_pretrained.py.
 """
 
 import functools
@@ -23,6 +24,8 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from test_models import check_forward_and_training, random_images  # noqa: E402
+from test_models_saving import check_keras_file_round_trip  # noqa: E402
+from test_models_saving import randomize as randomize_keras  # noqa: E402
 from test_pretrained import assert_close, randomize  # noqa: E402
 
 from gn_keras import models, norms  # noqa: E402
@@ -241,3 +244,9 @@ def test_gn_ws_trains_one_step(rng, bit_model):
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         models.build("resnetv2_50", input_shape=(64, 64, 3), **options)
+
+
+def test_round_trips_through_keras_file(rng, tmp_path, deep_model):
+    # Last: it randomizes the shared model's weights (γ, β too).
+    randomize_keras(deep_model, rng)
+    check_keras_file_round_trip(deep_model, random_images(rng, 64), tmp_path / "r50d.keras")

@@ -37,8 +37,10 @@ def randomize(model, rng):
 
 
 def test_cases_cover_every_image_model_and_norm():
-    # The I3D models are saved in test_models_video.py.
-    assert {case[0] for case in CASES} | {"resnet50_i3d", "resnet20_i3d"} == set(models.available())
+    # The I3D models are saved in test_models_video.py, ResNet-V2 in test_models_resnetv2.py.
+    resnetv2 = {name for name in models.available() if name.startswith("resnetv2_")}
+    elsewhere = {"resnet50_i3d", "resnet20_i3d"} | resnetv2
+    assert {case[0] for case in CASES} | elsewhere == set(models.available())
     assert {case[1] for case in CASES} == set(norms.available())
 
 

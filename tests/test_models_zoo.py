@@ -84,5 +84,6 @@ def test_available_lists_the_issue_models():
         "vgg16",
         "resnet50_i3d",
         "resnet20_i3d",
+        *(f"resnetv2_{depth}{stem}" for depth in (50, 101, 152) for stem in ("", "d")),
     }
     assert set(models.available()) == wanted

@@ -1,7 +1,8 @@
 """Converted checkpoints reproduce their PyTorch networks: logits and C2–C5.
 
-Networks are built by timm and torchvision themselves with random weights
-(nothing downloads); their norms get random γ, β and running statistics so
+ResNets, and timm's pre-activation ResNet-V2 (BiT with GN + WS convs, and
+resnetv2_50d_gn). Networks are built by timm and torchvision themselves with
+random weights (nothing downloads); their norms get random γ, β and running statistics so
 a mapping error cannot hide behind identity layers. The Detectron and
 detectron2 files are written here from those same weights with names spelled
 out in this file, so the converter's own name maps are not reused. Every
@@ -48,13 +49,19 @@ def randomize(network, rng):
 
 
 def torch_outputs(network, images):
-    """Logits and the outputs of layer1..layer4 (C2..C5), as NHWC numpy."""
+    """Logits and the four stages' outputs (C2..C5), as NHWC numpy.
+
+    The stages are ``layer1..layer4`` of a ResNet, ``stages`` of timm's ResNet-V2.
+    """
+    stages = getattr(network, "stages", None) or [
+        getattr(network, f"layer{i}") for i in range(1, 5)
+    ]
     found = {}
     hooks = [
-        getattr(network, f"layer{i}").register_forward_hook(
-            lambda _m, _i, out, key=f"C{i + 1}": found.__setitem__(key, out)
+        stage.register_forward_hook(
+            lambda _m, _i, out, key=f"C{i + 2}": found.__setitem__(key, out)
         )
-        for i in range(1, 5)
+        for i, stage in enumerate(stages)
     ]
     with torch.no_grad():
         logits = network(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
@@ -263,31 +270,6 @@ def test_bad_arguments_are_refused_before_the_checkpoint_is_read(tmp_path, argum
     assert message.startswith("load_pretrained: argument `") and named in message, message
 
 
-def timm_v2_outputs(network, images):
-    """Logits and the outputs of timm ResNet-V2's four stages (C2..C5), NHWC."""
-    found = {}
-    hooks = [
-        stage.register_forward_hook(
-            lambda _m, _i, out, key=f"C{i + 2}": found.__setitem__(key, out)
-        )
-        for i, stage in enumerate(network.stages)
-    ]
-    with torch.no_grad():
-        logits = network(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
-    for hook in hooks:
-        hook.remove()
-    maps = {key: value.numpy().transpose(0, 2, 3, 1) for key, value in found.items()}
-    return logits.numpy(), maps
-
-
-def assert_same_v2_network(model, network, images):
-    want_logits, want_maps = timm_v2_outputs(network, images)
-    got_maps = feature_extractor(model)(images, training=False)
-    for key in ("C2", "C3", "C4", "C5"):
-        assert_close(np.asarray(got_maps[key]), want_maps[key], key)
-    assert_close(np.asarray(model(images, training=False)), want_logits, "logits")
-
-
 @pytest.fixture(scope="module")
 def bit_checkpoint(tmp_path_factory):
     """timm's BiT ResNet-50x1 (GN + WS convs), random weights, as .safetensors."""
@@ -311,7 +293,7 @@ def test_timm_bit_resnetv2_50x1_converts_with_gn_ws(tmp_path, bit_checkpoint, im
         1e-8,
     )
     assert report["filled_weights"] == len(network.state_dict())
-    assert_same_v2_network(conversion.model, network, images)
+    assert_same_network(conversion.model, network, images)
     assert pretrained.verify(conversion)["passed"]
     # The .keras file keeps timm's ε in every WS conv.
     conversion.model.save(tmp_path / "bit.keras")
@@ -319,7 +301,7 @@ def test_timm_bit_resnetv2_50x1_converts_with_gn_ws(tmp_path, bit_checkpoint, im
     assert {layer.epsilon for layer in reloaded.layers if hasattr(layer, "effective_kernel")} == {
         1e-8
     }
-    assert_same_v2_network(reloaded, network, images)
+    assert_same_network(reloaded, network, images)
     # timm's ResNet-V2 normalize with the Inception mean/std (0.5, 0.5).
     assert conversion.preprocessing["mean"] == conversion.preprocessing["std"] == [127.5] * 3
 
@@ -330,7 +312,7 @@ def test_timm_resnetv2_50d_gn_converts_from_a_training_checkpoint(tmp_path, rng,
     torch.save({"epoch": 3, "state_dict": state}, tmp_path / "checkpoint.pth")
     conversion = pretrained.convert_checkpoint("timm", tmp_path / "checkpoint.pth", image_size=SIZE)
     assert conversion.model.name == "resnetv2_50d_gn" and conversion.report["ws_epsilon"] is None
-    assert_same_v2_network(conversion.model, network, images)
+    assert_same_network(conversion.model, network, images)
     assert pretrained.verify(conversion)["passed"]
 
 
@@ -339,7 +321,7 @@ def test_wrong_resnetv2_mappings_fail(bit_checkpoint, images):
     # BiT's kernels in plain convs: a consistent network, but not BiT.
     plain = pretrained.convert_checkpoint("timm", path, norm="gn", image_size=SIZE)
     with pytest.raises(AssertionError, match="relative difference"):
-        assert_same_v2_network(plain.model, network, images)
+        assert_same_network(plain.model, network, images)
     # Two same-shaped norms swapped, as a wrong name map would: the check refuses.
     b_norm, c_norm = (plain.model.get_layer(f"res3_block2_{u}_norm") for u in "bc")
     b_weights = b_norm.get_weights()

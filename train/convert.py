@@ -1,7 +1,8 @@
 """``python -m gn_keras.train.convert`` (console script ``gn-convert``): import pre-trained weights.
 
 Converts a timm, torchvision, Detectron (Caffe2 ``.pkl``) or detectron2
-ResNet checkpoint into the zoo's model of the same depth and norm, checks
+ResNet checkpoint, or timm's GN pre-activation ResNet-V2 (BiT with
+``--norm=gn+ws``), into the zoo's model of the same depth and norm, checks
 it against PyTorch when torch and timm are installed, and writes
 ``--output_dir``: ``model.keras``, ``saved_model/``, ``preprocessing.json``
 and ``convert_report.json``. That directory is a trained model for
@@ -49,7 +50,8 @@ def define_flags(flag_values=flags.FLAGS):
         "enum",
         "norm",
         "gn",
-        "gn for a GN checkpoint; bn, frozen_bn (BN*) or sync_bn for a BN one.",
+        "gn for a GN checkpoint; gn+ws for BiT (timm's resnetv2_*_bit: GN and "
+        "weight-standardized convs); bn, frozen_bn (BN*) or sync_bn for a BN one.",
         enum_values=pretrained.NORMS,
     )
     define("integer", "groups", 32, "GN's groups (checkpoints do not record them).")

@@ -7,7 +7,8 @@
 
 Sources: timm and torchvision state dicts (``.pth``/``.pt``/``.bin``,
 ``.safetensors``), Detectron's Caffe2 ``.pkl`` blobs and detectron2
-checkpoints, for ResNet-18/34/50/101/152 with GN or BN. The zoo's ResNets
+checkpoints, for ResNet-18/34/50/101/152 with GN or BN, and timm's GN
+pre-activation ResNet-V2 (BiT's GN + WS, :mod:`.timm_resnetv2`). The zoo's ResNets
 have torchvision's layout (v1.5, torch-style padding), so each tensor has
 exactly one place: :mod:`.names` renames, :mod:`.assign` fills,
 :mod:`.loader` checks and builds, :mod:`.verify` compares with PyTorch and
