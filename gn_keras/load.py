@@ -13,6 +13,13 @@ Every problem with a file (missing, truncated, of the wrong kind) raises
 :class:`ModelFileError`, a ``ValueError`` whose one-line message starts with
 the path, so command-line tools can print it without a traceback.
 
+Every tool that takes a ``--trained_model`` (gn-export, gn-finetune,
+gn-video, gn-detect's backbone) wants an image model, and finds it through
+:func:`resolve_model_path`.  A gn-detect run's Mask R-CNN (its ``.keras``
+files, whose class only gn-detect builds, or its serving SavedModel) is
+refused there, before anything is read, with :class:`NotAnImageModelError`
+saying which tool reads it.
+
 A SavedModel is opened as a real Keras model, not as an opaque function: the
 exporter stores the model's config in ``assets.extra/keras_model.json`` and
 its weights as the ordered ``model_variables`` collection; here the model is
@@ -23,11 +30,13 @@ fine-tuned, have its head replaced, its stages frozen or its norms swapped.
 
 import json
 import os
+import re
 import zipfile
 
 import keras
 
 from gn_keras import _checks
+from gn_keras._checks import FlagError
 
 # Inside a SavedModel: the folder TensorFlow reserves for extra files.
 EXTRA_DIR = "assets.extra"
@@ -38,6 +47,7 @@ VARIABLES_COLLECTION = "model_variables"
 # order a directory is searched for a model.
 MODEL_CANDIDATES = ("best.keras", "last.keras", "model.keras", "saved_model")
 _PREPROCESSING_KEYS = ("image_size", "channels", "mean", "std")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class ModelFileError(ValueError):
@@ -49,12 +59,64 @@ class ModelFileError(ValueError):
         self.problem = problem
 
 
+class NotAnImageModelError(ModelFileError, FlagError):
+    """``--trained_model`` names a model only another tool reads (a usage error: exit 2)."""
+
+
+# The top-level Keras class of a .keras archive that only gn-detect builds.
+_DETECTION_CLASS = "MaskRCNN"
+# A key only a gn-detect run's preprocessing.json has (it maps classes to COCO ids).
+_DETECTION_PREPROCESSING_KEY = "category_ids"
+
+
 def is_saved_model_dir(path):
     return os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
+def _keras_class_name(path):
+    """The class a ``.keras`` archive's ``config.json`` names at the top, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json")).get("class_name")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, AttributeError):
+        return None  # _load_keras_file says what is wrong with it
+
+
+def _is_detection_export(path):
+    try:
+        with open(os.path.join(path, EXTRA_DIR, PREPROCESSING_FILE), encoding="utf-8") as handle:
+            return _DETECTION_PREPROCESSING_KEY in json.load(handle)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _refuse_detection_model(path):
+    """Raise :class:`NotAnImageModelError` if ``path`` is a gn-detect run's model."""
+    run = os.path.dirname(os.path.abspath(path))
+    if path.endswith(".keras") and _keras_class_name(path) == _DETECTION_CLASS:
+        raise NotAnImageModelError(
+            path,
+            "a Mask R-CNN written by gn-detect, not an image model: only gn-detect reads it "
+            f"(gn-detect --model_dir={run} --eval_only), and gn-detect wrote its serving "
+            f"SavedModel to {os.path.join(run, 'saved_model')} already.",
+        )
+    if is_saved_model_dir(path) and _is_detection_export(path):
+        raise NotAnImageModelError(
+            path,
+            "the serving SavedModel of a gn-detect run (Mask R-CNN), not an image model: it "
+            "is served as it is (gn_keras.train.detection.export documents its signature); "
+            "only gn-detect trains or evaluates the run.",
+        )
+
+
 def resolve_model_path(source):
-    """The ``.keras`` file or SavedModel directory that ``source`` names."""
+    """The ``.keras`` file or SavedModel directory of an image model that ``source`` names."""
+    path = _model_path(source)
+    _refuse_detection_model(path)
+    return path
+
+
+def _model_path(source):
     source = os.fspath(source)
     if not os.path.exists(source):
         raise ModelFileError(source, "no such file or directory.")
@@ -96,7 +158,7 @@ def _load_keras_file(path):
         raise ModelFileError(
             path,
             f"cannot read the Keras model (truncated or not a .keras "
-            f"archive?): {_first_line(error)}",
+            f"archive?): {first_line(error)}",
         ) from None
 
 
@@ -120,7 +182,7 @@ def load_exported_model(export_dir):
     except Exception as error:  # protobuf, checkpoint and JSON errors alike
         raise ModelFileError(
             export_dir,
-            f"cannot read the SavedModel (truncated or incomplete?): {_first_line(error)}",
+            f"cannot read the SavedModel (truncated or incomplete?): {first_line(error)}",
         ) from None
     saved = getattr(restored, VARIABLES_COLLECTION, None)
     if saved is None:
@@ -165,14 +227,19 @@ def check_checkpoint_file(path):
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError) as error:
         raise ModelFileError(
-            path, f"cannot read the checkpoint (truncated or corrupt?): {_first_line(error)}"
+            path, f"cannot read the checkpoint (truncated or corrupt?): {first_line(error)}"
         ) from None
     return path
 
 
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+def first_line(error):
+    """``"Type: first line of the message"`` of ``error``, terminal colour codes removed.
+
+    For quoting another library's error inside a one-line message (torch,
+    for one, makes part of its message bold with ANSI escape codes).
+    """
+    text = _ANSI_ESCAPE.sub("", str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {text[0].strip() if text else ''}"
 
 
 def preprocessing_path(source):
@@ -201,7 +268,7 @@ def load_preprocessing(source):
         with open(path, encoding="utf-8") as handle:
             spec = json.load(handle)
     except (OSError, ValueError) as error:
-        raise ModelFileError(path, f"not valid JSON: {_first_line(error)}") from None
+        raise ModelFileError(path, f"not valid JSON: {first_line(error)}") from None
     return check_preprocessing(spec, where=path)
 
 

@@ -18,7 +18,8 @@ import os
 
 from absl import flags, logging
 
-from gn_keras.train import checkpoints, cli, loop, outputs, settings, trainer
+from gn_keras._checks import FlagError
+from gn_keras.train import checkpoints, cli, loop, outputs, settings, trainer, workdir
 from gn_keras.train import strategy as strategy_lib
 from gn_keras.train.detection import config as config_lib
 from gn_keras.train.detection import flags as detection_flags
@@ -27,6 +28,7 @@ from gn_keras.train.detection import transfer
 
 PROGRAM = "gn-detect"
 EVAL_FILE = "eval.json"
+SHAPES_DIR = "shapes_data"  # the generated set's default place, inside --model_dir
 TABLE6_COLUMNS = (
     ("AP^bbox", "bbox_AP"),
     ("AP^bbox_50", "bbox_AP50"),
@@ -40,21 +42,29 @@ TABLE6_COLUMNS = (
 def make_sources(config):
     """``(train, validation)`` :class:`~train.detection.task.DetectionSource` of ``config``."""
     if config.dataset == "shapes":
-        root = config.data_dir or os.path.join(config.model_dir, "shapes_data")
+        # A set of other parameters in the run's own folder is this run's to
+        # replace (train() holds the run); one in a --data_dir may be another run's.
+        replace = not config.data_dir
+        root = config.data_dir or os.path.join(config.model_dir, SHAPES_DIR)
         size = config.shapes_image_size
         train = task_lib.shapes_source(
-            os.path.join(root, "train"), config.shapes_train_images, size, seed=0, training=True
+            os.path.join(root, "train"),
+            config.shapes_train_images,
+            size,
+            seed=0,
+            training=True,
+            replace=replace,
         )
         val = task_lib.shapes_source(
-            os.path.join(root, "val"), config.shapes_val_images, size, seed=1
+            os.path.join(root, "val"), config.shapes_val_images, size, seed=1, replace=replace
         )
         return train, val
     if config.dataset == "coco":
-        strict = config.strict_annotations
+        options = {"strict": config.strict_annotations, "on_bad_image": config.on_bad_image}
         train = task_lib.coco_source(
-            config.train_annotations, config.train_images, strict, training=True
+            config.train_annotations, config.train_images, training=True, **options
         )
-        val = task_lib.coco_source(config.val_annotations, config.val_images, strict)
+        val = task_lib.coco_source(config.val_annotations, config.val_images, **options)
         return train, val
     ids = list(config.category_ids)
     return (
@@ -63,10 +73,34 @@ def make_sources(config):
     )
 
 
+def _check_sources(config, train, val):
+    """Refuse category lists that do not fit ``--num_classes`` or each other; warn of no boxes."""
+    where = {"coco": config.train_annotations, "tfrecord": config.train_tfrecords}
+    where = where.get(config.dataset, "the training data")
+    found = len(train.category_ids)
+    if found != config.num_classes:
+        raise FlagError(
+            f"--num_classes={config.num_classes} but {where} has {found} categories; "
+            f"set --num_classes={found}."
+        )
+    if list(val.category_ids) != list(train.category_ids):
+        raise ValueError(
+            f"the validation data has the categories {list(val.category_ids)} but {where} has "
+            f"{list(train.category_ids)}; both splits need the same category list."
+        )
+    if not val.ground_truth["annotations"]:
+        logging.warning(
+            "The validation data (%s) has no annotations: every COCO AP will print as -100.0 "
+            "(undefined).",
+            config.val_annotations or config.val_tfrecords or "shapes",
+        )
+
+
 def make_task(config):
     """The ``DetectionTask`` of a validated ``DetectionConfig`` (backbone transfer included)."""
     start = transfer.backbone_start(config)
     train, val = make_sources(config)
+    _check_sources(config, train, val)
     return task_lib.DetectionTask(
         start.model_config,
         start.input_config,
@@ -86,9 +120,30 @@ def table6(metrics, label="this run"):
 
 
 def train(config, *, strategy=None, callbacks=None):
-    """Run a whole detection job; return the ``results.json`` contents."""
+    """Run a whole detection job; return the ``results.json`` contents.
+
+    The task (and with it the generated shapes set) is made only once the
+    run's recorded settings have been compared and its lock taken, so a
+    refused command leaves the run it was refused for as it was.
+    """
     config_lib.validate(config)
-    return trainer.run(make_task(config), config, strategy=strategy, callbacks=callbacks)
+    strategy = strategy or strategy_lib.strategy_for(config)
+    task = _task_of_held_run(config, strategy)
+    return trainer.run(task, config, strategy=strategy, callbacks=callbacks)
+
+
+def _task_of_held_run(config, strategy):
+    """``make_task(config)``, after ``train.settings.check`` and while holding ``--model_dir``.
+
+    The settings are compared first, as ``trainer.run`` compares them later:
+    reading them changes nothing, and a refusal then does not even take the
+    lock.  A live job holding the lock makes ``workdir.claim`` refuse.
+    """
+    global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
+    shaping = settings.shaping_settings(config, global_batch_size)
+    settings.check(config.model_dir, shaping, extend_epochs=config.extend_epochs)
+    with workdir.claim(config.model_dir, writes=strategy_lib.is_chief(strategy)):
+        return make_task(config)
 
 
 def evaluate(config, *, strategy=None):
@@ -98,6 +153,7 @@ def evaluate(config, *, strategy=None):
     ``epoch`` None when there was no checkpoint.
     """
     config_lib.validate(config)
+    settings.check_model_dir(config.model_dir)
     task = make_task(config)
     strategy = strategy or strategy_lib.strategy_for(config)
     data = task.make_data(config, strategy)

@@ -25,7 +25,7 @@ from absl import flags, logging
 from gn_keras import _checks, convert, load, transfer
 from gn_keras._checks import FlagError
 from gn_keras.frozen_bn import FrozenBatchNormalization
-from gn_keras.train import classify, cli
+from gn_keras.train import classify, cli, settings
 from gn_keras.train import flags as flags_lib
 from gn_keras.train import outputs as outputs_lib
 
@@ -132,11 +132,27 @@ def make_builder(options, report):
     return build_model
 
 
+def check_image_model(source):
+    """Refuse a model of clips (a gn-video run) in one line that says what does take it.
+
+    gn-video's ``preprocessing.json`` says ``"task": "video"``; image-size
+    advice would not help with those.
+    """
+    if load.load_preprocessing(source).get("task") == "video":
+        raise FlagError(
+            f"--trained_model={source} is a video model (gn-video), and gn-finetune "
+            "fine-tunes image models: train a video model on with gn-video in its own "
+            "--model_dir (--extend_epochs for more epochs), or start a new video model "
+            "from a 2D image model with gn-video --trained_model."
+        )
+
+
 def finetune(config, options, *, strategy=None):
     """Fine-tune ``options.trained_model`` with ``config``; return results.json's dict."""
-    # Fail on a missing model or preprocessing.json before any data is read.
+    # Fail on a missing, unreadable or wrong kind of model before any data is read.
+    settings.check_model_dir(config.model_dir)
     load.resolve_model_path(options.trained_model)
-    load.preprocessing_path(options.trained_model)
+    check_image_model(options.trained_model)
     # A rerun resumes through classify.train's Checkpointer, which skips a
     # damaged newest checkpoint as gn-train does (train.checkpoints).
     report = {}

@@ -7,7 +7,9 @@ decoding its pixels: Pillow identifies the format from the file's first
 bytes and walks its structure (``Image.verify``: chunk CRCs and the end
 chunk of a PNG, the header of a GIF or BMP), the format must be one of
 ``tf.io.decode_image``'s, and a JPEG must end its last scan with the
-end-of-image marker (a truncated file does not).
+end-of-image marker (a truncated file does not).  Where a record states the
+image's size (a COCO JSON's ``width`` and ``height``), the file's own size,
+read from its header, must agree.
 """
 
 import concurrent.futures
@@ -23,11 +25,11 @@ _SCAN_THREADS = 8  # file reads wait on the disk, not the interpreter
 _SHOWN = 5
 
 
-def problem(path):
-    """Why ``path`` cannot be decoded as an image, or None if it can."""
+def problem(path, size=None):
+    """Why ``path`` cannot be decoded as an image (of ``size`` = (width, height)), or None."""
     try:
         with Image.open(path) as image:
-            kind = image.format
+            kind, actual = image.format, tuple(image.size)
             image.verify()
     except UnidentifiedImageError:
         return "not an image"
@@ -42,13 +44,19 @@ def problem(path):
         # markers appear only as markers; an embedded thumbnail ends earlier.
         if data.rfind(_JPEG_END_OF_IMAGE) < data.rfind(_JPEG_START_OF_SCAN):
             return "truncated (no end-of-image marker after its last scan)"
+    if size is not None and actual != tuple(size):
+        return f"{actual[0]}x{actual[1]} pixels, not the {size[0]}x{size[1]} of its record"
     return None
 
 
-def unreadable(paths):
-    """``{path: reason}`` for every file of ``paths`` that cannot be decoded."""
+def unreadable(paths, sizes=None):
+    """``{path: reason}`` for every file of ``paths`` that cannot be decoded.
+
+    ``sizes``: the (width, height) each file must have, or None.
+    """
+    sizes = [None] * len(paths) if sizes is None else sizes
     with concurrent.futures.ThreadPoolExecutor(_SCAN_THREADS) as pool:
-        reasons = pool.map(problem, paths)
+        reasons = pool.map(problem, paths, sizes)
         return {path: reason for path, reason in zip(paths, reasons) if reason}
 
 

@@ -20,8 +20,20 @@ steps go into one compiled call, XLA, the strategy's name (its replica
 count is compared, through the global batch) and the batch of gn-video's
 final test (``--test_batch_size_per_replica``: its zero-weight padding
 leaves the result unchanged).
+
+Data is compared by what it is, not by how it was spelled: paths (a
+config's ``PATH_SETTINGS`` fields) are compared resolved, absolute and
+without symlinks, so the same files named from another working directory
+are the same setting and other files under the same relative name are not;
+and a config whose class has a ``data_identity()`` method adds what that
+returns (e.g. a digest of an annotation file, ``file_digest``), so data
+changed in place is a changed setting too.
+
+A ``--model_dir`` that exists but is not a directory is refused first
+(``check_model_dir``).
 """
 
+import hashlib
 import os
 
 from gn_keras._checks import FlagError
@@ -48,21 +60,68 @@ NOT_COMPARED = frozenset(
         "test_batch_size_per_replica",
     }
 )
-PATH_SETTINGS = ("data_dir",)
+# Settings that name files, folders or glob patterns (of any task's config).
+PATH_SETTINGS = (
+    "data_dir",
+    "train_annotations",
+    "train_images",
+    "val_annotations",
+    "val_images",
+    "train_tfrecords",
+    "val_tfrecords",
+)
+_DIGEST_CHUNK = 1 << 20
+
+
+def resolved_path(path):
+    """``path`` absolute, with ``~`` and symlinks resolved; a URL (``gs://…``) as it is."""
+    if not isinstance(path, str) or not path or "://" in path:
+        return path
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def _with_resolved_paths(settings):
+    return {k: resolved_path(v) if k in PATH_SETTINGS else v for k, v in settings.items()}
 
 
 def compared(flags):
-    """The settings of a config's ``as_dict()`` that are compared, paths made absolute."""
-    settings = {k: v for k, v in flags.items() if k not in NOT_COMPARED}
-    for name in PATH_SETTINGS:
-        if settings.get(name):
-            settings[name] = os.path.abspath(settings[name])
-    return settings
+    """The settings of a config's ``as_dict()`` that are compared, paths resolved."""
+    return _with_resolved_paths({k: v for k, v in flags.items() if k not in NOT_COMPARED})
+
+
+def file_digest(path):
+    """``"sha256 <16 hex digits>"`` of the file at ``path`` (for ``data_identity``), or None.
+
+    64 bits tell two versions of a file apart, and keep a refusal line short.
+    None (an unreadable file) leaves the refusal to the reader, which names it.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_DIGEST_CHUNK), b""):
+                digest.update(chunk)
+    except (OSError, TypeError):
+        return None
+    return f"sha256 {digest.hexdigest()[:16]}"
 
 
 def shaping_settings(config, global_batch_size):
-    """The compared settings of ``config``, plus the global batch."""
-    return {**compared(config.as_dict()), "global_batch_size": global_batch_size}
+    """The compared settings of ``config``, its data's identity, and the global batch."""
+    identity = getattr(config, "data_identity", None)
+    return {
+        **compared(config.as_dict()),
+        **(identity() if identity is not None else {}),
+        "global_batch_size": global_batch_size,
+    }
+
+
+def check_model_dir(model_dir):
+    """Refuse (``FlagError``) a ``--model_dir`` that exists but is not a directory."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise FlagError(
+            f"--model_dir={model_dir} is a file, not a directory; give a new or existing "
+            "run directory."
+        )
 
 
 def recorded(model_dir):
@@ -101,7 +160,11 @@ def _read(path):
 
 
 def differences(stored, settings):
-    """``{name: (old, new)}`` for the settings both know and that differ, epochs first."""
+    """``{name: (old, new)}`` for the settings both know and that differ, epochs first.
+
+    Stored paths are resolved again: earlier versions stored some as given.
+    """
+    stored = _with_resolved_paths(stored)
     names = sorted(set(stored) & set(settings), key=lambda n: (n != "epochs", n))
     return {n: (stored[n], settings[n]) for n in names if stored[n] != settings[n]}
 
@@ -128,6 +191,7 @@ def check(model_dir, settings, *, extend_epochs=False):
       settings: ``shaping_settings`` of this attempt.
       extend_epochs: allow a larger ``epochs`` than stored (``--extend_epochs``).
     """
+    check_model_dir(model_dir)
     stored, changes = _stored(model_dir)
     if stored is not None:
         differing = differences(stored, settings)

@@ -16,6 +16,14 @@ id, an unreadable segmentation, a missing image file) is skipped, and one
 warning counts them and names the first few, so a long training never
 stops on one; with ``strict=True`` the first one raises a one-line
 ``ValueError`` naming the file and the record instead.
+
+Every image file is checked up front too (``train.image_files``: it must
+decode, and its pixels must be the record's width x height): with
+``on_bad_image="skip"`` the images that fail are left out with their
+annotations and one warning names them, with ``"fail"`` the first few are
+named in a one-line ``ValueError``.  A JSON that is not a COCO object, or a
+category without an integer ``id``, is refused in one line naming the file:
+such a file cannot be read record by record.
 """
 
 import collections
@@ -28,9 +36,11 @@ from absl import logging
 from pycocotools import mask as mask_utils
 
 from gn_keras import _checks
+from gn_keras.train import image_files
 
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding) before it is refused
 SHOWN_PROBLEMS = 5
+_SHOWN_VALUE = 80  # characters of a bad JSON value quoted in a message
 
 
 @dataclasses.dataclass
@@ -91,6 +101,11 @@ def _load_json(annotation_file):
             data = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"{annotation_file}: cannot read COCO annotations: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{annotation_file}: COCO annotations must be a JSON object with 'images', "
+            f"'annotations' and 'categories', not a {type(data).__name__}."
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{annotation_file}: COCO annotations need a list {key!r}.")
@@ -132,9 +147,28 @@ def _annotation_problem(annotation, image, labels):
     return _segmentation_problem(annotation.get("segmentation"), height, width)
 
 
+def _categories(data, annotation_file):
+    """The categories sorted by id; one without a unique integer id is refused."""
+    seen = set()
+    for index, category in enumerate(data["categories"]):
+        identifier = category.get("id") if isinstance(category, dict) else None
+        if not _checks.is_integer(identifier) or identifier in seen:
+            integral = _checks.is_integer(identifier)
+            problem = "repeats an 'id'" if integral else "has no integer 'id'"
+            raise ValueError(
+                f"{annotation_file}: categories[{index}] {problem}: "
+                f"{json.dumps(category)[:_SHOWN_VALUE]}"
+            )
+        seen.add(identifier)
+    return sorted(data["categories"], key=lambda c: c["id"])
+
+
 def _read_images(data, image_dir, problems):
     images = {}
     for image in data["images"]:
+        if not isinstance(image, dict):
+            problems.add(f"image {json.dumps(image)[:_SHOWN_VALUE]}", "not a JSON object")
+            continue
         record = f"image id {image.get('id')!r}"
         name = image.get("file_name")
         size = (image.get("height"), image.get("width"))
@@ -149,15 +183,45 @@ def _read_images(data, image_dir, problems):
     return images
 
 
-def read_coco(annotation_file, image_dir, strict=False):
+def _unusable_images(images, image_dir, annotation_file, on_bad_image):
+    """The ids of ``images`` whose file does not decode or has another size (see the module)."""
+    paths = [image["path"] for image in images.values()]
+    sizes = [(image["width"], image["height"]) for image in images.values()]
+    bad = image_files.unreadable(paths, sizes)
+    if not bad:
+        return set()
+    listed = image_files.describe(bad, image_dir)
+    if on_bad_image == "fail":
+        raise ValueError(
+            f"{image_dir}: {len(bad)} image file(s) of {annotation_file} cannot be used: "
+            f"{listed}; fix or remove them, or pass --on_bad_image=skip."
+        )
+    logging.warning(
+        "%s: skipping %d image file(s) that cannot be used, with their annotations: %s.",
+        annotation_file,
+        len(bad),
+        listed,
+    )
+    return {key for key, image in images.items() if image["path"] in bad}
+
+
+def read_coco(annotation_file, image_dir, strict=False, on_bad_image="skip"):
     """Read and check a COCO detection set; see the module docstring."""
+    _checks.check_choice(on_bad_image, "`on_bad_image`", image_files.ON_BAD_IMAGE, "read_coco")
     data = _load_json(annotation_file)
     problems = _Problems(annotation_file, strict)
-    categories = sorted(data["categories"], key=lambda c: c["id"])
+    categories = _categories(data, annotation_file)
     labels = {c["id"]: index for index, c in enumerate(categories, start=1)}
     images = _read_images(data, image_dir, problems)
+    unusable = _unusable_images(images, image_dir, annotation_file, on_bad_image)
+    images = {key: image for key, image in images.items() if key not in unusable}
     kept = collections.defaultdict(list)
     for annotation in data["annotations"]:
+        if not isinstance(annotation, dict):
+            problems.add(f"annotation {json.dumps(annotation)[:_SHOWN_VALUE]}", "not an object")
+            continue
+        if annotation.get("image_id") in unusable:  # named in the image warning
+            continue
         image = images.get(annotation.get("image_id"))
         reason = _annotation_problem(annotation, image, labels)
         if reason is not None:

@@ -26,11 +26,14 @@ out of a ``DetectionConfig``; :func:`validate` checks everything with one
 
 import dataclasses
 
+import tensorflow as tf
+
 from gn_keras import _checks
 from gn_keras.models.detection import MaskRCNNConfig
 from gn_keras.models.detection import config as model_config_lib
 from gn_keras.train import config as config_lib
-from gn_keras.train.detection import pipeline
+from gn_keras.train import settings
+from gn_keras.train.detection import pipeline, shapes
 
 DATASETS = ("shapes", "coco", "tfrecord")
 KERAS_APPLICATIONS_PREFIX = "keras.applications:"
@@ -99,6 +102,14 @@ OWN_FIELDS = (
     ),
     ("strict_annotations", bool, False, "coco: refuse the first bad record instead of skipping."),
     (
+        "on_bad_image",
+        str,
+        "skip",
+        "coco: image files that do not decode or whose pixels are not the JSON's width x "
+        "height (checked up front): skip them and their annotations with a warning naming "
+        "them, or fail naming them.",
+    ),
+    (
         "trained_model",
         str | None,
         None,
@@ -134,6 +145,30 @@ INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(pipeline.InputConfig))
 
 _RUN_TYPES = {f.name: f.type for f in dataclasses.fields(config_lib.RunConfig)}
 
+
+def _data_identity(config):
+    """What the data is beyond its (resolved) paths, compared on a rerun (``train.settings``).
+
+    COCO: the annotation files' SHA-256 (their images are checked against
+    them); TFRecords: how many files match and their total size (hashing
+    COCO's 20 GB of records at every start would cost minutes).  The
+    generated shapes set is fixed by its flags.
+    """
+    if config.dataset == "coco":
+        return {
+            f"{name} content": settings.file_digest(getattr(config, name))
+            for name in ("train_annotations", "val_annotations")
+        }
+    if config.dataset == "tfrecord":
+        identity = {}
+        for name in ("train_tfrecords", "val_tfrecords"):
+            files = tf.io.gfile.glob(getattr(config, name) or "")
+            sizes = sum(tf.io.gfile.stat(path).length for path in files)
+            identity[f"{name} content"] = f"{len(files)} files, {sizes} bytes"
+        return identity
+    return {}
+
+
 DetectionConfig = dataclasses.make_dataclass(
     "DetectionConfig",
     # Redeclared RunConfig fields keep their place and take the main job's default.
@@ -142,6 +177,7 @@ DetectionConfig = dataclasses.make_dataclass(
     + _fields_of(pipeline.InputConfig, MAIN_JOB_INPUT)
     + [(name, kind, dataclasses.field(default=default)) for name, kind, default, _ in OWN_FIELDS],
     bases=(config_lib.RunConfig,),
+    namespace={"data_identity": _data_identity},
 )
 DetectionConfig.__module__ = __name__
 DetectionConfig.__doc__ = (
@@ -251,9 +287,18 @@ def _check_data(config):
     missing = [f"--{name}" for name in needed if not getattr(config, name)]
     if missing:
         raise _checks.FlagError(f"--dataset={config.dataset} needs {', '.join(missing)}.")
+    _checks.check_choice(config.on_bad_image, "--on_bad_image", config_lib.ON_BAD_IMAGE)
     for name in ("shapes_train_images", "shapes_val_images"):
         _checks.check_int(getattr(config, name), f"--{name}", minimum=1)
     _checks.check_int(config.shapes_image_size, "--shapes_image_size", minimum=16)
+    shape_kinds = len(shapes.CATEGORIES)
+    if config.dataset == "shapes" and config.num_classes != shape_kinds:
+        # Refused before the set is generated: a run that cannot start writes nothing.
+        raise _checks.FlagError(
+            f"--num_classes={config.num_classes} but --dataset=shapes has {shape_kinds} "
+            f"categories ({', '.join(c['name'] for c in shapes.CATEGORIES)}); "
+            f"set --num_classes={shape_kinds}."
+        )
 
 
 def validate(config):

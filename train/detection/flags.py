@@ -51,6 +51,8 @@ def _kind(name, default):
         return model_config_lib.ARCHITECTURES
     if name == "dataset":
         return config_lib.DATASETS
+    if name == "on_bad_image":
+        return train_config.ON_BAD_IMAGE
     if isinstance(default, bool):
         return "bool"
     if isinstance(default, tuple):

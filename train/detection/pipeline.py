@@ -138,6 +138,28 @@ def tfrecord_examples(file_pattern, category_ids):
     return tf.data.TFRecordDataset(files).map(decode)
 
 
+def count_tfrecord_examples(file_pattern, category_ids):
+    """Examples in the TFRecords of ``file_pattern``, each decoded in full once, file by file.
+
+    A damaged file (``DataLossError``) or an example that does not decode
+    (its image, its masks) raises a one-line ``ValueError`` naming the file,
+    before training starts instead of in the middle of an epoch.
+    """
+    total = 0
+    for path in sorted(tf.io.gfile.glob(file_pattern)):
+        try:
+            total += int(tfrecord_examples(path, category_ids).reduce(0, lambda n, _: n + 1))
+        except tf.errors.OpError as error:
+            reason = (error.message.strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(
+                f"{path}: cannot read its detection examples (a damaged TFRecord or an example "
+                f"that does not decode): {type(error).__name__}: {reason}"
+            ) from None
+    if not total:
+        raise ValueError(f"{file_pattern}: the TFRecords matching it hold no examples.")
+    return total
+
+
 def resize_and_pad(image, input_config, image_size):
     """Resized, normalized, padded image; its valid size and scale factor."""
     size = tf.cast(tf.shape(image)[:2], tf.float32)

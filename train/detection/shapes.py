@@ -12,6 +12,12 @@ removed from the earlier masks. Masks are stored as compressed RLE, boxes
 are the tight boxes of the visible pixels; an instance covered down to
 fewer than ``min_visible_pixels`` is dropped. The same seed gives the same
 files.
+
+``ensure_shapes`` is how a run gets its set: the JSON's ``info`` records
+what generated it, so a set already made with the same parameters is used
+as it is (nothing rewritten), and any other is generated whole in a
+staging folder and swapped in at once (``train.workdir.staging`` and
+``publish``), so a reader never sees half of one set and half of another.
 """
 
 import json
@@ -22,6 +28,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from gn_keras import _checks
+from gn_keras.train import workdir
 
 CATEGORIES = (
     {"id": 1, "name": "circle"},
@@ -30,6 +37,7 @@ CATEGORIES = (
 )
 ANNOTATION_FILE = "annotations.json"
 IMAGE_DIR = "images"
+GENERATOR = "gn_keras shapes v1"  # changes whenever the same seed would draw other files
 
 
 def _draw(draw, kind, centre, radius, fill):
@@ -84,10 +92,23 @@ def _annotation(annotation_id, image_id, category_id, mask):
     }
 
 
+def generator_info(num_images, image_size=64, max_shapes=4, seed=0, min_visible_pixels=16):
+    """What a set's JSON records under ``info``: everything that decides its files."""
+    return {
+        "generator": GENERATOR,
+        "num_images": num_images,
+        "image_size": image_size,
+        "max_shapes": max_shapes,
+        "seed": seed,
+        "min_visible_pixels": min_visible_pixels,
+    }
+
+
 def write_shapes(directory, num_images, image_size=64, max_shapes=4, seed=0, min_visible_pixels=16):
     """Write the set into ``directory``; return the annotation file's path."""
     _checks.check_int(num_images, "`num_images`", minimum=1, where="write_shapes")
     _checks.check_int(image_size, "`image_size`", minimum=16, where="write_shapes")
+    info = generator_info(num_images, image_size, max_shapes, seed, min_visible_pixels)
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(directory, IMAGE_DIR), exist_ok=True)
     images, annotations = [], []
@@ -106,6 +127,47 @@ def write_shapes(directory, num_images, image_size=64, max_shapes=4, seed=0, min
     path = os.path.join(directory, ANNOTATION_FILE)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(
-            {"images": images, "annotations": annotations, "categories": list(CATEGORIES)}, handle
+            {
+                "info": info,
+                "images": images,
+                "annotations": annotations,
+                "categories": list(CATEGORIES),
+            },
+            handle,
         )
     return path
+
+
+def recorded_info(directory):
+    """The ``info`` of the set in ``directory``, or None (no set, or not one of ours)."""
+    try:
+        with open(os.path.join(directory, ANNOTATION_FILE), encoding="utf-8") as handle:
+            info = json.load(handle).get("info")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def ensure_shapes(directory, num_images, image_size=64, seed=0, replace=True):
+    """The set of these parameters in ``directory``; return its annotation file's path.
+
+    A set already there with the same parameters is kept untouched.
+    Otherwise (none, a damaged one, or one of other parameters) a new one is
+    generated beside it and swapped in whole; ``replace=False`` refuses to
+    swap out a set of other parameters instead (a ``ValueError`` naming
+    both), for a folder that other runs may be reading.
+    """
+    wanted = generator_info(num_images, image_size, seed=seed)
+    found = recorded_info(directory)
+    if found == wanted:
+        return os.path.join(directory, ANNOTATION_FILE)
+    if found is not None and not replace:
+        raise ValueError(
+            f"{directory} holds a shapes set of {found.get('num_images')} images at "
+            f"{found.get('image_size')} px, not {num_images} at {image_size} px; use another "
+            "--data_dir or remove it."
+        )
+    with workdir.staging(directory) as stage:
+        write_shapes(stage, num_images, image_size=image_size, seed=seed)
+        workdir.publish(stage, directory)
+    return os.path.join(directory, ANNOTATION_FILE)

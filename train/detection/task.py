@@ -50,9 +50,9 @@ class DetectionSource:
     ground_truth: dict | None = None
 
 
-def coco_source(annotation_file, image_dir, strict=False, training=False):
+def coco_source(annotation_file, image_dir, strict=False, training=False, on_bad_image="skip"):
     """A COCO JSON + image folder; training keeps only images with objects."""
-    data = coco.read_coco(annotation_file, image_dir, strict=strict)
+    data = coco.read_coco(annotation_file, image_dir, strict=strict, on_bad_image=on_bad_image)
     if training:
         data.images = [r for r in data.images if any(not a["iscrowd"] for a in r.annotations)]
     if not data.images:
@@ -69,9 +69,9 @@ def coco_source(annotation_file, image_dir, strict=False, training=False):
     )
 
 
-def shapes_source(directory, num_images, image_size=64, seed=0, training=False):
-    """The generated shapes set, written into ``directory`` and read back."""
-    path = shapes.write_shapes(directory, num_images, image_size=image_size, seed=seed)
+def shapes_source(directory, num_images, image_size=64, seed=0, training=False, replace=True):
+    """The generated shapes set in ``directory`` (``shapes.ensure_shapes``), read back."""
+    path = shapes.ensure_shapes(directory, num_images, image_size, seed=seed, replace=replace)
     return coco_source(path, f"{directory}/{shapes.IMAGE_DIR}", training=training)
 
 
@@ -108,8 +108,8 @@ def ground_truth_from_examples(dataset, num_shards=1):
 
 def tfrecord_source(file_pattern, category_ids, category_names=None, evaluation=False):
     """TF Model Garden detection TFRecords; ``evaluation`` builds the ground truth."""
-    every = pipeline.tfrecord_examples(file_pattern, category_ids)
-    count = int(every.reduce(0, lambda n, _: n + 1))
+    every = pipeline.tfrecord_examples(file_pattern, category_ids)  # refuses a pattern of no files
+    count = pipeline.count_tfrecord_examples(file_pattern, category_ids)
     names = list(category_names or [str(i) for i in category_ids])
     ground_truth = None
     if evaluation:

@@ -9,8 +9,10 @@ video of a class held out, as for image folders.
 Listing checks every video up front, so a bad one ends the run before
 training with one line naming the file: a video file OpenCV cannot open or
 read a frame from, or a frame folder with no images or whose first image
-does not decode.  Frames beyond what a file's header promises (a frame
-count that overestimates) repeat the last frame read.
+does not decode.  A class folder holding no video is refused the same way
+(it would otherwise become a class no example teaches).  Frames beyond
+what a file's header promises (a frame count that overestimates) repeat
+the last frame read.
 """
 
 import os
@@ -97,6 +99,11 @@ def _list_videos(root):
             elif item.lower().endswith(VIDEO_EXTENSIONS):
                 entries.append(((path, video_file_length(path)), label))
                 kinds.add("files")
+        if not entries:
+            raise ValueError(
+                f"class folder {folder!r} holds no videos ({'/'.join(VIDEO_EXTENSIONS)} files "
+                "or folders of frames); add some or remove the folder."
+            )
         per_class[name] = entries
     if len(kinds) > 1:
         raise ValueError(
