@@ -13,7 +13,6 @@ float32 exports).  A failed check ends a run in one line, exit 1, with
 ``saved_model/`` untouched and no staging left.
 """
 
-import hashlib
 import os
 import re
 
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from detection_helpers import tiny_config
+from test_export_staging import _tree
 
 from gn_keras import export as image_export
 from gn_keras.models.detection import MaskRCNN
@@ -403,17 +403,6 @@ def test_near_tie_reorderings_of_a_real_tail_pass_and_other_changes_fail(detecto
 
 # ----------------------------------------------------------------------------
 # Real exports through a run's outputs: published whole, or refused in one line.
-
-
-def _tree(root):
-    """{relative path: sha256} of every file under ``root``."""
-    found = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return found
 
 
 def _run_outputs(model_dir, rng):

@@ -146,9 +146,12 @@ def describe(side, detections, index):
 
 
 def _explain(side, mine, index, other, rules, why=None):
-    """The line for a detection that breaks the rules: what differs, and what the
-    other side has instead (another class in its place and score: a class map;
-    its class and score elsewhere: a box scale)."""
+    """One phrase for a detection that breaks the rules, naming what differs.
+
+    Adds what the other side has instead, where that points at the cause:
+    another class in its place with its score (a class map), or its class
+    and score at another box (a box scale).
+    """
     other_side = "the export" if side == "Keras" else "Keras"
     line = describe(side, mine, index)
     line += f": {why}" if why else f" is missing from {other_side}"
