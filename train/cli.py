@@ -197,10 +197,11 @@ def run_command(main, program, define_flags):
     """Define the flags, then ``app.run(main)`` with parsing errors reported in one line.
 
     A failed write (read-only folder, full disk) or export check ends
-    ``main`` in one line with status 1, and absl logs WARNING and above unless --verbosity is
-    given (module doc).  Every script defines its flags here, when it runs (never at import), so
-    importing a script's module defines nothing.  Also checks that no
-    positional argument is left over.
+    ``main`` in one line with status 1, and absl logs WARNING and above
+    unless --verbosity is given (module doc).  Every script defines its
+    flags here, when it runs (never at import), so importing a script's
+    module defines nothing.  Also checks that no positional argument is
+    left over.
     """
     _define_key_flags(define_flags)
 
