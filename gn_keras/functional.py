@@ -23,10 +23,16 @@ Three choices go beyond the paper's listing:
   constant input, so the centring stays inside the pass.
 
 The mean is taken relative to the first element of each group (a shifted
-sum, exact for constant inputs) and the variance is two-pass (the mean is
-subtracted before squaring), so both stay accurate for inputs whose mean is
-far larger than their spread, e.g. mean 1e4 and std 1 in float32.
+sum, exact for constant inputs; the input is centred as ``(x − shift) −
+mean(x − shift)``, never through a rounded mean) and the variance is
+two-pass (the mean is subtracted before squaring), so both stay accurate
+for inputs whose mean is far larger than their spread, e.g. mean 1e4 and
+std 1 in float32.  Sums over long axes are taken in chunks
+(:func:`chunking`), so that their error does not grow with the group's
+size either.
 """
+
+import functools
 
 import keras
 from keras import ops
@@ -73,6 +79,77 @@ def _element_count(xg, axes):
     return ops.cast(count, xg.dtype)
 
 
+# The longest run of elements one sum adds up: longer sums are cut into
+# chunks whose sums are added in turn, so that the rounding error of a
+# group's mean and variance does not grow with the group's size (a plain
+# float32 sum over the 16 M values of one group loses up to 1e-3 of the
+# mean).  :mod:`gn_keras.tf_sums` adds its chunks in float64, and every
+# ResNet stage's group is one chunk there; keras.ops, which JAX runs
+# without float64, adds them in float32, chunk by chunk again.
+CHUNK = 4096
+# keras.ops reductions add each element in turn, the matmuls of tf_sums in
+# several accumulators at once: shorter chunks keep them as accurate.
+KERAS_OPS_CHUNK = 256
+
+
+@functools.cache
+def chunking(length, limit=CHUNK):
+    """(chunks, chunk size, padding) for a sum over ``length`` elements.
+
+    ``chunks · size = length + padding``, ``size <= limit`` and
+    ``padding < chunks``.  The size divides ``length`` when such a size of
+    at least ``limit / 4`` exists; else the sum is zero-padded.
+    """
+    if length <= limit:
+        return 1, length, 0
+    for size in range(limit, limit // 4 - 1, -1):
+        if length % size == 0:
+            return length // size, size, 0
+    chunks = -(-length // limit)
+    size = -(-length // chunks)
+    return chunks, size, chunks * size - length
+
+
+def _chunked_sum(t, axis):
+    """``t`` summed over ``axis`` (kept, size 1), in chunks of <= KERAS_OPS_CHUNK elements.
+
+    An axis of unknown length (TensorFlow graphs) is summed in one go.
+    """
+    length = t.shape[axis]
+    if not isinstance(length, int) or length <= KERAS_OPS_CHUNK:
+        return ops.sum(t, axis=axis, keepdims=True)
+    chunks, size, padding = chunking(length, KERAS_OPS_CHUNK)
+    if padding:
+        widths = [(0, 0)] * len(t.shape)
+        widths[axis] = (0, padding)
+        t = ops.pad(t, widths)
+    shape = list(ops.shape(t))
+    partial = ops.sum(ops.reshape(t, shape[:axis] + [chunks, size] + shape[axis + 1 :]), axis + 1)
+    return _chunked_sum(partial, axis)
+
+
+def _group_sum(t, axis):
+    """Sums of the grouped ``t`` over every axis but the batch and ``axis`` (kept, size 1).
+
+    The axes before and after ``axis`` are merged (no copy) and each is
+    summed in chunks.
+    """
+    shape = list(ops.shape(t))
+    before, after = _product(shape[1:axis]), _product(shape[axis + 1 :])
+    merged = ops.reshape(t, [shape[0], before, shape[axis], after])
+    sums = _chunked_sum(_chunked_sum(merged, 3), 1)
+    return ops.reshape(
+        sums, [shape[0]] + [1] * (axis - 1) + [shape[axis]] + [1] * (len(shape) - axis - 1)
+    )
+
+
+def _product(sizes):
+    total = 1
+    for size in sizes:
+        total = total * size
+    return total
+
+
 def _moments(xg, reduce_axes, mask, axis):
     if mask is None:
         first = tuple(
@@ -80,22 +157,22 @@ def _moments(xg, reduce_axes, mask, axis):
         )
         shift = ops.stop_gradient(xg[first])
         count = _element_count(xg, reduce_axes)
-        mean = shift + ops.sum(xg - shift, axis=reduce_axes, keepdims=True) / count
-        variance = ops.sum(ops.square(xg - mean), axis=reduce_axes, keepdims=True) / count
-        return mean, variance
+        shifted = xg - shift
+        delta = _group_sum(shifted, axis) / count
+        centred = shifted - delta
+        return centred, _group_sum(ops.square(centred), axis) / count
     # The mask covers every axis but the channels: give it back the channel
     # axis as (1, 1) so it broadcasts over a group's (G, C/G) entries.
     weights = ops.cast(mask, xg.dtype)
     weights = ops.expand_dims(ops.expand_dims(weights, axis), axis)
     group_width = xg.shape[axis + 1]
-    count = ops.sum(weights, axis=reduce_axes, keepdims=True) * group_width
+    count = _group_sum(weights, axis) * group_width
     # A sample with no valid position would divide by zero; its statistics
     # are then 0 and its output is β plus the scaled input.
     count = ops.maximum(count, 1.0)
-    mean = ops.sum(xg * weights, axis=reduce_axes, keepdims=True) / count
-    centred = (xg - mean) * weights
-    variance = ops.sum(ops.square(centred), axis=reduce_axes, keepdims=True) / count
-    return mean, variance
+    centred = xg - _group_sum(xg * weights, axis) / count
+    variance = _group_sum(ops.square(centred * weights), axis) / count
+    return centred, variance
 
 
 def _shapes_agree(shape, expected):
@@ -229,13 +306,13 @@ def normalize(x, gamma, beta, groups, group_size, axis, epsilon, mask, where, ac
     rank = len(x.shape)
     xg = ops.reshape(ops.cast(x, stats_dtype), _grouped_shape(x, axis, num_groups))
     reduce_axes = tuple(i for i in range(rank + 1) if i not in (0, axis))
-    mean, variance = _moments(xg, reduce_axes, mask, axis)
+    centred, variance = _moments(xg, reduce_axes, mask, axis)
 
     per_channel = _broadcast_shape(rank, axis, num_groups, channels)
     scale = ops.rsqrt(variance + epsilon)
     if gamma is not None:
         scale = scale * ops.reshape(ops.cast(gamma, stats_dtype), per_channel)
-    y = (xg - mean) * scale
+    y = centred * scale
     if beta is not None:
         y = y + ops.reshape(ops.cast(beta, stats_dtype), per_channel)
     y = apply_activation(y, activation)

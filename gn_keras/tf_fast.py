@@ -13,7 +13,9 @@ CPU (see docs/performance.md):
   axis uses one kernel.  Sums run per channel over ``A`` and ``B`` first and
   only then over the group's ``C/G`` channels, which keeps the long
   reduction over contiguous channels; the sums are matmuls with a vector
-  of ones, which beat XLA's reductions on CPU several times over.
+  of ones, which beat XLA's reductions on CPU several times over, taken in
+  chunks added in float64 so that large groups lose no accuracy
+  (:mod:`gn_keras.tf_sums`).
 * γ is folded into the inverse standard deviation, so the output is one
   multiply-add per element on the shifted input.
 * The backward pass is closed-form (``tf.custom_gradient``): two per-channel
@@ -30,7 +32,8 @@ CPU (see docs/performance.md):
   unknown spatial sizes and eager calls run the same ops plainly: nothing
   compiles at load time or per input size.
 * Where the optional compiled kernels of :mod:`gn_keras.kernels` are
-  built, channels-last float32/bfloat16/float16 inputs on CPU run them
+  built, float32/bfloat16/float16 inputs on CPU, channels last or first
+  (``axis=1``), run them
   instead, in eager calls, training graphs and the graphs of Keras's
   ``fit``/``evaluate``/``predict``; they read the input once for the
   statistics and once for the output.  The user's own inference
@@ -51,7 +54,7 @@ import typing
 import keras
 import tensorflow as tf
 
-from gn_keras import _internals, kernels, portable
+from gn_keras import _internals, kernels, portable, tf_sums
 from gn_keras.functional import apply_activation, statistics_dtype
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -113,6 +116,11 @@ class _Layout(typing.NamedTuple):
     activation: str | None = None  # fused into the compiled kernels only
 
     @property
+    def data_format(self):
+        """The compiled kernels' name for the channel axis's place (axis 1 or last)."""
+        return "channels_last" if self.axis == self.rank - 1 else "channels_first"
+
+    @property
     def group_width(self):
         return self.channels // self.groups
 
@@ -167,13 +175,13 @@ def _choose_kernels(x, layout):
 
 
 def _fused_allowed(x, layout):
-    """Channels last, a dtype the kernels take, CPU, and a graph that stays here.
+    """Channels last or first, a dtype the kernels take, CPU, and a graph that stays here.
 
     In graphs: not inside XLA (it compiles the whole graph and knows no
     custom op), and only training graphs or Keras's own loops
     (:mod:`gn_keras.portable` says why).
     """
-    if layout.axis != layout.rank - 1 or _dtype_name(x.dtype) not in _KERNEL_DTYPES:
+    if layout.axis not in (1, layout.rank - 1) or _dtype_name(x.dtype) not in _KERNEL_DTYPES:
         return False
     if _gpu_visible():
         return False
@@ -235,47 +243,13 @@ def _forward(x, gamma, beta, layout):
     count = layout.group_count(x5)
     shift = x5[:, :1, :, :1, :1]
     shifted = x5 - tf.stop_gradient(shift)
-    delta = _group_sum(shifted) / count
-    variance = _group_sum(tf.math.squared_difference(shifted, delta)) / count
+    delta = tf_sums.group_sum(shifted) / count
+    variance = tf_sums.group_sum(tf.math.squared_difference(shifted, delta)) / count
     inv_std = tf.math.rsqrt(variance + tf.constant(layout.epsilon, layout.stats_dtype))
     scale = inv_std * layout.per_channel(tf.cast(gamma, layout.stats_dtype))
     offset = layout.per_channel(tf.cast(beta, layout.stats_dtype)) - delta * scale
     y = tf.cast(tf.reshape(shifted * scale + offset, tf.shape(x)), x.dtype)
     return y, (shift, delta, inv_std)
-
-
-def _channel_sum(t5):
-    """Per-(sample, channel) sums over every non-channel axis: (N, 1, G, C/G, 1).
-
-    The sums are products with a vector of ones: TensorFlow and XLA run
-    them on their matmul kernels, which on CPU are several times faster
-    than XLA's reduction of a strided axis (docs/performance.md).
-    """
-    n, before, groups, width, after = (_size(t5, i) for i in range(5))
-    sums = tf.reshape(t5, [n, before, groups * width * after])
-    # The ones carry the batch dimension: broadcast inside the matmul, XLA
-    # would fuse them into a slow loop instead of calling its matmul kernel.
-    if not _is_one(before):
-        sums = tf.matmul(tf.ones([n, 1, before], t5.dtype), sums)
-    if not _is_one(after):
-        sums = tf.matmul(
-            tf.reshape(sums, [n, groups * width, after]), tf.ones([n, after, 1], t5.dtype)
-        )
-    return tf.reshape(sums, [n, 1, groups, width, 1])
-
-
-def _size(t, axis):
-    static = t.shape[axis]
-    return static if static is not None else tf.shape(t)[axis]
-
-
-def _is_one(size):
-    return isinstance(size, int) and size == 1
-
-
-def _group_sum(t5):
-    """Per-(sample, group) sums, through the per-channel sums: (N, 1, G, 1, 1)."""
-    return tf.reduce_sum(_channel_sum(t5), axis=3, keepdims=True)
 
 
 def _backward(x, gamma, beta, dy, statistics, layout):
@@ -286,8 +260,8 @@ def _backward(x, gamma, beta, dy, statistics, layout):
     gamma5 = layout.per_channel(tf.cast(gamma, layout.stats_dtype))
     count = layout.group_count(x5)
     centred = (x5 - shift) - delta
-    sum_dy = _channel_sum(dy5)
-    sum_dy_centred = _channel_sum(dy5 * centred)
+    sum_dy = tf_sums.channel_sum(dy5)
+    sum_dy_centred = tf_sums.channel_sum(dy5 * centred)
     dbeta = tf.reshape(tf.reduce_sum(sum_dy, axis=0), [layout.channels])
     dgamma = tf.reshape(tf.reduce_sum(sum_dy_centred * inv_std, axis=0), [layout.channels])
     # Group means of γ·dy and of γ·dy·x̂: the two terms that the mean and
@@ -308,6 +282,7 @@ def _fused_forward(x, gamma, beta, layout):
     y, shift, delta, inv_std = kernels.load().gn_keras_group_norm(
         x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32),
         groups=layout.groups, epsilon=layout.epsilon, activation=layout.activation or "none",
+        data_format=layout.data_format,
     )  # fmt: skip
     return y, (shift, delta, inv_std)
 
@@ -316,6 +291,7 @@ def _fused_backward(x, gamma, beta, dy, statistics, layout):
     return kernels.load().gn_keras_group_norm_grad(
         x, tf.cast(dy, x.dtype), tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32),
         *statistics, groups=layout.groups, activation=layout.activation or "none",
+        data_format=layout.data_format,
     )  # fmt: skip
 
 

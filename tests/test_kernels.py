@@ -97,24 +97,36 @@ def test_without_a_compiler_auto_falls_back_and_require_fails(rng, tmp_path):
         run_python(code, env={**env, "GN_KERAS_KERNELS": "require"})
 
 
-@pytest.mark.parametrize("shape,groups", BLOCK_CASES)
-def test_values_and_gradients_across_blocks(rng, chosen, shape, groups):
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("shape,groups", BLOCK_CASES + [((2, 3, 4100, 8), 2)])
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_values_and_gradients_across_blocks(rng, chosen, shape, groups, axis, activation):
+    """Both layouts' kernels (channels last, and first: rows longer than a
+    segment in the last case) against float64 autodiff of keras.ops."""
+    if axis == 1:  # the same values, channel axis moved first
+        shape = (shape[0], shape[-1], *shape[1:-1])
     x, upstream = _input(rng, shape), rng.normal(size=shape)
-    gamma, beta = rng.normal(1.0, 0.5, shape[-1]), rng.normal(0.0, 0.5, shape[-1])
+    gamma, beta = rng.normal(1.0, 0.5, shape[axis]), rng.normal(0.0, 0.5, shape[axis])
 
-    def forward_backward(x, gamma, beta, upstream):
+    def forward_backward(x, gamma, beta, upstream, fused):
         with tf.GradientTape() as tape:
             tape.watch([x, gamma, beta])
-            y = group_norm(x, gamma, beta, groups=groups)
+            y = group_norm(x, gamma, beta, groups=groups, axis=axis,
+                           activation=activation if fused else None)  # fmt: skip
+            if not fused:
+                y = {"relu": tf.nn.relu, "silu": lambda y: y * tf.sigmoid(y)}.get(
+                    activation, tf.identity
+                )(y)
         return [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
 
     ours = tf.function(forward_backward)(
-        *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream))
+        *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)), True
     )
     assert chosen == ["fused"]
     with _keras_ops_path():
-        reference = forward_backward(*(tf.constant(v) for v in (x, gamma, beta, upstream)))
-    reference[0] = group_norm_reference(x, gamma, beta, groups)
+        reference = forward_backward(*(tf.constant(v) for v in (x, gamma, beta, upstream)), False)
+    if activation is None:
+        reference[0] = group_norm_reference(x, gamma, beta, groups, axis=axis)
     for got, want in zip(ours, reference):
         np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=2e-5 * np.abs(want).max())
 
@@ -253,7 +265,7 @@ def test_other_inputs_and_portable_graphs_use_tensorflow_ops(chosen):
         lambda x, axis: _under_tape(lambda x: group_norm(x, groups=4, axis=axis), x)
     )
     cases = [
-        (tf.TensorSpec([None, 8, 5, 5]), 1),  # channels first
+        (tf.TensorSpec([None, 5, 8, 5]), 2),  # channels neither first nor last
         (tf.TensorSpec([None, 5, 5, 8], tf.float64), -1),  # float64
     ]
     for spec, axis in cases:

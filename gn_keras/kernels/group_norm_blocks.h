@@ -65,6 +65,7 @@ struct Layout {
   int64_t rows_per_block = 1, blocks_per_sample = 1;
 
   int64_t Blocks() const { return n * blocks_per_sample; }
+  int64_t BlockElements() const { return rows_per_block * c; }
   int64_t GroupCount() const { return a * width; }
 };
 
@@ -100,11 +101,12 @@ inline tensorflow::Status MakeLayout(const Tensor& x, int64_t groups, Layout* la
 // samples, so the write sweep reads a sample that the first sweep has just
 // brought into the core's cache; with fewer, each phase is spread over all
 // blocks so that one sample still keeps every core busy.
-template <typename Sweep, typename Finish, typename Write>
-void RunPhases(OpKernelContext* context, const Layout& l, int64_t cost_per_element, Sweep sweep,
-               Finish finish, Write write) {
+// (Either layout: Layout here, or ChannelsFirstLayout.)
+template <typename AnyLayout, typename Sweep, typename Finish, typename Write>
+void RunPhases(OpKernelContext* context, const AnyLayout& l, int64_t cost_per_element,
+               Sweep sweep, Finish finish, Write write) {
   auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  const int64_t block_cost = l.rows_per_block * l.c * cost_per_element;
+  const int64_t block_cost = l.BlockElements() * cost_per_element;
   const int64_t per_sample = l.blocks_per_sample;
   if (l.n >= workers->num_threads) {
     tensorflow::Shard(workers->num_threads, workers->workers, l.n, 2 * block_cost * per_sample,
@@ -379,6 +381,33 @@ inline std::vector<float> PerChannel(const float* per_group, const Layout& l) {
   return out;
 }
 
+// One sample's share of dbeta and dgamma, and its per-channel
+// coefficients of dx, from its per-channel sums of dy and dy * (d - mean(d))
+// (see InputGradientTerms); `inv_std` holds the sample's G values.
+inline void GradientTermsFromSums(const std::vector<double>& sum_dy,
+                                  const std::vector<double>& sum_dy_centred, const float* gamma,
+                                  const float* inv_std, int64_t groups, int64_t width,
+                                  double count, double* dbeta, double* dgamma, float* dy_scale,
+                                  float* centred_scale, float* bias) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const double istd = inv_std[g];
+    double mean_gdy = 0.0, mean_gdy_xhat = 0.0;
+    for (int64_t j = g * width; j < (g + 1) * width; ++j) {
+      dbeta[j] = sum_dy[j];
+      dgamma[j] = sum_dy_centred[j] * istd;
+      mean_gdy += gamma[j] * sum_dy[j];
+      mean_gdy_xhat += gamma[j] * sum_dy_centred[j];
+    }
+    mean_gdy /= count;
+    mean_gdy_xhat *= istd / count;
+    for (int64_t j = g * width; j < (g + 1) * width; ++j) {
+      dy_scale[j] = static_cast<float>(istd * gamma[j]);
+      centred_scale[j] = static_cast<float>(istd * istd * mean_gdy_xhat);
+      bias[j] = static_cast<float>(istd * mean_gdy);
+    }
+  }
+}
+
 // Sample s's share of dbeta and dgamma, and its per-channel coefficients of
 // dx = dy_scale * dy - centred_scale * (d - mean(d)) - bias.  Per group, the
 // means of gamma*dy and gamma*dy*xhat are the terms that the mean and the
@@ -395,24 +424,9 @@ inline void InputGradientTerms(const std::vector<float>& sums, const std::vector
       sum_dy_centred[j] += centred_sums[block * l.c + j];
     }
   }
-  const double count = static_cast<double>(l.GroupCount());
-  for (int64_t g = 0; g < l.groups; ++g) {
-    const double istd = inv_std[s * l.groups + g];
-    double mean_gdy = 0.0, mean_gdy_xhat = 0.0;
-    for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
-      dbeta[j] = sum_dy[j];
-      dgamma[j] = sum_dy_centred[j] * istd;
-      mean_gdy += gamma[j] * sum_dy[j];
-      mean_gdy_xhat += gamma[j] * sum_dy_centred[j];
-    }
-    mean_gdy /= count;
-    mean_gdy_xhat *= istd / count;
-    for (int64_t j = g * l.width; j < (g + 1) * l.width; ++j) {
-      dy_scale[j] = static_cast<float>(istd * gamma[j]);
-      centred_scale[j] = static_cast<float>(istd * istd * mean_gdy_xhat);
-      bias[j] = static_cast<float>(istd * mean_gdy);
-    }
-  }
+  GradientTermsFromSums(sum_dy, sum_dy_centred, gamma, inv_std + s * l.groups, l.groups, l.width,
+                        static_cast<double>(l.GroupCount()), dbeta, dgamma, dy_scale,
+                        centred_scale, bias);
 }
 
 }  // namespace gn_keras

@@ -29,6 +29,7 @@
 // threads take whole samples or share every pass).
 
 #include "group_norm_blocks.h"
+#include "group_norm_channels_first.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -40,50 +41,73 @@ using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 namespace shape_inference = tensorflow::shape_inference;
 
+// Checks and allocates the forward's outputs.  `*work` is false for an
+// empty tensor, whose statistics are then NaN, as 0/0 would give.
+inline tensorflow::Status AllocateForward(OpKernelContext* context, const Tensor& x, int64_t n,
+                                          int64_t c, int64_t groups, Tensor** outputs,
+                                          bool* work) {
+  if (context->input(1).NumElements() != c || context->input(2).NumElements() != c) {
+    return InvalidArgument("gamma and beta must hold ", c, " values");
+  }
+  const TensorShape stats_shape({n, groups});
+  TF_RETURN_IF_ERROR(context->allocate_output(0, x.shape(), &outputs[0]));
+  for (int i = 1; i < 4; ++i) {
+    TF_RETURN_IF_ERROR(context->allocate_output(i, stats_shape, &outputs[i]));
+  }
+  *work = x.NumElements() != 0;
+  if (!*work) {
+    outputs[1]->flat<float>().setZero();
+    outputs[2]->flat<float>().setConstant(std::nanf(""));
+    outputs[3]->flat<float>().setConstant(std::nanf(""));
+  }
+  return tensorflow::OkStatus();
+}
+
 template <typename T>
 class GroupNormOp : public OpKernel {
  public:
   explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
     OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
-    std::string activation;
+    std::string activation, data_format;
     OP_REQUIRES_OK(context, context->GetAttr("activation", &activation));
     OP_REQUIRES_OK(context, ParseActivation(activation, &activation_));
+    OP_REQUIRES_OK(context, context->GetAttr("data_format", &data_format));
+    channels_first_ = data_format == "channels_first";
   }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& x = context->input(0);
-    const Tensor& gamma = context->input(1);
-    const Tensor& beta = context->input(2);
-    Layout l;
-    OP_REQUIRES_OK(context, MakeLayout(x, groups_, &l));
-    OP_REQUIRES(context, gamma.NumElements() == l.c && beta.NumElements() == l.c,
-                InvalidArgument("gamma and beta must hold ", l.c, " values"));
-    Tensor *y, *shift_out, *delta_out, *inv_std_out;
-    const TensorShape stats_shape({l.n, l.groups});
-    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
-    OP_REQUIRES_OK(context, context->allocate_output(1, stats_shape, &shift_out));
-    OP_REQUIRES_OK(context, context->allocate_output(2, stats_shape, &delta_out));
-    OP_REQUIRES_OK(context, context->allocate_output(3, stats_shape, &inv_std_out));
-    if (x.NumElements() == 0) {  // empty groups: no statistics, as 0/0 would give
-      shift_out->flat<float>().setZero();
-      delta_out->flat<float>().setConstant(std::nanf(""));
-      inv_std_out->flat<float>().setConstant(std::nanf(""));
+    Tensor* outputs[4];
+    bool work = false;
+    if (channels_first_) {
+      ChannelsFirstLayout l;
+      OP_REQUIRES_OK(context, MakeChannelsFirstLayout(x, groups_, &l));
+      OP_REQUIRES_OK(context, AllocateForward(context, x, l.n, l.c, l.groups, outputs, &work));
+      if (work) ComputeChannelsFirst(context, x, l, outputs);
       return;
     }
+    Layout l;
+    OP_REQUIRES_OK(context, MakeLayout(x, groups_, &l));
+    OP_REQUIRES_OK(context, AllocateForward(context, x, l.n, l.c, l.groups, outputs, &work));
+    if (work) ComputeChannelsLast(context, x, l, outputs);
+  }
 
+ private:
+  void ComputeChannelsLast(OpKernelContext* context, const Tensor& x, const Layout& l,
+                           Tensor** outputs) {
     const T* xs = x.flat<T>().data();
-    float* group_shift = shift_out->flat<float>().data();
-    float* delta = delta_out->flat<float>().data();
-    float* inv_std = inv_std_out->flat<float>().data();
+    float* group_shift = outputs[1]->flat<float>().data();
+    float* delta = outputs[2]->flat<float>().data();
+    float* inv_std = outputs[3]->flat<float>().data();
     const std::vector<float> shift = ChannelShifts(xs, l, group_shift);
 
     std::vector<float> sums(l.Blocks() * l.c), m2s(l.Blocks() * l.c);
     // y = (d - mean(d)) * (gamma / sigma) + beta, per channel.
-    const float* g = gamma.flat<float>().data();
-    const float* b = beta.flat<float>().data();
+    const float* g = context->input(1).flat<float>().data();
+    const float* b = context->input(2).flat<float>().data();
     std::vector<float> scale(l.n * l.c), centre(l.n * l.c);
-    T* ys = y->flat<T>().data();
+    T* ys = outputs[0]->flat<T>().data();
     auto sweep = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       BlockMoments(xs, shift.data() + r.sample * l.c, l, r, sums.data() + block * l.c,
@@ -108,62 +132,137 @@ class GroupNormOp : public OpKernel {
     RunPhases(context, l, 5, sweep, finish, write);
   }
 
- private:
+  void ComputeChannelsFirst(OpKernelContext* context, const Tensor& x,
+                            const ChannelsFirstLayout& l, Tensor** outputs) {
+    const T* xs = x.flat<T>().data();
+    float* delta = outputs[2]->flat<float>().data();
+    float* inv_std = outputs[3]->flat<float>().data();
+    const std::vector<float> shift =
+        ChannelsFirstShifts(xs, l, outputs[1]->flat<float>().data());
+    const float* g = context->input(1).flat<float>().data();
+    const std::vector<int64_t>::size_type segments = l.n * l.SegmentsPerSample();
+    std::vector<float> sums(segments), m2s(segments), scale(l.n * l.c), centre(l.n * l.c);
+    const RowCoefficients rows{shift.data(), centre.data(), scale.data(),
+                               context->input(2).flat<float>().data()};
+    T* ys = outputs[0]->flat<T>().data();
+    auto sweep = [&](int64_t block) { SegmentMoments(xs, shift.data(), l, block, sums.data(), m2s.data()); };
+    auto finish = [&](int64_t s) {
+      ChannelsFirstGroupMoments(sums, m2s, l, s, epsilon_, delta, inv_std);
+      for (int64_t j = 0; j < l.c; ++j) {
+        const int64_t group = s * l.groups + j / l.width;
+        scale[s * l.c + j] = inv_std[group] * g[j];
+        centre[s * l.c + j] = delta[group];
+      }
+    };
+    auto write = [&](int64_t block) {
+      WithActivation(activation_, [&](auto kind) {
+        ChannelsFirstWrite<T, decltype(kind)::value>(xs, rows, l, block, ys);
+      });
+    };
+    RunPhases(context, l, 5, sweep, finish, write);
+  }
+
   int64_t groups_;
   float epsilon_;
   Activation activation_;
+  bool channels_first_;
 };
 
+// Checks the backward's inputs and allocates its outputs, dgamma and dbeta
+// zeroed.  `*work` is false for an empty tensor.
+inline tensorflow::Status AllocateBackward(OpKernelContext* context, const Tensor& x, int64_t n,
+                                           int64_t c, int64_t groups, Tensor** outputs,
+                                           bool* work) {
+  const Tensor& dy = context->input(1);
+  if (dy.shape() != x.shape()) {
+    return InvalidArgument("dy shape ", dy.shape().DebugString(), " != x shape ",
+                           x.shape().DebugString());
+  }
+  for (int i = 4; i < 7; ++i) {
+    if (context->input(i).NumElements() != n * groups) {
+      return InvalidArgument("statistics must have shape [", n, ", ", groups, "]");
+    }
+  }
+  if (context->input(2).NumElements() != c || context->input(3).NumElements() != c) {
+    return InvalidArgument("gamma and beta must hold ", c, " values");
+  }
+  TF_RETURN_IF_ERROR(context->allocate_output(0, x.shape(), &outputs[0]));
+  TF_RETURN_IF_ERROR(context->allocate_output(1, TensorShape({c}), &outputs[1]));
+  TF_RETURN_IF_ERROR(context->allocate_output(2, TensorShape({c}), &outputs[2]));
+  outputs[1]->flat<float>().setZero();
+  outputs[2]->flat<float>().setZero();
+  *work = x.NumElements() != 0;
+  return tensorflow::OkStatus();
+}
+
+// dbeta and dgamma: the samples' contributions added in a fixed order.
+inline void AddOverSamples(const std::vector<double>& sample_dbeta,
+                           const std::vector<double>& sample_dgamma, int64_t n, int64_t c,
+                           Tensor** outputs) {
+  float* dgamma = outputs[1]->flat<float>().data();
+  float* dbeta = outputs[2]->flat<float>().data();
+  for (int64_t j = 0; j < c; ++j) {
+    double beta_sum = 0.0, gamma_sum = 0.0;
+    for (int64_t s = 0; s < n; ++s) {
+      beta_sum += sample_dbeta[s * c + j];
+      gamma_sum += sample_dgamma[s * c + j];
+    }
+    dbeta[j] = static_cast<float>(beta_sum);
+    dgamma[j] = static_cast<float>(gamma_sum);
+  }
+}
 
 template <typename T>
 class GroupNormGradOp : public OpKernel {
  public:
   explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
-    std::string activation;
+    std::string activation, data_format;
     OP_REQUIRES_OK(context, context->GetAttr("activation", &activation));
     OP_REQUIRES_OK(context, ParseActivation(activation, &activation_));
+    OP_REQUIRES_OK(context, context->GetAttr("data_format", &data_format));
+    channels_first_ = data_format == "channels_first";
   }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& x = context->input(0);
-    const Tensor& dy = context->input(1);
+    Tensor* outputs[3];
+    bool work = false;
+    if (channels_first_) {
+      ChannelsFirstLayout l;
+      OP_REQUIRES_OK(context, MakeChannelsFirstLayout(x, groups_, &l));
+      OP_REQUIRES_OK(context, AllocateBackward(context, x, l.n, l.c, l.groups, outputs, &work));
+      if (work) ComputeChannelsFirst(context, x, l, outputs);
+      return;
+    }
     Layout l;
     OP_REQUIRES_OK(context, MakeLayout(x, groups_, &l));
-    OP_REQUIRES(context, dy.shape() == x.shape(),
-                InvalidArgument("dy shape ", dy.shape().DebugString(), " != x shape ",
-                                x.shape().DebugString()));
-    for (int i = 4; i < 7; ++i) {
-      OP_REQUIRES(context, context->input(i).NumElements() == l.n * l.groups,
-                  InvalidArgument("statistics must have shape [", l.n, ", ", l.groups, "]"));
-    }
-    OP_REQUIRES(context,
-                context->input(2).NumElements() == l.c && context->input(3).NumElements() == l.c,
-                InvalidArgument("gamma and beta must hold ", l.c, " values"));
-    Tensor *dx_out, *dgamma_out, *dbeta_out;
-    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx_out));
-    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({l.c}), &dgamma_out));
-    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({l.c}), &dbeta_out));
-    float* dgamma = dgamma_out->flat<float>().data();
-    float* dbeta = dbeta_out->flat<float>().data();
-    std::fill_n(dgamma, l.c, 0.0f);
-    std::fill_n(dbeta, l.c, 0.0f);
-    if (x.NumElements() == 0) return;
+    OP_REQUIRES_OK(context, AllocateBackward(context, x, l.n, l.c, l.groups, outputs, &work));
+    if (work) ComputeChannelsLast(context, x, l, outputs);
+  }
 
+ private:
+  // The forward's per-(sample, channel) scale (gamma / sigma), for the
+  // activation's gradient.
+  std::vector<float> ForwardScale(const float* gamma, const float* inv_std, int64_t n, int64_t c,
+                                  int64_t width) {
+    std::vector<float> scale(n * c);
+    for (int64_t k = 0; k < n * c; ++k) scale[k] = inv_std[k / width] * gamma[k % c];
+    return scale;
+  }
+
+  void ComputeChannelsLast(OpKernelContext* context, const Tensor& x, const Layout& l,
+                           Tensor** outputs) {
     const T* xs = x.flat<T>().data();
-    const T* dys = dy.flat<T>().data();
+    const T* dys = context->input(1).flat<T>().data();
     const float* gamma = context->input(2).flat<float>().data();
     const float* beta = context->input(3).flat<float>().data();
     const float* inv_std = context->input(6).flat<float>().data();
     const std::vector<float> shift = PerChannel(context->input(4).flat<float>().data(), l);
     const std::vector<float> delta = PerChannel(context->input(5).flat<float>().data(), l);
-    // The forward's scale (gamma / sigma), for the activation's gradient.
     const bool gated = activation_ != Activation::kNone;
     std::vector<float> scale;
-    if (gated) {
-      scale = PerChannel(inv_std, l);
-      for (int64_t k = 0; k < l.n * l.c; ++k) scale[k] *= gamma[k % l.c];
-    }
+    if (gated) scale = ForwardScale(gamma, inv_std, l.n, l.c, l.width);
     auto gate_of = [&](int64_t at) {
       return gated ? ActivationGate{scale.data() + at, beta} : ActivationGate{nullptr, nullptr};
     };
@@ -188,7 +287,7 @@ class GroupNormGradOp : public OpKernel {
                          sample_dgamma.data() + s * l.c, dy_scale.data() + s * l.c,
                          centred_scale.data() + s * l.c, bias.data() + s * l.c);
     };
-    T* dx = dx_out->flat<T>().data();
+    T* dx = outputs[0]->flat<T>().data();
     auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
       const int64_t at = r.sample * l.c;
@@ -199,20 +298,53 @@ class GroupNormGradOp : public OpKernel {
       });
     };
     RunPhases(context, l, 8, sweep, finish, write);
-    for (int64_t j = 0; j < l.c; ++j) {
-      double beta_sum = 0.0, gamma_sum = 0.0;
-      for (int64_t s = 0; s < l.n; ++s) {
-        beta_sum += sample_dbeta[s * l.c + j];
-        gamma_sum += sample_dgamma[s * l.c + j];
-      }
-      dbeta[j] = static_cast<float>(beta_sum);
-      dgamma[j] = static_cast<float>(gamma_sum);
-    }
+    AddOverSamples(sample_dbeta, sample_dgamma, l.n, l.c, outputs);
   }
 
- private:
+  void ComputeChannelsFirst(OpKernelContext* context, const Tensor& x,
+                            const ChannelsFirstLayout& l, Tensor** outputs) {
+    const T* xs = x.flat<T>().data();
+    const T* dys = context->input(1).flat<T>().data();
+    const float* gamma = context->input(2).flat<float>().data();
+    const float* inv_std = context->input(6).flat<float>().data();
+    Layout groups_only;  // PerChannel needs n, c, groups and width only
+    groups_only.n = l.n, groups_only.c = l.c, groups_only.groups = l.groups;
+    groups_only.width = l.width;
+    const std::vector<float> shift = PerChannel(context->input(4).flat<float>().data(), groups_only);
+    const std::vector<float> centre = PerChannel(context->input(5).flat<float>().data(), groups_only);
+    const std::vector<float> scale = ForwardScale(gamma, inv_std, l.n, l.c, l.width);
+    const RowCoefficients rows{shift.data(), centre.data(), scale.data(),
+                               context->input(3).flat<float>().data()};
+    const std::vector<int64_t>::size_type segments = l.n * l.SegmentsPerSample();
+    std::vector<float> sums(segments), centred_sums(segments);
+    auto sweep = [&](int64_t block) {
+      WithActivation(activation_, [&](auto kind) {
+        ChannelsFirstGradientSums<T, decltype(kind)::value>(xs, dys, rows, l, block, sums.data(),
+                                                            centred_sums.data());
+      });
+    };
+    std::vector<double> sample_dbeta(l.n * l.c), sample_dgamma(l.n * l.c);
+    std::vector<float> dy_scale(l.n * l.c), centred_scale(l.n * l.c), bias(l.n * l.c);
+    auto finish = [&](int64_t s) {
+      const int64_t at = s * l.c;
+      ChannelsFirstGradientTerms(sums, centred_sums, gamma, inv_std, l, s,
+                                 sample_dbeta.data() + at, sample_dgamma.data() + at,
+                                 dy_scale.data() + at, centred_scale.data() + at, bias.data() + at);
+    };
+    T* dx = outputs[0]->flat<T>().data();
+    auto write = [&](int64_t block) {
+      WithActivation(activation_, [&](auto kind) {
+        ChannelsFirstWriteGradient<T, decltype(kind)::value>(
+            xs, dys, rows, dy_scale.data(), centred_scale.data(), bias.data(), l, block, dx);
+      });
+    };
+    RunPhases(context, l, 8, sweep, finish, write);
+    AddOverSamples(sample_dbeta, sample_dgamma, l.n, l.c, outputs);
+  }
+
   int64_t groups_;
   Activation activation_;
+  bool channels_first_;
 };
 
 // ---- registration ------------------------------------------------------------
@@ -229,10 +361,12 @@ tensorflow::Status ForwardShape(shape_inference::InferenceContext* c) {
 }
 
 tensorflow::Status BackwardShape(shape_inference::InferenceContext* c) {
+  std::string data_format;
+  TF_RETURN_IF_ERROR(c->GetAttr("data_format", &data_format));
   c->set_output(0, c->input(0));
   shape_inference::ShapeHandle x = c->input(0);
   shape_inference::DimensionHandle channels =
-      c->RankKnown(x) ? c->Dim(x, -1) : c->UnknownDim();
+      c->RankKnown(x) ? c->Dim(x, data_format == "channels_first" ? 1 : -1) : c->UnknownDim();
   c->set_output(1, c->Vector(channels));
   c->set_output(2, c->Vector(channels));
   return tensorflow::OkStatus();
@@ -250,6 +384,7 @@ REGISTER_OP("GnKerasGroupNorm")
     .Attr("groups: int >= 1")
     .Attr("epsilon: float")
     .Attr("activation: {'none', 'relu', 'silu'} = 'none'")
+    .Attr("data_format: {'channels_last', 'channels_first'} = 'channels_last'")
     .SetShapeFn(ForwardShape);
 
 REGISTER_OP("GnKerasGroupNormGrad")
@@ -266,6 +401,7 @@ REGISTER_OP("GnKerasGroupNormGrad")
     .Attr("T: {half, bfloat16, float}")
     .Attr("groups: int >= 1")
     .Attr("activation: {'none', 'relu', 'silu'} = 'none'")
+    .Attr("data_format: {'channels_last', 'channels_first'} = 'channels_last'")
     .SetShapeFn(BackwardShape);
 
 #define GN_KERAS_REGISTER(T)                                                              \
