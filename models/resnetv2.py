@@ -50,7 +50,6 @@ from gn_keras.models.resnet import head
 from gn_keras.weight_convs import WNConv2D, WSConv2D
 
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-STEMS = ("bit", "deep")  # BiT's 7×7 stem; the 'd' models' three 3×3 convs
 STAGE_WIDTHS = (256, 512, 1024, 2048)  # block outputs; the bottleneck is a quarter
 STEM_WIDTH = 64
 BOTTLENECK_RATIO = 4
@@ -139,16 +138,15 @@ def preact_bottleneck(builder, x, filters, strides, name, project, avg_down, ws_
     return keras.layers.Add(name=f"{name}_add")([shortcut, y])
 
 
-def _ws_options(builder, depth, ws_epsilon):
+def _ws_options(builder, where, ws_epsilon):
     if ws_epsilon is None:
         return {}
-    where = f"resnetv2_{depth}"
     if not issubclass(builder.norm.conv_class(2), WSConv2D):
         raise ValueError(
             f"{where}: argument `ws_epsilon` applies only to weight-standardized convs "
             f"(norm='gn+ws'), got ws_epsilon={ws_epsilon!r} with norm={builder.norm.kind!r}."
         )
-    _checks.check_epsilon(ws_epsilon, where)
+    _checks.check_number(ws_epsilon, "`ws_epsilon`", low=0, low_open=True, where=where)
     return {"epsilon": float(ws_epsilon)}
 
 
@@ -168,10 +166,10 @@ def build_resnetv2(
 
     The deep stem comes with average-pool projections, as in timm's ``d`` models.
     """
-    where = f"resnetv2_{depth}"
-    _checks.check_int(width_multiplier, "`width_multiplier`", minimum=1, where=where)
-    ws_options = _ws_options(builder, depth, ws_epsilon)
     avg_down = stem_kind == "deep"
+    where = f"models.build('resnetv2_{depth}{'d' if avg_down else ''}')"
+    _checks.check_int(width_multiplier, "`width_multiplier`", minimum=1, where=where)
+    ws_options = _ws_options(builder, where, ws_epsilon)
     x = stem(builder, inputs, stem_kind, STEM_WIDTH * width_multiplier, ws_options)
     for index, (count, width) in enumerate(zip(DEPTHS[depth], STAGE_WIDTHS), start=2):
         filters = width * width_multiplier

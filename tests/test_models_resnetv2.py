@@ -237,7 +237,7 @@ def test_gn_ws_trains_one_step(rng, bit_model):
     "options,message",
     [
         ({"norm": "gn", "ws_epsilon": 1e-8}, "applies only to weight-standardized convs"),
-        ({"norm": "gn+ws", "ws_epsilon": 0.0}, "epsilon"),
+        ({"norm": "gn+ws", "ws_epsilon": 0.0}, "`ws_epsilon` must be a positive number"),
         ({"norm": "gn", "width_multiplier": 0}, "width_multiplier=0"),
     ],
 )
