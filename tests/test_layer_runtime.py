@@ -73,7 +73,11 @@ def test_other_keras_backends_match_reference(rng, tmp_path, backend, module):
     # |a − b| came within ~1e-2), and float32 on JAX then exceeds 1e-5.
     seq = rng.normal(size=(3, 6, 8))
     mask = np.arange(6)[None] < np.array([[6], [3], [1]])
-    for name, value in dict(x=x, gamma=gamma, beta=beta, seq=seq, mask=mask).items():
+    # One group of 16.8 M values, far from zero-mean: its statistics must not
+    # drift with the group's size (tests/test_large_groups.py for TensorFlow).
+    big = (rng.uniform(size=(1, 1024, 2048, 8)) + rng.uniform(50, 100)).astype("float32")
+    arrays = dict(x=x, gamma=gamma, beta=beta, seq=seq, mask=mask, big=big)
+    for name, value in arrays.items():
         np.save(tmp_path / f"{name}.npy", value)
     out = run_python(
         f"""
@@ -88,6 +92,15 @@ def test_other_keras_backends_match_reference(rng, tmp_path, backend, module):
         np.save({str(tmp_path / "y.npy")!r}, y)
         masked = group_norm(load("seq"), groups=2, mask=load("mask"))
         np.save({str(tmp_path / "ym.npy")!r}, keras.ops.convert_to_numpy(masked))
+        silu = GroupNormalization(groups=3, activation="swish")
+        silu.build((None, 5, 7, 12))
+        silu.set_weights(layer.get_weights())
+        y = keras.ops.convert_to_numpy(silu(load("x").astype("float32")))
+        np.save({str(tmp_path / "ys.npy")!r}, y)
+        big = load("big")
+        for axis, values in ((-1, big), (1, np.moveaxis(big, -1, 1).copy())):
+            y = keras.ops.convert_to_numpy(group_norm(values, groups=1, axis=axis))
+            np.save({str(tmp_path)!r} + f"/big{{axis}}.npy", np.moveaxis(y, axis, -1))
         print("backend", keras.backend.backend())
     """,
         env={"KERAS_BACKEND": backend},
@@ -102,6 +115,13 @@ def test_other_keras_backends_match_reference(rng, tmp_path, backend, module):
         rtol=1e-5,
         atol=1e-5,
     )
+    normalized = group_norm_reference(x, gamma, beta, 3)
+    silu = normalized / (1 + np.exp(-normalized))
+    np.testing.assert_allclose(np.load(tmp_path / "ys.npy"), silu, rtol=1e-5, atol=1e-5)
+    expected = group_norm_reference(big, groups=1)
+    for axis in (-1, 1):
+        error = np.abs(np.load(tmp_path / f"big{axis}.npy") - expected).max()
+        assert error < 1e-6, f"{backend}, axis={axis}: max error {error:.3g} on one large group"
 
 
 def test_mirrored_strategy_matches_one_device(rng, tmp_path):
