@@ -39,7 +39,7 @@ import logging
 import keras
 from keras.src.models.functional import Functional  # the class of keras.Model(inputs, outputs)
 
-from gn_keras import convert
+from gn_keras import _checks, convert
 from gn_keras.layer import GroupNormalization
 
 _LOG = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ def replace_group_norms(model, *, fuse_activations=True, patterns=None):
         normalization alone (module docstring).
       patterns: more ``{"module.Class": (("norm_attr", "act_attr"), ...)}``
         for subclassed layers, added to :data:`KERAS_HUB_PATTERNS`.  A pair
-        asserts that the class's ``call`` applies the activation to the
-        normalization's output and uses that output nowhere else.
+        asserts that the class's ``call`` applies that activation layer
+        once, to the normalization's output, which nothing else uses.
 
     Returns:
       A :class:`DropIn`: the new model, what was replaced and what fused.
@@ -112,11 +112,7 @@ def replace_group_norms(model, *, fuse_activations=True, patterns=None):
         raise ValueError(
             f"{where}: model {model.name!r} is not built; call it on an input or build() it first."
         )
-    if not isinstance(fuse_activations, bool):
-        raise ValueError(
-            f"{where}: argument `fuse_activations` must be True or False, "
-            f"got fuse_activations={fuse_activations!r}."
-        )
+    _checks.check_bool(fuse_activations, "`fuse_activations`", where)
     job = _Job(fuse_activations, {**KERAS_HUB_PATTERNS, **_checked_patterns(patterns, where)})
     new = job.rebuild_graph(model, "") if _is_plain_graph(model) else _copy_through_config(model)
     job.count_references(new)

@@ -146,3 +146,41 @@ def test_loop_overhead_smallest_run_reports_ratios_to_keras_fit(tmp_path):
         assert ratio["cpu_images_per_sec"] == pytest.approx(fit_cpu / our_cpu, rel=1e-9)
         assert ratio["paired_images_per_sec"] == pytest.approx(fit_wall / our_wall, rel=1e-9)
     assert "| contender | images/s (median wall) | CPU ms per image (median) |" in printed
+
+
+def test_vae_decode_tiny_run_reports_ratios_and_differences(tmp_path):
+    """A 2-stack VAE, one timed round: every ratio is its medians', the outputs agree."""
+    output = tmp_path / "vae_decode.json"
+    printed = _run_bench(
+        "vae_decode.py",
+        "--tiny",
+        "--steps=1",
+        "--warmup_steps=1",
+        "--image_size=32",
+        f"--json={output}",
+    )
+    report = json.loads(output.read_text())
+    assert report["machine"]["gn_keras_kernels"] == {"setting": "require", "loaded": True}
+    assert report["settings"]["latent_shape"] == [1, 16, 16, 16]
+    # Per part (encoder, decoder) of the tiny VAE: 2 + 2 mid ResNet blocks with
+    # 2 norms each, the attention's norm and the output norm; all but the
+    # attention's are followed by their own SiLU.
+    assert report["settings"]["replaced"] == {"dropin": 20, "dropin_fused": 20}
+    assert report["settings"]["fused"] == {"dropin": 0, "dropin_fused": 18}
+    rows = report["results"]
+    names = ("keras", "dropin", "dropin_fused")
+    assert set(rows) == {f"{group}/{name}" for group in ("decode", "encode") for name in names}
+    pairs = {
+        f"{group}: {top}/{bottom} (ratio of medians)": (f"{group}/{top}", f"{group}/{bottom}")
+        for group in ("decode", "encode")
+        for top, bottom in (
+            ("dropin", "keras"),
+            ("dropin_fused", "keras"),
+            ("dropin_fused", "dropin"),
+        )
+    }
+    of_medians = {name: value for name, value in report["ratios"].items() if name in pairs}
+    _assert_step_ratios({**report, "ratios": of_medians}, pairs)
+    assert len(report["ratios"]) == 2 * len(pairs)  # and as many medians of per-round ratios
+    assert all(0 <= value <= 1e-4 for value in report["max_relative_difference"].values())
+    assert "decode dropin_fused/keras wall (median of per-round ratios)" in printed
