@@ -16,6 +16,7 @@ Every problem raises :class:`gn_keras.load.ModelFileError` naming the path.
 import hashlib
 import os
 import pickle
+import re
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from gn_keras import load
 from gn_keras.models.pretrained import torch_runtime
 
 HUB_PREFIX = "hub:"
+# How torch's weights-only loader names what it refused to import.
+_TORCH_GLOBAL = re.compile(r"GLOBAL ([\w.]+[\w])")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 # What a Detectron/detectron2 pickle needs to rebuild its arrays, and nothing else.
 _PICKLE_GLOBALS = {
@@ -53,11 +56,6 @@ def file_digest(path):
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _require(module, path, what):
@@ -91,8 +89,16 @@ def _read_torch(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip, pickle and "unsupported global" errors alike
+        found = _TORCH_GLOBAL.search(str(error))
+        if found:  # torch's own advice (load with weights_only=False) would run the file's code
+            raise load.ModelFileError(
+                path,
+                f"refused: besides tensors it holds a Python object ({found.group(1)}) that "
+                "could run code when loaded, and nothing in it was run; save the weights alone "
+                "(torch.save(model.state_dict(), PATH)) and convert that file.",
+            ) from None
         raise load.ModelFileError(
-            path, f"cannot read the PyTorch checkpoint: {_first_line(error)}"
+            path, f"cannot read the PyTorch checkpoint: {load.first_line(error)}"
         ) from None
 
 
@@ -102,7 +108,7 @@ def _read_safetensors(path):
         return numpy_io.load_file(path)
     except Exception as error:  # the header or a tensor is damaged
         raise load.ModelFileError(
-            path, f"cannot read the safetensors file: {_first_line(error)}"
+            path, f"cannot read the safetensors file: {load.first_line(error)}"
         ) from None
 
 
@@ -111,7 +117,9 @@ def _read_pickle(path):
         with open(path, "rb") as handle:
             return _ArraysOnlyUnpickler(handle, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise load.ModelFileError(path, f"cannot read the pickle: {_first_line(error)}") from None
+        raise load.ModelFileError(
+            path, f"cannot read the pickle: {load.first_line(error)}"
+        ) from None
 
 
 def read_file(path):
@@ -145,6 +153,8 @@ def read_hub(name):
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as error:  # unknown name, no network, damaged download
-        raise load.ModelFileError(path, f"timm could not fetch it: {_first_line(error)}") from None
+        raise load.ModelFileError(
+            path, f"timm could not fetch it: {load.first_line(error)}"
+        ) from None
     tensors = {key: _to_numpy(value) for key, value in model.state_dict().items()}
     return tensors, dict(model.pretrained_cfg)

@@ -6,19 +6,21 @@ verified against Keras after writing), ``DIR/preprocessing.json`` and
 export ``--output_dir``, so ``gn-finetune``, ``gn-export`` and
 :func:`gn_keras.load.load_model` take ``DIR`` as a trained model.
 
-Everything is written into a hidden sibling directory first and renamed
-into place at the end, so ``DIR`` is never half written. An existing ``DIR``
-is only accepted when it is empty or already holds this same conversion
-(same checkpoint bytes and settings; then nothing is rewritten).
+Everything is written into a sibling staging directory first and swapped
+into place at the end (``train.workdir.staging`` and ``publish``, as
+``gn-export`` does), so ``DIR`` is never half written; the staging left by a
+killed conversion is swept by the next one, and ``DIR`` gets the mode the
+umask gives. An existing ``DIR`` is only accepted when it is empty or
+already holds this same conversion (same checkpoint bytes and settings;
+then nothing is rewritten).
 """
 
 import json
 import os
-import shutil
-import tempfile
 
 from gn_keras import export, load
 from gn_keras.models.pretrained import loader, verify
+from gn_keras.train import workdir
 
 REPORT_FILE = "convert_report.json"
 # The report entries that make two conversions the same.
@@ -81,10 +83,7 @@ def write(conversion, output_dir):
     report = conversion.report
     if _check_target(output_dir, report):
         return dict(_existing_report(output_dir), unchanged=True)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.partial-")
-    try:
+    with workdir.staging(output_dir) as stage:
         conversion.model.save(os.path.join(stage, "model.keras"))
         saved_model = export.export_saved_model(
             conversion.model, os.path.join(stage, "saved_model"), conversion.preprocessing
@@ -92,12 +91,7 @@ def write(conversion, output_dir):
         report = dict(report, saved_model_max_abs_difference=saved_model)
         _write_json(os.path.join(stage, load.PREPROCESSING_FILE), conversion.preprocessing)
         _write_json(os.path.join(stage, REPORT_FILE), report)
-        if os.path.isdir(output_dir):  # empty, checked above
-            os.rmdir(output_dir)
-        os.rename(stage, output_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        workdir.publish(stage, output_dir)  # an existing output_dir is empty, checked above
     return report
 
 

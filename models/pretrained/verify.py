@@ -38,9 +38,8 @@ def _reference(conversion, torch, timm):
     report = conversion.report
     if "width_multiplier" in report:  # a ResNet-V2
         network = timm_resnetv2.reference_network(timm, report)
-        network.load_state_dict(
-            timm_resnetv2.torch_state(conversion.canonical, torch), strict=False
-        )
+        state = timm_resnetv2.torch_state(conversion.canonical, torch)
+        network.load_state_dict(_fitting(state, network), strict=False)
         return network.eval()
     options = {"pretrained": False, "num_classes": report["num_classes"]}
     if report["norm"] == "gn":
@@ -57,7 +56,7 @@ def _reference(conversion, torch, timm):
                 module = name[: -len(".bias")]
                 state[f"{module}.running_mean"] = torch.zeros_like(value)
                 state[f"{module}.running_var"] = torch.full_like(value, 1.0 - 1e-5)
-    network.load_state_dict(state, strict=False)
+    network.load_state_dict(_fitting(state, network), strict=False)
     return network.eval()
 
 
@@ -71,7 +70,7 @@ def verify(conversion, tolerance=TOLERANCE):
     runtime = _runtime()
     if runtime is None:
         return {"skipped": "torch and timm are not both installed"}
-    if report["missing_model_weights"] and not _only_head_missing(report):
+    if _unfilled(report) and not _only_head_missing(report):
         return {"skipped": "backbone weights are missing (allow_partial)"}
     torch, timm = runtime
     size = report["image_size"]
@@ -90,7 +89,7 @@ def verify(conversion, tolerance=TOLERANCE):
 
 def _compared(report):
     """Logits; without a classifier, what timm's ``forward_features`` gives."""
-    if not report["missing_model_weights"]:
+    if not _unfilled(report):
         return "logits"
     return timm_resnetv2.FEATURES_LAYER if "width_multiplier" in report else "C5"
 
@@ -106,8 +105,25 @@ def _keras_output(model, images, compared):
     return np.asarray(maps).transpose(0, 3, 1, 2)
 
 
+def _unfilled(report):
+    """Keras weight paths left as built: missing, or of another shape (allow_partial)."""
+    # A mismatch reads "SOURCE as (SHAPE) vs PATH (SHAPE)" (assign.FillResult).
+    mismatched = [entry.split(" vs ")[1].rsplit(" (", 1)[0] for entry in report["mismatched"]]
+    return report["missing_model_weights"] + mismatched
+
+
 def _only_head_missing(report):
-    return all(path.startswith("logits/") for path in report["missing_model_weights"])
+    return all(path.startswith("logits/") for path in _unfilled(report))
+
+
+def _fitting(state, network):
+    """The tensors of ``state`` whose shape fits ``network`` (allow_partial leaves the rest)."""
+    own = network.state_dict()
+    return {
+        name: value
+        for name, value in state.items()
+        if name not in own or tuple(own[name].shape) == tuple(value.shape)
+    }
 
 
 def _judge(got, want, compared, tolerance, report, torch, timm):

@@ -83,7 +83,8 @@ OWN_FIELDS = (
         "data_dir",
         str | None,
         None,
-        "shapes: where the generated set is written (default <model_dir>/shapes_data).",
+        "shapes: where the generated set is written (default <model_dir>/shapes_data); a set "
+        "made there with other --shapes_* flags is refused, not replaced.",
     ),
     ("shapes_train_images", int, 300, "shapes: generated training images."),
     ("shapes_val_images", int, 50, "shapes: generated validation images."),
