@@ -11,6 +11,10 @@ time of the forward pass and of forward+backward (dx, dγ, dβ) for
 * ``ours_relu``: ``GroupNormalization(activation="relu")``, the ReLU fused
   into the kernels, against ``ours_then_relu``: the layer followed by a
   ``keras.layers.ReLU`` (the unfused pair of every conv–GN–ReLU unit);
+* ``ours_silu``: ``GroupNormalization(activation="silu")``, the SiLU fused
+  into the kernels, against ``ours_then_silu`` (the layer, then
+  ``Activation("silu")``) and ``keras_gn_then_silu`` (Keras's GN, then
+  ``Activation("silu")``: the pair of every diffusion VAE and UNet block);
 * ``keras_gn``: ``keras.layers.GroupNormalization`` (same epsilon);
 * ``keras_bn``: ``keras.layers.BatchNormalization`` in training mode;
 * ``torch_gn``: ``torch.nn.functional.group_norm`` on the same bytes
@@ -70,6 +74,8 @@ RATIOS = {
         ("ours", "torch_gn", None),
         ("ours", "copy", 3.0),
         ("ours_relu", "ours_then_relu", 1.0),
+        ("ours_silu", "ours_then_silu", 1.0),
+        ("ours_silu", "keras_gn_then_silu", None),
     ),
     "forward_backward": (
         ("ours", "keras_gn", 0.5),
@@ -77,6 +83,8 @@ RATIOS = {
         ("ours", "torch_gn", 1.0),
         ("ours_tf_ops", "keras_gn", None),
         ("ours_relu", "ours_then_relu", 1.0),
+        ("ours_silu", "ours_then_silu", 1.0),
+        ("ours_silu", "keras_gn_then_silu", None),
     ),
 }
 
@@ -204,6 +212,19 @@ def _contenders(shape, dtype, rng):
             x,
             dy,
         ),
+        "ours_silu": _keras_contender(
+            GroupNormalization(GROUPS, epsilon=EPSILON, activation="silu", dtype=policy), x, dy
+        ),
+        "ours_then_silu": _keras_contender(
+            _then_silu(GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), policy), x, dy
+        ),
+        "keras_gn_then_silu": _keras_contender(
+            _then_silu(
+                keras.layers.GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), policy
+            ),
+            x,
+            dy,
+        ),
         "keras_gn": _keras_contender(
             keras.layers.GroupNormalization(GROUPS, epsilon=EPSILON, dtype=policy), x, dy
         ),
@@ -216,6 +237,11 @@ def _contenders(shape, dtype, rng):
     if torch_pair is not None:
         contenders["torch_gn"] = torch_pair
     return contenders
+
+
+def _then_silu(norm, policy):
+    """``norm`` followed by a separate ``Activation("silu")`` layer."""
+    return keras.Sequential([norm, keras.layers.Activation("silu", dtype=policy)])
 
 
 def _interleaved_medians(calls, repeats):

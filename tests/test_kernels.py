@@ -9,46 +9,30 @@ the build cache, the fallback, and that graphs that leave the process
 (SavedModels, converters, ``portable_ops``) never hold the kernels' ops.
 """
 
-import contextlib
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from fast_path_helpers import keras_ops_path, offset_normal, record_choices
 from gn_reference import group_norm_reference
 from subprocess_utils import run_python
 
 import gn_keras
-from gn_keras import group_norm, kernels, tf_fast
+from gn_keras import group_norm, kernels
 
 # (shape, groups): rows per block = 16384 // C, so these have 5, 6 and 2
 # blocks per sample, the last one short.
 BLOCK_CASES = [((2, 37, 29, 64), 8), ((1, 9, 5, 2048), 32), ((3, 20, 1024), 32)]
 
 
-def _input(rng, shape):
-    return rng.normal(size=shape) * rng.uniform(0.5, 3.0) + rng.uniform(-4, 4)
+_input = offset_normal
 
 
 @pytest.fixture
 def chosen(monkeypatch):
     """Names of the implementations ``group_norm`` picks, call by call."""
-    names = []
-    original = tf_fast._choose_kernels
-    monkeypatch.setattr(
-        tf_fast, "_choose_kernels", lambda *a: names.append(original(*a).name) or original(*a)
-    )
-    return names
-
-
-@contextlib.contextmanager
-def _keras_ops_path():
-    original = tf_fast.supports
-    tf_fast.supports = lambda x: False
-    try:
-        yield
-    finally:
-        tf_fast.supports = original
+    return record_choices(monkeypatch)
 
 
 def _op_types(concrete_function):
@@ -123,7 +107,7 @@ def test_values_and_gradients_across_blocks(rng, chosen, shape, groups, axis, ac
         *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)), True
     )
     assert chosen == ["fused"]
-    with _keras_ops_path():
+    with keras_ops_path():
         reference = forward_backward(*(tf.constant(v) for v in (x, gamma, beta, upstream)), False)
     if activation is None:
         reference[0] = group_norm_reference(x, gamma, beta, groups, axis=axis)
@@ -154,7 +138,7 @@ def test_fused_relu_values_and_gradients(rng, chosen, shape, groups):
         *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)), True
     )
     assert chosen == ["fused"]
-    with _keras_ops_path():
+    with keras_ops_path():
         reference = forward_backward(*(tf.constant(v) for v in (x, gamma, beta, upstream)), False)
     reference[0] = np.maximum(group_norm_reference(x, gamma, beta, groups), 0.0)
     assert 0.2 < np.mean(reference[0] > 0) < 0.8  # the gate is exercised both ways
@@ -335,7 +319,7 @@ def test_unknown_spatial_sizes_and_second_order(rng, chosen):
         np.testing.assert_allclose(
             y.numpy(), group_norm_reference(x, gamma.numpy(), beta.numpy(), 4), atol=2e-5
         )
-        with _keras_ops_path():
+        with keras_ops_path():
             _, want = second_order.python_function(
                 *(tf.constant(v) for v in (x, upstream, direction))
             )

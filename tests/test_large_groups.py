@@ -14,10 +14,11 @@ backends are checked in test_layer_runtime.py.
 import numpy as np
 import pytest
 import tensorflow as tf
+from fast_path_helpers import keras_ops_path, record_choices
 from gn_reference import group_norm_reference
 
 import gn_keras
-from gn_keras import group_norm, tf_fast
+from gn_keras import group_norm
 
 # One group of 1024·2048·8 = 16.8 M values (64 MB in float32).
 SHAPE = (1, 1024, 2048, 8)
@@ -45,12 +46,7 @@ def _laid_out(big_group, axis):
 @pytest.fixture
 def chosen(monkeypatch):
     """Names of the implementations ``group_norm`` picks, call by call."""
-    names = []
-    original = tf_fast._choose_kernels
-    monkeypatch.setattr(
-        tf_fast, "_choose_kernels", lambda *a: names.append(original(*a).name) or original(*a)
-    )
-    return names
+    return record_choices(monkeypatch)
 
 
 def _under_tape(function):
@@ -74,12 +70,8 @@ def _run(path, x, axis):
     if path == "portable":
         with gn_keras.portable_ops():
             return tf.function(_under_tape(normalize), autograph=False)(x)
-    original = tf_fast.supports  # keras.ops: what masks and other backends run
-    tf_fast.supports = lambda x: False
-    try:
+    with keras_ops_path():  # what masks and other backends run
         return normalize(x)
-    finally:
-        tf_fast.supports = original
 
 
 @pytest.mark.parametrize("axis", [-1, 1])

@@ -8,45 +8,28 @@ separate SiLU.  Every implementation is covered: the compiled kernels
 TensorFlow ops, and the keras.ops path that masks (and other backends) take.
 """
 
-import contextlib
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from fast_path_helpers import keras_ops_path, offset_normal, record_choices
 from gn_reference import group_norm_reference
 
 import gn_keras
-from gn_keras import group_norm, tf_fast
+from gn_keras import group_norm
 
 
 def _silu(v):
     return v / (1.0 + np.exp(-v))
 
 
-def _input(rng, shape):
-    return rng.normal(size=shape) * rng.uniform(0.5, 3.0) + rng.uniform(-4, 4)
+_input = offset_normal
 
 
 @pytest.fixture
 def chosen(monkeypatch):
     """Names of the implementations ``group_norm`` picks, call by call."""
-    names = []
-    original = tf_fast._choose_kernels
-    monkeypatch.setattr(
-        tf_fast, "_choose_kernels", lambda *a: names.append(original(*a).name) or original(*a)
-    )
-    return names
-
-
-@contextlib.contextmanager
-def _keras_ops_path():
-    original = tf_fast.supports
-    tf_fast.supports = lambda x: False
-    try:
-        yield
-    finally:
-        tf_fast.supports = original
+    return record_choices(monkeypatch)
 
 
 def _forward_backward(x, gamma, beta, upstream, groups, fused):
@@ -72,7 +55,7 @@ def test_fused_silu_values_and_gradients(rng, chosen, shape, groups):
         *(tf.constant(v, "float32") for v in (x, gamma, beta, upstream)), groups, True
     )
     assert chosen == ["fused"]
-    with _keras_ops_path():
+    with keras_ops_path():
         reference = _forward_backward(
             *(tf.constant(v) for v in (x, gamma, beta, upstream)), groups, False
         )
@@ -90,7 +73,7 @@ def test_fused_silu_on_16_bit_inputs(rng, chosen, dtype, tolerance):
     ours = _forward_backward(x, gamma, beta, upstream, groups, True)
     assert chosen == ["fused"] and ours[0].dtype == x.dtype and ours[1].dtype == x.dtype
     wide = [tf.cast(v, tf.float64) for v in (x, gamma, beta, upstream)]
-    with _keras_ops_path():
+    with keras_ops_path():
         reference = _forward_backward(*wide, groups, False)
     for got, want in zip(ours, reference):
         got, want = tf.cast(got, tf.float64).numpy(), want.numpy()
@@ -114,7 +97,7 @@ def test_silu_in_every_implementation(rng, chosen):
     with gn_keras.portable_ops():
         portable = tf.function(lambda x: layer(x))(tf.constant(x))
     assert chosen == ["fused", "xla", "plain", "portable"]
-    with _keras_ops_path():
+    with keras_ops_path():
         keras_ops = layer(x)
     for got in (eager, xla, plain, portable, keras_ops):
         np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5)
@@ -143,3 +126,15 @@ def test_group_norm_function_takes_silu_with_a_mask(rng):
     got = group_norm(x, gamma, beta, groups=4, mask=mask, activation="swish").numpy()
     expected = _silu(group_norm_reference(x, gamma, beta, groups=4, mask=mask))
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_saved_model_export_applies_silu_with_standard_ops(rng, tmp_path):
+    inputs = keras.Input((5, 5, 8))
+    model = keras.Model(inputs, gn_keras.GroupNormalization(groups=4, activation="silu")(inputs))
+    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    with open(tmp_path / "sm" / "saved_model.pb", "rb") as saved:
+        assert b"GnKeras" not in saved.read()
+    x = _input(rng, (3, 5, 5, 8)).astype("float32")
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    served = loaded.serve(x).numpy()
+    np.testing.assert_allclose(served, _silu(group_norm_reference(x, groups=4)), atol=2e-5)

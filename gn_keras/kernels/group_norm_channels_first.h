@@ -87,6 +87,14 @@ inline tensorflow::Status MakeChannelsFirstLayout(const Tensor& x, int64_t group
   return tensorflow::OkStatus();
 }
 
+// Calls fn(k, row, start, length) for each segment k of block `block`.
+template <typename Fn>
+inline void ForEachSegment(const ChannelsFirstLayout& l, int64_t block, Fn fn) {
+  int64_t first, last;
+  l.SegmentsOf(block, &first, &last);
+  for (int64_t k = first; k < last; ++k) fn(k, l.RowOf(k), l.StartOf(k), l.LengthOf(k));
+}
+
 // Per-(sample, group) shift x[n, g*W, 0...], the element the channels-last
 // kernels shift by, and a per-(sample, channel) copy of it.
 template <typename T>
@@ -107,12 +115,9 @@ std::vector<float> ChannelsFirstShifts(const T* x, const ChannelsFirstLayout& l,
 template <typename T>
 void SegmentMoments(const T* x, const float* row_shift, const ChannelsFirstLayout& l,
                     int64_t block, float* sums, float* m2s) {
-  int64_t first, last;
-  l.SegmentsOf(block, &first, &last);
-  for (int64_t k = first; k < last; ++k) {
-    const T* values = x + l.StartOf(k);
-    const int64_t length = l.LengthOf(k);
-    const float shift = row_shift[l.RowOf(k)];
+  ForEachSegment(l, block, [&](int64_t k, int64_t row, int64_t start, int64_t length) {
+    const T* values = x + start;
+    const float shift = row_shift[row];
     float sum, unused;
     LaneSums(length, [&](int64_t i, float* a, float*) { *a += ToFloat(values[i]) - shift; }, &sum,
              &unused);
@@ -125,7 +130,7 @@ void SegmentMoments(const T* x, const float* row_shift, const ChannelsFirstLayou
         },
         &m2s[k], &unused);
     sums[k] = sum;
-  }
+  });
 }
 
 // Merges sample `sample`'s segment moments into its groups' mean of d and
@@ -156,20 +161,26 @@ struct RowCoefficients {
   const float *shift, *centre, *scale, *beta;
 };
 
+// One row's coefficients: its normalized value is ((x - origin) - centre)
+// * scale + beta.
+struct Row {
+  float origin, centre, scale, beta;
+};
+
+inline Row RowOf(const RowCoefficients& rows, int64_t row, int64_t channels) {
+  return Row{rows.shift[row], rows.centre[row], rows.scale[row], rows.beta[row % channels]};
+}
+
 template <typename T, Activation kAct>
 void ChannelsFirstWrite(const T* __restrict__ x, const RowCoefficients& rows,
                         const ChannelsFirstLayout& l, int64_t block, T* __restrict__ y) {
-  int64_t first, last;
-  l.SegmentsOf(block, &first, &last);
-  for (int64_t k = first; k < last; ++k) {
-    const int64_t row = l.RowOf(k), start = l.StartOf(k), length = l.LengthOf(k);
-    const float origin = rows.shift[row], centre = rows.centre[row];
-    const float scale = rows.scale[row], beta = rows.beta[row % l.c];
-    for (int64_t i = 0; i < length; ++i) {
-      const float value = Normalized((ToFloat(x[start + i]) - origin) - centre, scale, beta);
-      y[start + i] = FromFloat<T>(Activate<kAct>(value));
+  ForEachSegment(l, block, [&](int64_t, int64_t row, int64_t start, int64_t length) {
+    const Row r = RowOf(rows, row, l.c);
+    for (int64_t i = start; i < start + length; ++i) {
+      const float value = Normalized((ToFloat(x[i]) - r.origin) - r.centre, r.scale, r.beta);
+      y[i] = FromFloat<T>(Activate<kAct>(value));
     }
-  }
+  });
 }
 
 // Per segment: sum of dy and of dy * (d - mean(d)), dy through the fused
@@ -178,43 +189,37 @@ template <typename T, Activation kAct>
 void ChannelsFirstGradientSums(const T* __restrict__ x, const T* __restrict__ dy,
                                const RowCoefficients& rows, const ChannelsFirstLayout& l,
                                int64_t block, float* sums, float* centred_sums) {
-  int64_t first, last;
-  l.SegmentsOf(block, &first, &last);
-  for (int64_t k = first; k < last; ++k) {
-    const int64_t row = l.RowOf(k), start = l.StartOf(k), length = l.LengthOf(k);
-    const float origin = rows.shift[row], centre = rows.centre[row];
-    const float scale = rows.scale[row], beta = rows.beta[row % l.c];
+  ForEachSegment(l, block, [&](int64_t k, int64_t row, int64_t start, int64_t length) {
+    const Row r = RowOf(rows, row, l.c);
+    const T* xs = x + start;
+    const T* dys = dy + start;
     LaneSums(
         length,
         [&](int64_t i, float* sum, float* centred_sum) {
-          const float centred = (ToFloat(x[start + i]) - origin) - centre;
-          const float g = GatedGradient<kAct>(ToFloat(dy[start + i]), centred, scale, beta);
+          const float centred = (ToFloat(xs[i]) - r.origin) - r.centre;
+          const float g = GatedGradient<kAct>(ToFloat(dys[i]), centred, r.scale, r.beta);
           *sum += g;
           *centred_sum += g * centred;
         },
         &sums[k], &centred_sums[k]);
-  }
+  });
 }
 
-// `terms` holds per-(sample, channel) dy_scale, centred_scale and bias.
+// dx = dy_scale * g - centred_scale * (d - mean(d)) - bias, per row.
 template <typename T, Activation kAct>
 void ChannelsFirstWriteGradient(const T* __restrict__ x, const T* __restrict__ dy,
                                 const RowCoefficients& rows, const float* dy_scale,
                                 const float* centred_scale, const float* bias,
                                 const ChannelsFirstLayout& l, int64_t block, T* __restrict__ dx) {
-  int64_t first, last;
-  l.SegmentsOf(block, &first, &last);
-  for (int64_t k = first; k < last; ++k) {
-    const int64_t row = l.RowOf(k), start = l.StartOf(k), length = l.LengthOf(k);
-    const float origin = rows.shift[row], centre = rows.centre[row];
-    const float scale = rows.scale[row], beta = rows.beta[row % l.c];
-    const float a = dy_scale[row], b = centred_scale[row], bias_row = bias[row];
-    for (int64_t i = 0; i < length; ++i) {
-      const float centred = (ToFloat(x[start + i]) - origin) - centre;
-      const float g = GatedGradient<kAct>(ToFloat(dy[start + i]), centred, scale, beta);
-      dx[start + i] = FromFloat<T>(a * g - b * centred - bias_row);
+  ForEachSegment(l, block, [&](int64_t, int64_t row, int64_t start, int64_t length) {
+    const Row r = RowOf(rows, row, l.c);
+    const float a = dy_scale[row], b = centred_scale[row], offset = bias[row];
+    for (int64_t i = start; i < start + length; ++i) {
+      const float centred = (ToFloat(x[i]) - r.origin) - r.centre;
+      const float g = GatedGradient<kAct>(ToFloat(dy[i]), centred, r.scale, r.beta);
+      dx[i] = FromFloat<T>(a * g - b * centred - offset);
     }
-  }
+  });
 }
 
 // Sample `sample`'s per-channel sums of its segments, then its gradient

@@ -63,6 +63,17 @@ inline tensorflow::Status AllocateForward(OpKernelContext* context, const Tensor
   return tensorflow::OkStatus();
 }
 
+// Sample s's per-channel scale (gamma / sigma) and centre (mean of d).
+inline void OutputCoefficients(const float* delta, const float* inv_std, const float* gamma,
+                               int64_t s, int64_t c, int64_t groups, int64_t width, float* scale,
+                               float* centre) {
+  for (int64_t j = 0; j < c; ++j) {
+    const int64_t group = s * groups + j / width;
+    scale[s * c + j] = inv_std[group] * gamma[j];
+    centre[s * c + j] = delta[group];
+  }
+}
+
 template <typename T>
 class GroupNormOp : public OpKernel {
  public:
@@ -115,11 +126,7 @@ class GroupNormOp : public OpKernel {
     };
     auto finish = [&](int64_t s) {
       GroupMoments(sums, m2s, l, s, epsilon_, delta, inv_std);
-      for (int64_t j = 0; j < l.c; ++j) {
-        const int64_t group = s * l.groups + j / l.width;
-        scale[s * l.c + j] = inv_std[group] * g[j];
-        centre[s * l.c + j] = delta[group];
-      }
+      OutputCoefficients(delta, inv_std, g, s, l.c, l.groups, l.width, scale.data(), centre.data());
     };
     auto write = [&](int64_t block) {
       const BlockRange r = RangeOf(l, block);
@@ -145,14 +152,12 @@ class GroupNormOp : public OpKernel {
     const RowCoefficients rows{shift.data(), centre.data(), scale.data(),
                                context->input(2).flat<float>().data()};
     T* ys = outputs[0]->flat<T>().data();
-    auto sweep = [&](int64_t block) { SegmentMoments(xs, shift.data(), l, block, sums.data(), m2s.data()); };
+    auto sweep = [&](int64_t block) {
+      SegmentMoments(xs, shift.data(), l, block, sums.data(), m2s.data());
+    };
     auto finish = [&](int64_t s) {
       ChannelsFirstGroupMoments(sums, m2s, l, s, epsilon_, delta, inv_std);
-      for (int64_t j = 0; j < l.c; ++j) {
-        const int64_t group = s * l.groups + j / l.width;
-        scale[s * l.c + j] = inv_std[group] * g[j];
-        centre[s * l.c + j] = delta[group];
-      }
+      OutputCoefficients(delta, inv_std, g, s, l.c, l.groups, l.width, scale.data(), centre.data());
     };
     auto write = [&](int64_t block) {
       WithActivation(activation_, [&](auto kind) {
