@@ -46,6 +46,7 @@ filter gain is named ``gain`` and counts as a conv weight.
 import keras
 
 from gn_keras import _checks
+from gn_keras.frame_conv3d import Conv3D
 from gn_keras.frozen_bn import FrozenBatchNormalization
 from gn_keras.functional import activation_name
 from gn_keras.layer import GroupNormalization
@@ -62,7 +63,7 @@ RENORM_CLIPPING = {"rmin": 1.0 / 1.5, "rmax": 1.5, "dmax": 0.5}
 NORM_VARIABLE_NAMES = ("gamma", "beta")
 
 _CONVS = {
-    "plain": {2: keras.layers.Conv2D, 3: keras.layers.Conv3D},
+    "plain": {2: keras.layers.Conv2D, 3: Conv3D},
     "ws": {2: WSConv2D, 3: WSConv3D},
     "wn": {2: WNConv2D, 3: WNConv3D},
 }

@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from gn_keras import _checks
+from gn_keras.frame_conv3d import Conv3D
 
 # Kernel norms are floored so an all-zero filter gives w = 0, not NaN.
 _NORM_FLOOR = 1e-12
@@ -141,7 +142,7 @@ class WSConv2D(_StandardizedKernel, keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="gn_keras")
-class WSConv3D(_StandardizedKernel, keras.layers.Conv3D):
+class WSConv3D(_StandardizedKernel, Conv3D):
     """``Conv3D`` with a weight-standardized kernel."""
 
 
@@ -151,7 +152,7 @@ class WNConv2D(_NormalizedKernel, keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="gn_keras")
-class WNConv3D(_NormalizedKernel, keras.layers.Conv3D):
+class WNConv3D(_NormalizedKernel, Conv3D):
     """``Conv3D`` with a weight-normalized kernel."""
 
 

@@ -18,39 +18,18 @@ channels_first and channels_last models. The choice is part of the built
 graph: a model saved on a CPU without oneDNN reloads with its NHWC body.
 """
 
-import functools
-
 import keras
+
+from gn_keras import _platform
 
 # Permutations of the non-batch axes (Keras ``Permute`` is 1-based).
 _NCHW_TO_NHWC = {2: (2, 3, 1), 3: (2, 3, 4, 1)}
 _NHWC_TO_NCHW = {2: (3, 1, 2), 3: (4, 1, 2, 3)}
 
 
-@functools.cache
 def runs_channels_first_natively():
-    """Whether this process can run NCHW convolutions and poolings.
-
-    Any backend but TensorFlow can; TensorFlow can on a GPU, and on a CPU
-    when oneDNN is on, which is found by running the ops once on tiny
-    inputs (cached for the process).
-    """
-    if keras.backend.backend() != "tensorflow":
-        return True
-    import tensorflow as tf
-
-    if tf.config.list_logical_devices("GPU"):
-        return True
-    with tf.init_scope():  # eager, even while a tf.function is being traced
-        images = tf.random.normal((1, 2, 4, 4))
-        kernel = tf.random.normal((3, 3, 2, 2))
-        try:
-            y = tf.nn.conv2d(images, kernel, 1, "SAME", data_format="NCHW")
-            tf.nn.max_pool2d(y, 2, 2, "VALID", data_format="NCHW")
-            tf.nn.avg_pool2d(y, 2, 2, "VALID", data_format="NCHW")
-        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
-            return False
-    return True
+    """Whether this process can run NCHW convolutions and poolings."""
+    return not _platform.tf_cpu_without_onednn()
 
 
 def compute_format(data_format):
