@@ -1,7 +1,8 @@
 """Building and loading the optional compiled Group Normalization kernels.
 
-This package owns ``group_norm_ops.cc`` (with ``group_norm_blocks.h`` and
-``group_norm_channels_first.h``), a fused CPU forward and backward for
+This package owns ``group_norm_ops.cc`` (with ``group_norm_blocks.h``,
+``group_norm_channels_first.h`` and ``group_norm_activations.h``), a fused
+CPU forward and backward for
 channels-last and channels-first tensors, and the decision
 whether it can be used.  The
 kernels are optional: without a C++ compiler, or with
@@ -39,7 +40,10 @@ SOURCE = os.path.join(_HERE, "group_norm_ops.cc")
 # Every file the build reads: a change to any of them is a new build.
 SOURCES = (
     SOURCE,
-    *(os.path.join(_HERE, f"group_norm_{name}.h") for name in ("blocks", "channels_first")),
+    *(
+        os.path.join(_HERE, f"group_norm_{name}.h")
+        for name in ("blocks", "channels_first", "activations")
+    ),
 )
 MODES = ("auto", "off", "require")
 
