@@ -13,7 +13,7 @@ import tensorflow as tf
 from gn_reference import group_norm_reference
 from subprocess_utils import run_python
 
-from gn_keras import norms
+from gn_keras import frame_conv3d, norms
 from gn_keras.frozen_bn import FrozenBatchNormalization
 from gn_keras.temporal_padding import TemporalReplicatePadding
 from gn_keras.weight_convs import WNConv2D, WNConv3D, WSConv2D, WSConv3D
@@ -255,7 +255,7 @@ def test_each_kind_pairs_with_its_conv_and_bias_rule():
     expected = {"gn+ws": (WSConv2D, WSConv3D), "wn": (WNConv2D, WNConv3D)}
     for kind in norms.available():
         factory = norms.get(kind)
-        conv2d, conv3d = expected.get(kind, (keras.layers.Conv2D, keras.layers.Conv3D))
+        conv2d, conv3d = expected.get(kind, (keras.layers.Conv2D, frame_conv3d.Conv3D))
         assert factory.conv_class(2) is conv2d and factory.conv_class(3) is conv3d
         conv = factory.conv(2, 4, 3, name="c")
         assert type(conv) is conv2d
