@@ -17,10 +17,11 @@ from PIL import Image
 from test_bad_input_detection import assert_one_line, coco_set, ending, small_config, snapshot
 
 from gn_keras._checks import FlagError
+from gn_keras.train import classify as classify_lib
 from gn_keras.train import config as train_config
 from gn_keras.train import detect as detect_lib
 from gn_keras.train import finetune as finetune_lib
-from gn_keras.train import settings
+from gn_keras.train import settings, workdir
 from gn_keras.train.video import config as video_config
 from gn_keras.train.video import data as video_data
 from gn_keras.train.video import folders
@@ -111,6 +112,9 @@ def test_a_model_dir_that_is_a_file_is_one_line_and_stays_as_it_was(tmp_path):
             train_config.make_config(model_dir=str(path)),
             finetune_lib.FinetuneOptions(str(tmp_path / "anything")),
         ),
+        # gn-train and gn-study reach it through the machinery's claim.
+        lambda: classify_lib.train(train_config.make_config(model_dir=str(path))),
+        lambda: workdir.claim(str(path)).__enter__(),
     ]
     for start in starts:
         with pytest.raises(FlagError) as refused:

@@ -153,7 +153,7 @@ def evaluate(config, *, strategy=None):
     ``epoch`` None when there was no checkpoint.
     """
     config_lib.validate(config)
-    settings.check_model_dir(config.model_dir)
+    workdir.check_model_dir(config.model_dir)
     task = make_task(config)
     strategy = strategy or strategy_lib.strategy_for(config)
     data = task.make_data(config, strategy)
@@ -193,7 +193,7 @@ def _report_training(results):
     print(table6(final))
     print(
         f"best box AP {100 * results['best_bbox_AP']:.1f} at epoch {results['best_epoch'] + 1}; "
-        f"{results['images_per_sec']:.1f} images/s."
+        f"{loop.rate_text(results['images_per_sec'], 'image')}."
     )
     for name, key in (
         ("results", "results"),

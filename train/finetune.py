@@ -25,7 +25,7 @@ from absl import flags, logging
 from gn_keras import _checks, convert, load, transfer
 from gn_keras._checks import FlagError
 from gn_keras.frozen_bn import FrozenBatchNormalization
-from gn_keras.train import classify, cli, settings
+from gn_keras.train import classify, cli, workdir
 from gn_keras.train import flags as flags_lib
 from gn_keras.train import outputs as outputs_lib
 
@@ -150,7 +150,7 @@ def check_image_model(source):
 def finetune(config, options, *, strategy=None):
     """Fine-tune ``options.trained_model`` with ``config``; return results.json's dict."""
     # Fail on a missing, unreadable or wrong kind of model before any data is read.
-    settings.check_model_dir(config.model_dir)
+    workdir.check_model_dir(config.model_dir)
     load.resolve_model_path(options.trained_model)
     check_image_model(options.trained_model)
     # A rerun resumes through classify.train's Checkpointer, which skips a

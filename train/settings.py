@@ -30,7 +30,7 @@ returns (e.g. a digest of an annotation file, ``file_digest``), so data
 changed in place is a changed setting too.
 
 A ``--model_dir`` that exists but is not a directory is refused first
-(``check_model_dir``).
+(``workdir.check_model_dir``).
 """
 
 import hashlib
@@ -38,6 +38,7 @@ import os
 
 from gn_keras._checks import FlagError
 from gn_keras.train import outputs as outputs_lib
+from gn_keras.train import workdir
 
 SETTINGS_FILE = "settings.json"
 NOT_COMPARED = frozenset(
@@ -115,15 +116,6 @@ def shaping_settings(config, global_batch_size):
     }
 
 
-def check_model_dir(model_dir):
-    """Refuse (``FlagError``) a ``--model_dir`` that exists but is not a directory."""
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise FlagError(
-            f"--model_dir={model_dir} is a file, not a directory; give a new or existing "
-            "run directory."
-        )
-
-
 def recorded(model_dir):
     """The settings an earlier attempt in ``model_dir`` stored, or None."""
     return _stored(model_dir)[0]
@@ -191,7 +183,7 @@ def check(model_dir, settings, *, extend_epochs=False):
       settings: ``shaping_settings`` of this attempt.
       extend_epochs: allow a larger ``epochs`` than stored (``--extend_epochs``).
     """
-    check_model_dir(model_dir)
+    workdir.check_model_dir(model_dir)
     stored, changes = _stored(model_dir)
     if stored is not None:
         differing = differences(stored, settings)

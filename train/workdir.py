@@ -39,6 +39,8 @@ import socket
 
 from absl import logging
 
+from gn_keras._checks import FlagError
+
 LOCK_FILE = ".lock"
 _OUR_TEMPORARY = re.compile(r".+\.tmp-\d+(\.keras)?")
 _CHECKPOINT_TEMPORARY = re.compile(r"ckpt-\d+_temp")
@@ -131,6 +133,15 @@ def sweep(model_dir):
     return removed
 
 
+def check_model_dir(model_dir):
+    """Refuse (``FlagError``) a ``--model_dir`` that exists but is not a directory."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise FlagError(
+            f"--model_dir={model_dir} is a file, not a directory; give a new or existing "
+            "run directory."
+        )
+
+
 @contextlib.contextmanager
 def claim(model_dir, *, writes=True):
     """Hold ``model_dir`` for one run: lock it, sweep dead writers' files, release at the end.
@@ -141,6 +152,7 @@ def claim(model_dir, *, writes=True):
     if not writes or fcntl is None:
         yield
         return
+    check_model_dir(model_dir)
     created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, LOCK_FILE)

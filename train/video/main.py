@@ -22,7 +22,7 @@ from absl import flags, logging
 
 from gn_keras import models
 from gn_keras._checks import FlagError
-from gn_keras.train import cli, settings, trainer
+from gn_keras.train import cli, trainer, workdir
 from gn_keras.train import flags as flags_lib
 from gn_keras.train import strategy as strategy_lib
 from gn_keras.train.video import config as config_lib
@@ -98,7 +98,7 @@ def train(config, *, strategy=None, callbacks=None, source=None):
     """
     config_lib.validate(config)
     check_model_name(config.model)
-    settings.check_model_dir(config.model_dir)
+    workdir.check_model_dir(config.model_dir)
     build_model = transfer.make_builder(config) if config.trained_model else None
     task = task_lib.VideoTask(
         config_lib.clip_spec(config),
