@@ -61,13 +61,25 @@ def test_claim_sweeps_exactly_what_dead_writers_left(rng, tmp_path, monkeypatch)
     assert all("left by an interrupted write" in warning for warning in warnings)
 
 
-def test_a_second_claim_is_refused_while_the_first_holds(tmp_path):
+def test_a_second_claim_is_refused_while_the_first_holds_and_nesting_keeps_it(tmp_path):
+    probe = textwrap.dedent(f"""
+        from gn_keras.train import workdir
+        try:
+            with workdir.claim({str(tmp_path)!r}):
+                print("free")
+        except ValueError:
+            print("held")
+    """)
+
+    def other_process_sees():
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        return done.stdout.strip()
+
     with workdir.claim(str(tmp_path)):
-        with pytest.raises(ValueError, match="is in use by a running job"):
-            with workdir.claim(str(tmp_path)):
-                pass
-    with workdir.claim(str(tmp_path)):  # released at the end of the first
-        pass
+        with workdir.claim(str(tmp_path / ".." / tmp_path.name)):  # the same folder
+            pass
+        assert other_process_sees() == "held"  # the inner claim's end released nothing
+    assert other_process_sees() == "free"
 
 
 def test_gn_train_on_a_directory_another_job_holds_says_so_in_one_line(tmp_path):

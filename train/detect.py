@@ -122,28 +122,20 @@ def table6(metrics, label="this run"):
 def train(config, *, strategy=None, callbacks=None):
     """Run a whole detection job; return the ``results.json`` contents.
 
-    The task (and with it the generated shapes set) is made only once the
-    run's recorded settings have been compared and its lock taken, so a
-    refused command leaves the run it was refused for as it was.
+    The run's recorded settings are compared first (reading them changes
+    nothing, so a refusal leaves the run as it was); then ``--model_dir`` is
+    held from the making of the task (and with it the generated shapes set)
+    to the end, the machinery's own claim nesting inside, so no other start
+    can slip in between. A live job holding the lock makes the claim refuse.
     """
     config_lib.validate(config)
     strategy = strategy or strategy_lib.strategy_for(config)
-    task = _task_of_held_run(config, strategy)
-    return trainer.run(task, config, strategy=strategy, callbacks=callbacks)
-
-
-def _task_of_held_run(config, strategy):
-    """``make_task(config)``, after ``train.settings.check`` and while holding ``--model_dir``.
-
-    The settings are compared first, as ``trainer.run`` compares them later:
-    reading them changes nothing, and a refusal then does not even take the
-    lock.  A live job holding the lock makes ``workdir.claim`` refuse.
-    """
     global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
     shaping = settings.shaping_settings(config, global_batch_size)
     settings.check(config.model_dir, shaping, extend_epochs=config.extend_epochs)
     with workdir.claim(config.model_dir, writes=strategy_lib.is_chief(strategy)):
-        return make_task(config)
+        task = make_task(config)
+        return trainer.run(task, config, strategy=strategy, callbacks=callbacks)
 
 
 def evaluate(config, *, strategy=None):

@@ -142,16 +142,34 @@ def check_model_dir(model_dir):
         )
 
 
+# Folders this process holds (see ``claim``).
+_HELD = set()
+
+
 @contextlib.contextmanager
 def claim(model_dir, *, writes=True):
     """Hold ``model_dir`` for one run: lock it, sweep dead writers' files, release at the end.
 
-    ``writes=False`` (a non-chief worker) takes nothing.
+    ``writes=False`` (a non-chief worker) takes nothing. A claim inside a
+    claim of the same folder by this process holds on to the outer one, so
+    a script can take the folder before it prepares the run and keep it
+    through the machinery's own claim, with no moment where it is free.
     """
     fcntl = _fcntl()
-    if not writes or fcntl is None:
+    held = os.path.realpath(model_dir)
+    if not writes or fcntl is None or held in _HELD:
         yield
         return
+    _HELD.add(held)
+    try:
+        with _locked(model_dir, fcntl):
+            yield
+    finally:
+        _HELD.discard(held)
+
+
+@contextlib.contextmanager
+def _locked(model_dir, fcntl):
     check_model_dir(model_dir)
     created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
