@@ -107,11 +107,14 @@ def _rebuild(model, replace, keep_norm_weights=True):
         pairs.append((layer, new, replaced))
         return new
 
+    # Keras clones a Sequential layer by layer and refuses a call_function
+    # (or input tensors) for it.
+    sequential = isinstance(model, keras.Sequential)
     clone = keras.models.clone_model(
         model,
-        input_tensors=_named_inputs(model),
+        input_tensors=None if sequential else _named_inputs(model),
         clone_function=clone_function,
-        call_function=_call_with_accepted_kwargs,
+        call_function=None if sequential else _call_with_accepted_kwargs,
         recursive=True,
     )
     for old, new, replaced in pairs:

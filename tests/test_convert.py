@@ -60,6 +60,29 @@ def test_freeze_keeps_inference_outputs_and_statistics_stay_put(rng):
     assert not np.array_equal(frozen.get_layer("conv1_conv").kernel.numpy(), convs_before)
 
 
+def test_freeze_and_swap_work_on_a_sequential_model(rng):
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(8, 3, use_bias=False, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(name="relu"),
+        ]
+    )
+    x = _images(rng)[:, :8, :8]
+    for _ in range(3):
+        model(x, training=True)  # moves BN's moving statistics away from their start
+    frozen = convert.freeze_batchnorm(model)
+    assert isinstance(frozen.get_layer("bn"), FrozenBatchNormalization)
+    np.testing.assert_allclose(frozen(x), model(x, training=False), rtol=1e-5, atol=1e-5)
+    swapped = convert.swap_norm(model, "gn", groups=2)
+    assert isinstance(swapped.get_layer("bn"), GroupNormalization)
+    np.testing.assert_array_equal(swapped.get_layer("conv").kernel, model.get_layer("conv").kernel)
+    features = np.asarray(model.get_layer("conv")(x), "float64")
+    want = np.maximum(group_norm_reference(features, groups=2, epsilon=1e-5), 0)
+    np.testing.assert_allclose(swapped(x), want, rtol=1e-4, atol=1e-4)
+
+
 def test_freeze_works_on_keras_applications_resnet50(rng):
     model = _keras_resnet50()
     model.compile(
