@@ -35,7 +35,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GN_KERAS_KERNELS", "require")  # measure the compiled GN kernel
 
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
 
 import keras  # noqa: E402
@@ -89,16 +88,6 @@ def contender(norms, data_dir):
     return lambda: float(run.runner.train_step(iterator))
 
 
-def paired_ratio(times, numerator, denominator):
-    """Per clock, the median over rounds of numerator's step / denominator's step."""
-    return {
-        clock: statistics.median(
-            top / bottom for top, bottom in zip(times[numerator][clock], times[denominator][clock])
-        )
-        for clock in ("wall", "cpu")
-    }
-
-
 def main(argv):
     del argv
     started, machine = report.start()
@@ -107,11 +96,7 @@ def main(argv):
         calls = {name: contender(norms, data_dir) for name, norms in CONTENDERS.items()}
         times = interleaved_times(calls, FLAGS.steps, FLAGS.warmup_steps)
     rows = summarize(times, FLAGS.batch_size)
-    found = {}
-    for numerator, denominator in RATIOS:
-        pair = f"{numerator}/{denominator}"
-        found[f"{pair} (ratio of medians)"] = report.ratio(rows, numerator, denominator)
-        found[f"{pair} (median of per-round ratios)"] = paired_ratio(times, numerator, denominator)
+    found = report.both_ratios(rows, times, [(f"{n}/{d}", n, d) for n, d in RATIOS])
     print(
         f"Mask R-CNN {FLAGS.backbone}-FPN, {FLAGS.mixed_precision}, batch {FLAGS.batch_size}, "
         f"{FLAGS.image_size} px, {FLAGS.steps} interleaved rounds; "

@@ -7,7 +7,9 @@ their ratios are computed, printed and stored the same way:
   with its load at the start), :func:`header` words them for the first line;
 * :func:`ratio` divides one contender's medians by another's, clock by
   clock; :func:`ratios` does it for the same pairs in every group of
-  contenders named ``"<group>/<contender>"``;
+  contenders named ``"<group>/<contender>"``; :func:`both_ratios` gives,
+  for interleaved rounds, the ratio of medians beside the median of the
+  per-round ratios (:func:`paired_ratio`);
 * :func:`table` / :func:`print_table` print rows (a dict of dicts) as a
   Markdown table of chosen columns;
 * :func:`write_result` writes one JSON file with the date, the machine
@@ -16,6 +18,7 @@ their ratios are computed, printed and stored the same way:
 
 import datetime
 import os
+import statistics
 
 from machine import machine_info  # bench/ is the scripts' directory
 
@@ -71,6 +74,30 @@ def ratios(rows, groups, pairs, clocks=STEP_CLOCKS):
             value = ratio(rows, f"{group}/{numerator}", f"{group}/{denominator}", clocks)
             if value is not None:
                 found[f"{group}: {numerator}/{denominator}"] = value
+    return found
+
+
+def paired_ratio(times, numerator, denominator):
+    """Per clock, the median over rounds of numerator's step / denominator's step."""
+    return {
+        clock: statistics.median(
+            top / bottom for top, bottom in zip(times[numerator][clock], times[denominator][clock])
+        )
+        for clock in ("wall", "cpu")
+    }
+
+
+def both_ratios(rows, times, pairs):
+    """``{"<label> (ratio of medians)": …, "<label> (median of per-round ratios)": …}``.
+
+    ``pairs`` holds ``(label, numerator, denominator)``; ``times`` the
+    per-round steps of interleaved rounds, so each round is a paired
+    comparison that a burst of load slows on both sides.
+    """
+    found = {}
+    for label, numerator, denominator in pairs:
+        found[f"{label} (ratio of medians)"] = ratio(rows, numerator, denominator)
+        found[f"{label} (median of per-round ratios)"] = paired_ratio(times, numerator, denominator)
     return found
 
 

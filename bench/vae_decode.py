@@ -38,7 +38,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import report  # noqa: E402  (bench/ is the script's directory)
 from absl import app, flags  # noqa: E402
-from detect_throughput import paired_ratio  # noqa: E402
 from keras_hub.src.models.vae.vae_backbone import VAEBackbone  # noqa: E402  (not exported)
 from train_throughput import interleaved_times, summarize  # noqa: E402  (its flags too)
 
@@ -143,13 +142,10 @@ def main(argv):
     differences = max_relative_differences(calls)
     times = interleaved_times(calls, FLAGS.steps, FLAGS.warmup_steps)
     rows = summarize(times, FLAGS.batch_size)
-    found = {}
-    for group in GROUPS:
-        for numerator, denominator in PAIRS:
-            top, bottom = f"{group}/{numerator}", f"{group}/{denominator}"
-            pair = f"{group}: {numerator}/{denominator}"
-            found[f"{pair} (ratio of medians)"] = report.ratio(rows, top, bottom)
-            found[f"{pair} (median of per-round ratios)"] = paired_ratio(times, top, bottom)
+    pairs = [
+        (f"{group}: {n}/{d}", f"{group}/{n}", f"{group}/{d}") for group in GROUPS for n, d in PAIRS
+    ]
+    found = report.both_ratios(rows, times, pairs)
     print(
         f"keras-hub VAEBackbone ({'tiny' if FLAGS.tiny else 'SD3'} config), batch "
         f"{FLAGS.batch_size}, {FLAGS.image_size} px image / {inputs['decode'].shape[1]} px latent, "
