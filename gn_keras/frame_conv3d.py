@@ -12,12 +12,13 @@ over the kt temporal taps. So the layer folds time into the batch, runs one
 Same arguments, weights and results as ``keras.layers.Conv3D`` (the sum is
 only reordered, so results agree to float rounding); anything else
 (temporal strides or dilation, groups, channels_first, another backend, a
-GPU or a oneDNN CPU) takes Keras's own path.
+GPU or a oneDNN CPU, and graphs traced for an export, as
+:mod:`gn_keras.portable` tells them) takes Keras's own path.
 """
 
 import keras
 
-from gn_keras import _platform
+from gn_keras import _internals, _platform, portable
 
 
 def _frame_conv_applies(layer):
@@ -27,7 +28,21 @@ def _frame_conv_applies(layer):
         and layer.strides[0] == 1
         and tuple(layer.dilation_rate) == (1, 1, 1)
         and layer.groups == 1
+        and not _traced_for_export()
     )
+
+
+def _traced_for_export():
+    """An export keeps ``Conv3D``: it runs elsewhere, where that may be faster.
+
+    Without the private queries of :mod:`gn_keras._internals` no graph can
+    be told apart from an export, so every traced graph keeps it.
+    """
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return False
+    return not _internals.available() or portable.required()
 
 
 def conv3d_as_frame_convs(inputs, kernel, spatial_strides, padding):

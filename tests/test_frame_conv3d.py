@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import gn_keras
 from gn_keras import _platform, frame_conv3d
 from gn_keras.frame_conv3d import Conv3D
 
@@ -90,3 +91,18 @@ def test_bfloat16_and_saving(rng, tmp_path):
     loaded = keras.saving.load_model(path)
     assert type(loaded.layers[-1]) is Conv3D
     np.testing.assert_array_equal(np.asarray(tf.cast(loaded(x), "float32")), got)
+
+
+def test_a_graph_traced_for_export_keeps_conv3d(rng):
+    """Exports run elsewhere (a GPU, a oneDNN CPU), where Conv3D itself is the fast op."""
+    inputs = keras.Input((4, 8, 8, 3))
+    model = keras.Model(inputs, Conv3D(4, (3, 3, 3), padding="same")(inputs))
+    x = rng.normal(size=(2, 4, 8, 8, 3)).astype("float32")
+    eager = model(x)
+    with gn_keras.portable_ops():
+        concrete = tf.function(model).get_concrete_function(tf.TensorSpec((None, 4, 8, 8, 3)))
+    graph = concrete.graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    ops |= {node.op for function in graph.library.function for node in function.node_def}
+    assert "Conv3D" in ops and "Conv2D" not in ops
+    np.testing.assert_allclose(concrete(tf.constant(x)), eager, rtol=1e-5, atol=1e-5)
