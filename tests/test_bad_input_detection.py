@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -130,12 +132,27 @@ def test_a_rerun_with_other_shapes_flags_is_refused_before_writing(detect_run, c
 def test_a_run_held_by_a_live_job_is_refused_before_writing(tmp_path):
     """The held job has just started: its set is there, its settings not yet."""
     model_dir = tmp_path / "run"
-    with workdir.claim(str(model_dir)):  # the other job, alive
+    holder = subprocess.Popen(  # the other job, alive (a claim nests within one process)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom gn_keras.train import workdir\n"
+            f"with workdir.claim({str(model_dir)!r}):\n"
+            "    print('held', flush=True)\n    time.sleep(300)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
         detect_lib.make_sources(small_config(model_dir))
         before = snapshot(model_dir)
         with pytest.raises(ValueError) as refused:
             detect_lib.train(small_config(model_dir, shapes_image_size=32))
         assert snapshot(model_dir) == before
+    finally:
+        holder.kill()
+        holder.wait()
     status, line = ending(refused.value)
     assert status == 1 and "in use by a running job" in line
     assert_one_line(line, f"--model_dir={model_dir}")
