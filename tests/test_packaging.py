@@ -23,6 +23,9 @@ import zipfile
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What setup.py builds the wheel from.
+WHEEL_SOURCE_FOLDERS = ("gn_keras", "models", "train")
+WHEEL_SOURCE_FILES = ("setup.py", "README.md")
 
 
 def _run(command, **kwargs):
@@ -35,11 +38,14 @@ def _run(command, **kwargs):
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     # Build from a copy: building writes build/ and *.egg-info next to the sources.
+    # Only what setup.py reads is copied: the checkout may also hold a venv
+    # (README's .venv is 9 GB) or training runs, which filled CI's disk once.
     source = out / "source"
-    ignored = shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "__pycache__", "runs", ".pytest_cache"
-    )
-    shutil.copytree(REPO, source, ignore=ignored)
+    ignored = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    for folder in WHEEL_SOURCE_FOLDERS:
+        shutil.copytree(os.path.join(REPO, folder), source / folder, ignore=ignored)
+    for name in WHEEL_SOURCE_FILES:
+        shutil.copy2(os.path.join(REPO, name), source / name)
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     _run([*command, "-q", "-w", str(out), str(source)], cwd=str(out))
     (path,) = [os.path.join(out, name) for name in os.listdir(out) if name.endswith(".whl")]
