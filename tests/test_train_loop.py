@@ -5,7 +5,9 @@ test from the rules alone (a chunk starts at every logged step and after
 every step checkpoint, and holds at most K steps); then two short runs, one
 step per call and K per call, must train the same weights and write the
 same records and step logs, and a run killed at a mid-epoch checkpoint with
-K > 1 resumes exactly there.
+K > 1 resumes exactly there.  These runs train the small conv-GN network of
+``tests/test_train_e2e.py``: the loop, not the model, is under test, and a
+ResNet-20's export alone costs a run ~20 s of CPU.
 
 The run-long iterators of ``train.iterators`` are checked against the old
 way, one fresh dataset per epoch (and per evaluation): the same batches in
@@ -19,6 +21,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_train_e2e import small_gn_network
 
 from gn_keras.train import checkpoints, classify, iterators, loop
 from gn_keras.train import config as config_lib
@@ -94,6 +97,10 @@ def _config(rng, tmp_path, name, **overrides):
     return config_lib.make_config(**values)
 
 
+def _train(config):
+    return classify.train(config, build_model=small_gn_network)
+
+
 def _weights(model_dir):
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
     # Keras 3 models are tracked through the optimizer: weights, momenta, iterations.
@@ -113,8 +120,8 @@ def _step_losses(model_dir):
 
 def test_k_steps_per_call_train_and_log_as_one_step_per_call(rng, tmp_path):
     seed = int(rng.integers(1000))
-    one = classify.train(_config(rng, tmp_path, "k1", seed=seed, steps_per_loop=1))
-    many = classify.train(_config(rng, tmp_path, "k5", seed=seed, steps_per_loop=5))
+    one = _train(_config(rng, tmp_path, "k1", seed=seed, steps_per_loop=1))
+    many = _train(_config(rng, tmp_path, "k5", seed=seed, steps_per_loop=5))
     first, second = _weights(one["outputs"]["model_dir"]), _weights(many["outputs"]["model_dir"])
     assert first.keys() == second.keys() and first
     for name in first:
@@ -139,7 +146,7 @@ class _Killed(Exception):
 
 def test_k_steps_per_call_resume_exactly_at_a_mid_epoch_checkpoint(rng, tmp_path, monkeypatch):
     seed = int(rng.integers(1000))
-    reference = classify.train(
+    reference = _train(
         _config(rng, tmp_path, "whole", seed=seed, steps_per_loop=4, checkpoint_every_steps=6)
     )
     config = _config(rng, tmp_path, "killed", seed=seed, steps_per_loop=4, checkpoint_every_steps=6)
@@ -153,9 +160,9 @@ def test_k_steps_per_call_resume_exactly_at_a_mid_epoch_checkpoint(rng, tmp_path
 
     monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
     with pytest.raises(_Killed):
-        classify.train(config)
+        _train(config)
     monkeypatch.setattr(checkpoints.Checkpointer, "save", real_save)
-    resumed = classify.train(config)
+    resumed = _train(config)
     assert resumed["epochs"][1]["resumed_at_step"] == 6
     first, second = _weights(reference["outputs"]["model_dir"]), _weights(config.model_dir)
     for name in first:
