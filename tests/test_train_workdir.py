@@ -30,6 +30,22 @@ KEPT = (
     "notes.tmp-x",
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The other processes below hold, probe and swap with train/workdir.py loaded
+# by path with the one module it imports: the same locks and renames as
+# gn-train's, without the ~10 s of CPU that importing the gn_keras package
+# (TensorFlow) costs each process.
+WORKDIR_ALONE = f"""
+import importlib.util, sys
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+_load("gn_keras._checks", {os.path.join(REPO, "gn_keras", "_checks.py")!r})
+workdir = _load("workdir_alone", {os.path.join(REPO, "train", "workdir.py")!r})
+"""
+
 
 def _write(root, relative, rng):
     path = os.path.join(root, relative)
@@ -62,8 +78,7 @@ def test_claim_sweeps_exactly_what_dead_writers_left(rng, tmp_path, monkeypatch)
 
 
 def test_a_second_claim_is_refused_while_the_first_holds_and_nesting_keeps_it(tmp_path):
-    probe = textwrap.dedent(f"""
-        from gn_keras.train import workdir
+    probe = WORKDIR_ALONE + textwrap.dedent(f"""
         try:
             with workdir.claim({str(tmp_path)!r}):
                 print("free")
@@ -87,9 +102,9 @@ def test_gn_train_on_a_directory_another_job_holds_says_so_in_one_line(tmp_path)
         [
             sys.executable,
             "-c",
-            textwrap.dedent(f"""
-            import sys, time
-            from gn_keras.train import workdir
+            WORKDIR_ALONE
+            + textwrap.dedent(f"""
+            import time
             with workdir.claim({str(tmp_path)!r}):
                 print("held", flush=True)
                 time.sleep(120)
@@ -125,15 +140,12 @@ def test_gn_train_on_a_directory_another_job_holds_says_so_in_one_line(tmp_path)
 
 
 # A writer killed at each step of swapping a finished export in (issue 23, item 3).
-# The child loads train/workdir.py alone (no TensorFlow) and SIGKILLs itself
+# The child loads train/workdir.py alone (WORKDIR_ALONE) and SIGKILLs itself
 # right after the chosen step; the exchange path is renameat2's, the fallback
 # path the three renames of a file system without it.
 _KILLED_WRITER = """
-import importlib.util, os, shutil, signal, sys
-path, target, new, mode, kill_after = sys.argv[1:6]
-spec = importlib.util.spec_from_file_location("workdir_alone", path)
-workdir = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(workdir)
+import os, shutil, signal, sys
+target, new, mode, kill_after = sys.argv[1:5]
 die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
 renames, real_rename, real_exchange = [], os.rename, workdir._exchange
 def rename(source, destination):
@@ -150,7 +162,6 @@ with workdir.staging(target) as staging:
         die()
     workdir.publish(staging, target)
 """
-WORKDIR_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "train", "workdir.py")
 SWAP_STEPS = [  # (path, killed after, what saved_model/ holds then: old, new or nothing)
     ("exchange", "built", "old"),
     ("exchange", "exchange", "new"),
@@ -191,7 +202,7 @@ def test_a_swap_killed_at_any_step_keeps_a_whole_export(
     old = _folder(str(target), rng)
     new = _folder(str(tmp_path / "new"), rng)
     child = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITER, WORKDIR_FILE, str(target), str(tmp_path / "new")]
+        [sys.executable, "-c", WORKDIR_ALONE + _KILLED_WRITER, str(target), str(tmp_path / "new")]
         + [mode, kill_after],
         capture_output=True,
         text=True,
