@@ -1,7 +1,8 @@
 """Keras callbacks in the one training loop, against the run's own results.json.
 
-A tiny digits run (ResNet-20 at 8×8, 2 epochs of 2 steps) is trained with a
-recording callback; what it saw must equal what the loop wrote: per epoch,
+A tiny digits run (the small conv-GN network of ``tests/test_train_e2e.py``
+at 8×8, 2 epochs of 2 steps: the loop, not the model, is under test) is
+trained with a recording callback; what it saw must equal what the loop wrote: per epoch,
 the train and val metrics of results.json, and at the last epoch the
 weights of last.keras.  A run stopped at the start of its second epoch and
 resumed must report only the epoch it runs.
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_train_e2e import small_gn_network
 
 from gn_keras.train import classify
 from gn_keras.train import config as config_lib
@@ -85,7 +87,7 @@ def _expected_logs(record):
 def test_callbacks_see_the_model_and_each_epochs_metrics(rng, tmp_path):
     config = _config(rng, tmp_path)
     recorder = _recorder(config)
-    classify.train(config, callbacks=[recorder])
+    classify.train(config, build_model=small_gn_network, callbacks=[recorder])
     assert recorder.events == [
         "train_begin",
         ("epoch_begin", 0),
@@ -112,10 +114,12 @@ def test_callbacks_see_the_model_and_each_epochs_metrics(rng, tmp_path):
 def test_a_resumed_run_calls_back_only_for_the_epochs_it_runs(rng, tmp_path):
     config = _config(rng, tmp_path)
     with pytest.raises(Stop):
-        classify.train(config, callbacks=[_recorder(config, stop_at_epoch=1)])
+        classify.train(
+            config, build_model=small_gn_network, callbacks=[_recorder(config, stop_at_epoch=1)]
+        )
     keras.backend.clear_session()
     resumed = _recorder(config)
-    classify.train(config, callbacks=[resumed])
+    classify.train(config, build_model=small_gn_network, callbacks=[resumed])
     assert resumed.events == ["train_begin", ("epoch_begin", 1), ("epoch_end", 1), "train_end"]
     records = _results(config)["epochs"]
     assert [r["epoch"] for r in records] == [0, 1]

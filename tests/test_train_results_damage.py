@@ -2,7 +2,10 @@
 
 (Issue: garbage bytes gave a usage error with a --helpfull hint, a cut-off
 file a traceback.)  The rebuilt records must equal what the run wrote
-before the damage, up to TensorBoard's float32.
+before the damage, up to TensorBoard's float32.  The in-process runs train the small conv-GN
+network of ``tests/test_train_e2e.py``: the records, not the model, are under test.  The command
+line builds the zoo's ResNet-20, so its run is one of those, left without the export (~20 s of
+CPU) that the command never reaches.
 """
 
 import json
@@ -11,8 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from test_train_e2e import small_gn_network
 
-from gn_keras.train import classify
+from gn_keras.train import classify, outputs
 from gn_keras.train import config as config_lib
 
 DAMAGES = {
@@ -34,7 +38,19 @@ FLAGS = dict(
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("damage") / "run"
-    results = classify.train(config_lib.make_config(model_dir=str(model_dir), **FLAGS))
+    results = classify.train(
+        config_lib.make_config(model_dir=str(model_dir), **FLAGS), build_model=small_gn_network
+    )
+    return model_dir, results["epochs"]
+
+
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory):
+    """A finished ResNet-20 run (the command's default model) without its SavedModel."""
+    model_dir = tmp_path_factory.mktemp("damage_zoo") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(outputs.RunOutputs, "export", lambda self, model, export_fn: None)
+        results = classify.train(config_lib.make_config(model_dir=str(model_dir), **FLAGS))
     return model_dir, results["epochs"]
 
 
@@ -50,7 +66,9 @@ def test_damaged_results_are_rebuilt_from_tensorboard(finished_run, tmp_path, da
     model_dir, epochs = _copy(finished_run, tmp_path)
     path = model_dir / "results.json"
     path.write_bytes(DAMAGES[damage](path.read_bytes()))
-    results = classify.train(config_lib.make_config(model_dir=str(model_dir), **FLAGS))
+    results = classify.train(
+        config_lib.make_config(model_dir=str(model_dir), **FLAGS), build_model=small_gn_network
+    )
     rebuilt = json.loads(path.read_text(encoding="utf-8"))["epochs"]
     assert rebuilt == results["epochs"]
     assert [r["epoch"] for r in rebuilt] == [r["epoch"] for r in epochs] == [0, 1]
@@ -62,8 +80,8 @@ def test_damaged_results_are_rebuilt_from_tensorboard(finished_run, tmp_path, da
         assert got["resumed_at_step"] == want["resumed_at_step"]
 
 
-def test_damaged_results_without_logs_stop_the_command_in_one_line(finished_run, tmp_path):
-    model_dir, _ = _copy(finished_run, tmp_path)
+def test_damaged_results_without_logs_stop_the_command_in_one_line(zoo_run, tmp_path):
+    model_dir, _ = _copy(zoo_run, tmp_path)
     shutil.rmtree(model_dir / "tensorboard")
     (model_dir / "results.json").write_bytes(b"\x00\x01 not json")
     argv = [f"--{key}={value}" for key, value in FLAGS.items()]

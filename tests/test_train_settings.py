@@ -1,7 +1,9 @@
 """Rerunning in a finished run's --model_dir: same settings resume, others are refused.
 
 See train/settings.py. Each refusal must leave every file of the earlier run byte for byte as it
-was; ``--extend_epochs`` is the one allowed change and is recorded.
+was; ``--extend_epochs`` is the one allowed change and is recorded.  The in-process runs train
+the small conv-GN network of ``tests/test_train_e2e.py`` (the settings, not the model, are under
+test); the command-line refusal stops before any model is built.
 """
 
 import hashlib
@@ -11,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from test_train_e2e import small_gn_network
 
 from gn_keras._checks import FlagError
 from gn_keras.train import classify
@@ -31,6 +34,10 @@ def _config(model_dir, **overrides):
     return config_lib.make_config(**values)
 
 
+def _train(config):
+    return classify.train(config, build_model=small_gn_network)
+
+
 def _digests(directory):
     digests = {}
     for root, _, files in os.walk(directory):
@@ -48,7 +55,7 @@ def _digests(directory):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("finished") / "run"
-    classify.train(_config(model_dir))
+    _train(_config(model_dir))
     return model_dir
 
 
@@ -65,21 +72,21 @@ def finished_run(tmp_path_factory):
 def test_a_changed_setting_is_refused_and_nothing_is_touched(finished_run, change, named):
     before = _digests(finished_run)
     with pytest.raises(FlagError) as refused:
-        classify.train(_config(finished_run, **change))
+        _train(_config(finished_run, **change))
     message = str(refused.value)
     assert named in message and "new --model_dir" in message and "\n" not in message
     assert _digests(finished_run) == before
 
 
 def test_execution_settings_may_change_on_a_rerun(finished_run):
-    results = classify.train(_config(finished_run, log_every_steps=2, steps_per_loop=3))
+    results = _train(_config(finished_run, log_every_steps=2, steps_per_loop=3))
     assert [r["epoch"] for r in results["epochs"]] == [0]
 
 
 def test_extend_epochs_trains_on_and_records_where_the_schedule_changed(tmp_path):
     model_dir = tmp_path / "run"
-    classify.train(_config(model_dir))
-    results = classify.train(_config(model_dir, epochs=3, extend_epochs=True))
+    _train(_config(model_dir))
+    results = _train(_config(model_dir, epochs=3, extend_epochs=True))
     assert [r["epoch"] for r in results["epochs"]] == [0, 1, 2]
     expected = [{"after_epoch": 1, "epochs_from": 1, "epochs_to": 3}]
     assert results["schedule_changes"] == expected
@@ -87,7 +94,7 @@ def test_extend_epochs_trains_on_and_records_where_the_schedule_changed(tmp_path
         stored = json.load(handle)
     assert stored["schedule_changes"] == expected and stored["settings"]["epochs"] == 3
     with pytest.raises(FlagError, match="--epochs=3, not 2"):
-        classify.train(_config(model_dir, epochs=2, extend_epochs=True))
+        _train(_config(model_dir, epochs=2, extend_epochs=True))
 
 
 def test_the_command_line_refusal_is_one_line_with_status_2(finished_run):
