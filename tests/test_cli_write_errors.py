@@ -3,12 +3,15 @@
 The read-only cases run the scripts without root's power to ignore file
 modes (see ``_without_root_overrides``); the full disk is a patched ``Model.save``
 that writes part of its file and fails with ENOSPC in the middle of a run.
+That one run serves both: its folder, holding what the first epoch wrote,
+is copied and made read-only for the scripts to fail on.
 """
 
 import ctypes
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -73,8 +76,10 @@ def test_other_errors_are_not_write_errors(error):
     assert cli.write_error_line(error) is None
 
 
-def test_full_disk_mid_run_is_one_line_and_keeps_earlier_files(tmp_path, monkeypatch, capsys):
-    model_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def disk_full_run(tmp_path_factory):
+    """gn-train's main, disk full at epoch 2's first save: (model_dir, saves, snapshot, exit)."""
+    model_dir = tmp_path_factory.mktemp("disk_full") / "run"
     config = config_lib.make_config(model_dir=str(model_dir), **FLAGS)
     real_save = keras.Model.save
     calls, snapshot = [], {}
@@ -88,11 +93,17 @@ def test_full_disk_mid_run_is_one_line_and_keeps_earlier_files(tmp_path, monkeyp
             handle.write(b"PK\x03\x04 partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(keras.Model, "save", save_until_disk_full)
     main = cli.guard_writes(lambda argv: classify.train(config), "gn-train")
-    with pytest.raises(SystemExit) as stopped:
-        main([])
-    message = stopped.value.code
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "save", save_until_disk_full)
+        with pytest.raises(SystemExit) as stopped:
+            main([])
+    return model_dir, calls, snapshot, stopped.value
+
+
+def test_full_disk_mid_run_is_one_line_and_keeps_earlier_files(disk_full_run):
+    model_dir, calls, snapshot, stopped = disk_full_run
+    message = stopped.code
     assert isinstance(message, str), "a message means exit status 1"
     assert message == (
         f"gn-train: error: cannot write {calls[-1]}: no space left on device (disk full)."
@@ -141,12 +152,12 @@ def _read_only(path):
             os.chmod(os.path.join(folder, name), 0o444)
 
 
-def test_read_only_model_dir_and_output_dir_are_one_line(tmp_path):
+def test_read_only_model_dir_and_output_dir_are_one_line(tmp_path, disk_full_run):
     home = tmp_path / "home"
     home.mkdir()
     root = tmp_path / "ro"
     model_dir = str(root / "run")
-    classify.train(config_lib.make_config(model_dir=model_dir, **{**FLAGS, "epochs": 1}))
+    shutil.copytree(disk_full_run[0], model_dir)  # a run's folder, with its .lock
     _read_only(root)
     before = _digests(model_dir)
     flags = [f"--{name}={value}" for name, value in {**FLAGS, "epochs": 1}.items()]
