@@ -1,9 +1,20 @@
-"""``python -m gn_keras.train.export`` end to end, in a subprocess as a user runs it."""
+"""``python -m gn_keras.train.export`` end to end, in a subprocess as a user runs it.
 
+The export of a missing file runs once per module: its one-line error and
+the absent "failed call to cuInit" line (train/cli.py) are two checks of the
+same run.  TensorFlow's CUDA build logs that line whenever it first looks
+for GPUs, and a callback it registers with absl looks at every ``app.run``;
+the scripts look once first with stderr captured.  The cuInit check compares
+with a bare absl app on the same machine, which must show the line (else the
+check proves nothing).
+"""
+
+import glob
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -82,24 +93,52 @@ def test_export_command_writes_verified_artefacts(tmp_path, rng):
     np.testing.assert_allclose(onnx_logits, logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def missing_model_export(tmp_path_factory):
+    """(source, completed): gn-export run on a .keras file that does not exist."""
+    tmp_path = tmp_path_factory.mktemp("missing")
+    source = tmp_path / "run" / "missing.keras"
+    return source, _run_export(f"--trained_model={source}", f"--output_dir={tmp_path / 'out'}")
+
+
 @pytest.mark.parametrize("problem", ["missing", "truncated", "class_count"])
-def test_bad_input_is_one_line_error_without_traceback(tmp_path, rng, problem):
-    model, run_dir = _training_dir(tmp_path, rng)
-    source = run_dir / "best.keras"
-    expected = f"{source}: cannot read the Keras model"
+def test_bad_input_is_one_line_error_without_traceback(tmp_path, rng, problem, request):
     if problem == "missing":
-        source = run_dir / "missing.keras"
+        source, done = request.getfixturevalue("missing_model_export")
         expected = f"{source}: no such file or directory."
-    elif problem == "truncated":
-        data = source.read_bytes()
-        source.write_bytes(data[: len(data) * 2 // 3])
     else:
-        (run_dir / "preprocessing.json").write_text(
-            json.dumps({**PREPROCESSING, "num_classes": 10})
-        )
-        expected = "outputs shape (None, 3) but preprocessing says num_classes=10"
-    done = _run_export(f"--trained_model={source}", f"--output_dir={tmp_path / 'out'}")
+        model, run_dir = _training_dir(tmp_path, rng)
+        source = run_dir / "best.keras"
+        expected = f"{source}: cannot read the Keras model"
+        if problem == "truncated":
+            data = source.read_bytes()
+            source.write_bytes(data[: len(data) * 2 // 3])
+        else:
+            (run_dir / "preprocessing.json").write_text(
+                json.dumps({**PREPROCESSING, "num_classes": 10})
+            )
+            expected = "outputs shape (None, 3) but preprocessing says num_classes=10"
+        done = _run_export(f"--trained_model={source}", f"--output_dir={tmp_path / 'out'}")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("gn-export: error: ") and expected in last, done.stderr[-2000:]
+
+
+@pytest.mark.skipif(
+    bool(glob.glob("/dev/nvidia*")), reason="the line is kept where a GPU device exists"
+)
+def test_a_script_hides_the_cuinit_line_a_bare_absl_app_shows(missing_model_export):
+    bare = textwrap.dedent("""
+        import tensorflow
+        from absl import app
+        app.run(lambda argv: None)
+    """)
+    bare_stderr = subprocess.run(
+        [sys.executable, "-c", bare], capture_output=True, text=True, timeout=300
+    ).stderr
+    assert "failed call to cuInit" in bare_stderr, "no CUDA probe here: nothing to hide"
+    _, done = missing_model_export
+    assert done.returncode == 1, done.stderr
+    assert "failed call to cuInit" not in done.stderr
+    assert "gn-export: error:" in done.stderr
