@@ -1,7 +1,10 @@
 """--strategy=mirrored without a GPU says so; --cpu_replicas=N mirrors over N CPU devices.
 
 (Issue 12, item 8: mirrored silently ran one replica on a machine with no
-GPU, and there was no command-line way to try distribution on a laptop.)
+GPU, and there was no command-line way to try distribution on a laptop.)  The command
+is ``gn-train`` with the zoo model swapped for a one-convolution GN network
+(``TINY_GN_TRAIN`` of ``tests/test_train_worker_failures.py``): the replicas,
+not the model, are under test.
 """
 
 import json
@@ -12,6 +15,7 @@ import sys
 import pytest
 import tensorflow as tf
 from absl import logging
+from test_train_worker_failures import TINY_GN_TRAIN
 
 from gn_keras._checks import FlagError
 from gn_keras.train import strategy as strategy_lib
@@ -39,8 +43,8 @@ def test_gn_train_cpu_replicas_runs_two_replicas(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "gn_keras.train.classify",
+            "-c",
+            TINY_GN_TRAIN,
             f"--model_dir={model_dir}",
             "--strategy=mirrored",
             "--cpu_replicas=2",

@@ -1,9 +1,13 @@
 """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 train together.
 
 The same command runs in two processes that differ only in TF_CONFIG's task
-index.  Both must finish cleanly; the chief (worker 0) writes the outputs,
-whose SavedModel must load and reproduce the chief's ``last.keras`` on raw
-digits pixels, and the other worker must leave no files behind.
+index: ``gn-train`` with the zoo model swapped for a one-convolution GN
+network (``TINY_GN_TRAIN`` of ``tests/test_train_worker_failures.py``; the
+strategy, loop, outputs and export are the real ones, and a ResNet-20 costs
+each worker ~30 s of CPU in tracing and export).  Both must finish cleanly;
+the chief (worker 0) writes the outputs, whose SavedModel must load and
+reproduce the chief's ``last.keras`` on raw digits pixels, and the other
+worker must leave no files behind.
 """
 
 import json
@@ -16,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_digits
+from test_train_worker_failures import TINY_GN_TRAIN
 
 import gn_keras  # noqa: F401  (registers the layers last.keras is made of)
 
@@ -33,8 +38,8 @@ def test_two_workers_on_loopback_train_and_the_chief_exports(rng, tmp_path):
     workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     command = [
         sys.executable,
-        "-m",
-        "gn_keras.train.classify",
+        "-c",
+        TINY_GN_TRAIN,
         "--strategy=multi_worker",
         f"--model_dir={model_dir}",
         "--model=resnet20",
