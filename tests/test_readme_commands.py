@@ -10,7 +10,10 @@ Two kinds of change are made, and listed here so that nothing else is:
 
 The set-up steps of a ``&&`` chain (making and activating ``.venv``,
 ``pip install``) are dropped: the test's environment already has them.
-Commands are skipped by ``SKIPPED`` alone: the test command
+A command the README shows again (the main job, in the set-up line and in
+"Run the main job") runs once: its second run in the same folder would only
+resume a finished run, which tests/test_train_settings.py checks.
+Other commands are skipped by ``SKIPPED`` alone: the test command
 itself, data or weights from outside
 (ImageNet, CIFAR, the timm hub, a Detectron file, COCO, Kinetics), and the
 detection and video main jobs, which their own tests run
@@ -51,15 +54,16 @@ def readme_commands():
 
 def runnable(commands, scratch):
     """The commands this test runs, with the changes the module docstring lists."""
-    chosen, studies = [], 0
+    chosen, studies, seen = [], 0, set()
     for command in commands:
         if any(pattern.search(command) for pattern in SKIPPED):
             continue
         command = " && ".join(
             step for step in command.split(" && ") if not SETUP_STEPS.match(step.strip())
         )
-        if not command:
+        if not command or command in seen:
             continue
+        seen.add(command)
         if "gn_keras.train.study" in command:
             studies += 1
             if studies > 1:
@@ -72,8 +76,11 @@ def runnable(commands, scratch):
 
 
 def test_the_rules_keep_the_readme_path_of_a_newcomer():
-    commands = runnable(readme_commands(), "/scratch")
+    every = readme_commands()
+    commands = runnable(every, "/scratch")
     assert commands[0] == f"python -m gn_keras.train.classify {TINY}"
+    main_job = [c for c in every if c.endswith("python -m gn_keras.train.classify")]
+    assert len(main_job) == 2 and commands.count(commands[0]) == 1  # shown twice, run once
     scripts = " ".join(commands)
     for expected in (
         "gn_keras.train.export",
