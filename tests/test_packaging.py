@@ -7,7 +7,9 @@ them again would take minutes) through a ``.pth`` file of plain paths,
 whether that interpreter is a system one, a plain venv or a
 ``--system-site-packages`` venv; gn-keras itself comes from the wheel,
 which the test checks (plain paths run no ``.pth`` hooks, so the calling
-environment's editable install of gn-keras stays out).
+environment's editable install of gn-keras stays out).  The environment
+gets no pip of its own (``ensurepip`` costs seconds of CPU): the calling
+pip installs the wheel into it with ``--python``.
 From a directory that holds its own ``models/`` and ``train/`` packages, as
 research repos often do, ``gn-train`` trains one tiny epoch and both the
 user's packages and ours import side by side.
@@ -83,7 +85,7 @@ def _site_dirs():
 
 def _venv_seeing_our_packages(venv):
     """A new venv whose own site-packages come first, then the caller's."""
-    _run([sys.executable, "-m", "venv", str(venv)])
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = str(venv / "bin" / "python")
     own = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
     own_site = own.stdout.strip()
@@ -113,7 +115,7 @@ def test_installed_wheel_runs_beside_a_project_with_its_own_models_and_train(whe
     venv = tmp_path / "venv"
     python = _venv_seeing_our_packages(venv)
     gn_train = str(venv / "bin" / "gn-train")
-    _run([python, "-m", "pip", "install", "--no-deps", "-q", wheel])
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel])
     project = tmp_path / "project"
     for package in ("models", "train"):
         os.makedirs(project / package)
