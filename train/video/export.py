@@ -51,6 +51,7 @@ class _Endpoints:
         self.mean = np.asarray(preprocessing["mean"], np.float32)
         self.std = np.asarray(preprocessing["std"], np.float32)
         self.shape = clip_shape(preprocessing)
+        self.serving = None  # the traced serving_default function, once added
 
     def classify(self, clips_uint8):
         inputs = (tf.cast(clips_uint8, tf.float32) - self.mean) / self.std
@@ -60,7 +61,9 @@ class _Endpoints:
     def views(self, views_uint8):
         batch, count = tf.shape(views_uint8)[0], tf.shape(views_uint8)[1]
         flat = tf.reshape(views_uint8, (-1, *self.shape))
-        logits = tf.reshape(self.classify(flat)["logits"], (batch, count, -1))
+        # A call of the traced serving function, not of the model: the model is
+        # traced once for both signatures (twice per export otherwise).
+        logits = tf.reshape(self.serving(flat)["logits"], (batch, count, -1))
         return {"probabilities": clips.average_view_probabilities(logits)}
 
 
@@ -72,7 +75,7 @@ def export_video_saved_model(model, export_dir, preprocessing, verify=True, tole
     shape = clip_shape(preprocessing)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
+    endpoints.serving = archive.add_endpoint(
         SERVING_SIGNATURE,
         endpoints.classify,
         [tf.TensorSpec((None, *shape), tf.uint8, name="clips")],
