@@ -83,7 +83,16 @@ def image_spec(preprocessing, dtype=tf.float32):
 
 
 class _Endpoints:
-    """The Python functions behind the signatures (traced by TensorFlow)."""
+    """The Python functions behind the signatures (traced by TensorFlow).
+
+    The classifier is traced once, in :meth:`_model_outputs`, a function of
+    the float32 images that both serving signatures call (the uint8 one
+    after a cast): tracing it in each signature cost a second graph building
+    per export, and Keras's save repeats each.  TensorFlow inlines the call
+    when serving.  The features signature keeps its own trace, so that it
+    captures the backbone's variables only (a ``TFSMLayer`` on it must not
+    list the head among its trainable weights).
+    """
 
     def __init__(self, model, preprocessing):
         self.model = model
@@ -91,12 +100,18 @@ class _Endpoints:
         self.ends_in_softmax = transfer.find_head(model)[2]
         self.mean = np.asarray(preprocessing["mean"], np.float32)
         self.std = np.asarray(preprocessing["std"], np.float32)
+        self.model_outputs = tf.function(
+            self._model_outputs, input_signature=[image_spec(preprocessing)]
+        )
 
     def normalize(self, images):
         return (tf.cast(images, tf.float32) - self.mean) / self.std
 
+    def _model_outputs(self, images):
+        return tf.cast(self.model(self.normalize(images), training=False), tf.float32)
+
     def classify(self, images):
-        outputs = tf.cast(self.model(self.normalize(images), training=False), tf.float32)
+        outputs = self.model_outputs(tf.cast(images, tf.float32))
         if self.ends_in_softmax:
             # log p is a valid logit vector: softmax(log p) = p.
             return {"logits": tf.math.log(tf.maximum(outputs, 1e-30)), "probabilities": outputs}
