@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 from subprocess_utils import run_python
 
+import gn_keras
 from gn_keras import export as image_export
 from gn_keras import models
 from gn_keras.train.video import export
@@ -142,14 +143,20 @@ def test_3d_models_export_under_mixed_precision(rng, tmp_path, policy, name, sha
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
     served = loaded.signatures["serving_default"](clips=tf.constant(clips))["logits"].numpy()
     assert served.dtype == np.float32
-    # The SavedModel is as close to the float32 model as Keras's own 16-bit
-    # model is (both round the same work differently), within 2x and 2 eps.
+    # TF's graph runtime rounds 16-bit convolutions differently from eager
+    # calls (3-5x Keras's eager gap to float32 on this network), so the
+    # SavedModel is compared with the same Keras model traced as a graph:
+    # one rounding of the logits at most.  Eager 16-bit stays near float32.
     float32_logits, _ = _keras_outputs(image_export.float32_copy(model), clips)
     keras_logits, _ = _keras_outputs(model, clips)
-    keras_gap = np.abs(keras_logits - float32_logits).max()
-    eps = float(ml_dtypes.finfo(policy.split("_")[1]).eps) * np.abs(float32_logits).max()
-    assert np.abs(served - float32_logits).max() <= 2 * keras_gap + 2 * eps
-    assert keras_gap <= 0.05 * np.abs(float32_logits).max()  # 16-bit, not broken
+    with gn_keras.portable_ops():
+        graph_logits, _ = _keras_outputs(tf.function(model), clips)
+    scale = np.abs(float32_logits).max()
+    eps = float(ml_dtypes.finfo(policy.split("_")[1]).eps)
+    assert np.abs(served - graph_logits).max() <= eps * scale
+    assert np.abs(keras_logits - float32_logits).max() <= 0.05 * scale  # 16-bit, not broken
+    tolerance = image_export.default_tolerance(model) * max(1.0, scale)
+    assert np.abs(served - float32_logits).max() <= tolerance
     # ... which is what the export's own verification allows.
     export.verify_video_saved_model(tmp_path / "sm", model, prep, batch=clips)
 

@@ -46,24 +46,35 @@ def _check_model(model, preprocessing):
 
 
 class _Endpoints:
+    """The Python functions behind the two signatures (traced by TensorFlow).
+
+    The model is traced once, in :meth:`_logits`, a function of uint8 clips
+    with a fixed input signature that both signatures call: tracing it in
+    each cost a second graph building per export (as in
+    :class:`gn_keras.export._Endpoints`).
+    """
+
     def __init__(self, model, preprocessing):
         self.model = model
         self.mean = np.asarray(preprocessing["mean"], np.float32)
         self.std = np.asarray(preprocessing["std"], np.float32)
         self.shape = clip_shape(preprocessing)
-        self.serving = None  # the traced serving_default function, once added
+        self.logits = tf.function(
+            self._logits, input_signature=[tf.TensorSpec((None, *self.shape), tf.uint8)]
+        )
+
+    def _logits(self, clips_uint8):
+        inputs = (tf.cast(clips_uint8, tf.float32) - self.mean) / self.std
+        return tf.cast(self.model(inputs, training=False), tf.float32)
 
     def classify(self, clips_uint8):
-        inputs = (tf.cast(clips_uint8, tf.float32) - self.mean) / self.std
-        logits = tf.cast(self.model(inputs, training=False), tf.float32)
+        logits = self.logits(clips_uint8)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     def views(self, views_uint8):
         batch, count = tf.shape(views_uint8)[0], tf.shape(views_uint8)[1]
-        flat = tf.reshape(views_uint8, (-1, *self.shape))
-        # A call of the traced serving function, not of the model: the model is
-        # traced once for both signatures (twice per export otherwise).
-        logits = tf.reshape(self.serving(flat)["logits"], (batch, count, -1))
+        logits = self.logits(tf.reshape(views_uint8, (-1, *self.shape)))
+        logits = tf.reshape(logits, (batch, count, -1))
         return {"probabilities": clips.average_view_probabilities(logits)}
 
 
@@ -75,7 +86,7 @@ def export_video_saved_model(model, export_dir, preprocessing, verify=True, tole
     shape = clip_shape(preprocessing)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    endpoints.serving = archive.add_endpoint(
+    archive.add_endpoint(
         SERVING_SIGNATURE,
         endpoints.classify,
         [tf.TensorSpec((None, *shape), tf.uint8, name="clips")],
