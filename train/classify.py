@@ -17,7 +17,7 @@ The task is ``train.classification.ClassificationTask``; everything else
 machinery of ``train.trainer``.
 """
 
-from absl import flags, logging
+from absl import flags
 
 from gn_keras._checks import FlagError
 from gn_keras.train import classification, cli, trainer
@@ -96,14 +96,8 @@ def train(config, *, strategy=None, build_model=None, callbacks=None):
 
 
 def main(argv):
-    del argv  # run_command allows no positional arguments
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # progress bar and summary only
-    try:
-        config = flags_lib.config_from_flags(flags.FLAGS)
-        results = train(config)
-    except ValueError as error:  # bad flags (exit 2), or a run that cannot go on (exit 1)
-        cli.exit_with_error("gn-train", error)
+    del argv  # run_command allows no positional arguments; a ValueError is one line
+    results = train(flags_lib.config_from_flags(flags.FLAGS))
     print(cli.describe_outputs(results))
 
 

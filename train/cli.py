@@ -12,6 +12,9 @@ combination of flags (absl's ``flags.Error`` while parsing, or
 that stops a run (a file that cannot be read, a ``ValueError`` raised deep
 in training), without the pointer.
 
+A ``ValueError`` out of a script's ``main`` is reported here once, for
+every script: status 2 if it is a ``FlagError``, else 1.
+
 An export that fails its own check (``gn_keras.export.ExportMismatchError``,
 e.g. at the end of a training run) also ends in its one line, status 1;
 the staged export is already removed by then (``train.workdir.staging``).
@@ -108,16 +111,22 @@ def write_error_line(error):
     return None
 
 
-def guard_writes(main, program):
-    """``main`` with a failed write or export check turned into one line, status 1 (module doc)."""
+def guard_writes(main, program, one_line_errors=()):
+    """``main`` with its expected errors turned into one line (module doc).
+
+    A ``ValueError`` (a bad flag from the config checks: status 2; a run
+    that cannot go on: status 1), an error of a kind in ``one_line_errors``,
+    a failed export check or a failed write ends the script with one line;
+    anything else keeps its traceback (a bug).
+    """
 
     def guarded(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
-        except Exception as error:  # noqa: BLE001 -- only failed writes and checks, see below
-            if _is_export_mismatch(error):
+        except Exception as error:  # noqa: BLE001 -- only the kinds above, see below
+            if isinstance(error, (ValueError, *one_line_errors)) or _is_export_mismatch(error):
                 exit_with_error(program, error)
             line = write_error_line(error)
             cause = error.__cause__ or error.__context__
@@ -193,12 +202,13 @@ def _define_key_flags(define_flags):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
-def run_command(main, program, define_flags):
+def run_command(main, program, define_flags, one_line_errors=()):
     """Define the flags, then ``app.run(main)`` with parsing errors reported in one line.
 
-    A failed write (read-only folder, full disk) or export check ends
-    ``main`` in one line with status 1, and absl logs WARNING and above
-    unless --verbosity is given (module doc).  Every script defines its
+    A ``ValueError`` or an error of a kind in ``one_line_errors`` raised by
+    ``main``, a failed write (read-only folder, full disk) or a failed export
+    check ends the script in one line (``guard_writes``), and absl logs
+    WARNING and above unless --verbosity is given (module doc).  Every script defines its
     flags here, when it runs (never at import), so importing a script's
     module defines nothing.  Also checks that no positional argument is
     left over.
@@ -215,4 +225,4 @@ def run_command(main, program, define_flags):
         return remaining
 
     _find_gpus_quietly()
-    app.run(guard_writes(main, program), flags_parser=parse)
+    app.run(guard_writes(main, program, one_line_errors), flags_parser=parse)

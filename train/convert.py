@@ -14,7 +14,7 @@ and ``convert_report.json``. That directory is a trained model for
 Library: :mod:`gn_keras.models.pretrained`; docs/pretrained.md.
 """
 
-from absl import flags, logging
+from absl import flags
 
 from gn_keras import _checks
 from gn_keras.models import pretrained
@@ -123,14 +123,8 @@ def describe(report, output_dir):
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
-    if not values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        check_flags(values)
-        report = convert(values)
-    except ValueError as error:  # bad flags (exit 2); an unreadable or mismatched checkpoint,
-        # a taken output_dir (exit 1)
-        cli.exit_with_error(PROGRAM, error)
+    check_flags(values)  # a ValueError is one line (cli.guard_writes)
+    report = convert(values)
     print(describe(report, values.output_dir))
 
 

@@ -190,18 +190,12 @@ def _save_verified_keras(model, path, preprocessing, images):
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
-    try:
-        model = load.load_model(values.trained_model)
-        preprocessing = load.load_preprocessing(values.preprocessing or values.trained_model)
-        report = export_all(
-            model,
-            values.output_dir,
-            preprocessing,
-            formats=values.format,
-            tolerance=values.tolerance,
-        )
-    except (ValueError, ExportError, OSError) as error:  # FlagError: exit 2
-        cli.exit_with_error("gn-export", error)
+    # A ValueError, ExportError or OSError is one line (run below).
+    model = load.load_model(values.trained_model)
+    preprocessing = load.load_preprocessing(values.preprocessing or values.trained_model)
+    report = export_all(
+        model, values.output_dir, preprocessing, formats=values.format, tolerance=values.tolerance
+    )
     for artefact, outputs in report["max_abs_difference"].items():
         worst = max(outputs.values())
         print(f"{artefact}: verified, max |export - keras| = {worst:.3g}")
@@ -210,7 +204,8 @@ def main(argv):
 
 def run():
     """Console-script entry point (``gn-export``)."""
-    cli.run_command(main, "gn-export", define_flags)
+    # A model file that cannot be read or a conversion that fails is one line.
+    cli.run_command(main, "gn-export", define_flags, one_line_errors=(ExportError, OSError))
 
 
 if __name__ == "__main__":

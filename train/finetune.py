@@ -207,12 +207,9 @@ def define_flags(flag_values=flags.FLAGS):
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
-    try:
-        config = config_from_flags(values)
-        options = FinetuneOptions(values.trained_model, values.freeze_at, values.freeze_bn)
-        results = finetune(config, options)
-    except ValueError as error:  # bad flags (exit 2); a missing or damaged file (exit 1)
-        cli.exit_with_error("gn-finetune", error)
+    config = config_from_flags(values)  # a ValueError is one line (cli.guard_writes)
+    options = FinetuneOptions(values.trained_model, values.freeze_at, values.freeze_bn)
+    results = finetune(config, options)
     if results.get("outputs"):
         print(cli.describe_outputs(results))
         print(f"  fine-tuning:    {os.path.join(config.model_dir, FINETUNE_FILE)}")

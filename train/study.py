@@ -225,10 +225,7 @@ def run_from_flags(flag_values=flags.FLAGS, command=""):
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     command = "python -m gn_keras.train.study " + " ".join(sys.argv[1:])
-    try:
-        outcome = run_from_flags(flags.FLAGS, command=command)
-    except ValueError as error:  # bad flags, a conflicting out_dir (exit 2); a damaged file (1)
-        cli.exit_with_error("gn-study", error)
+    outcome = run_from_flags(flags.FLAGS, command=command)  # a ValueError is one line
     runs = outcome.runs
     print(
         f"Trained {len(runs.trained)} run(s), skipped {len(runs.skipped)} finished "

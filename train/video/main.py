@@ -18,7 +18,7 @@ Errors end the job with one line (status 2 for a bad flag, 1 otherwise), as
 every script does (``train.cli``).
 """
 
-from absl import flags, logging
+from absl import flags
 
 from gn_keras import models
 from gn_keras._checks import FlagError
@@ -114,14 +114,8 @@ def train(config, *, strategy=None, callbacks=None, source=None):
 
 
 def main(argv):
-    del argv  # run_command allows no positional arguments
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # progress bar and summary only
-    try:
-        config = config_from_flags(flags.FLAGS)
-        results = train(config)
-    except ValueError as error:  # bad flags (exit 2), or a run that cannot go on (exit 1)
-        cli.exit_with_error(PROGRAM, error)
+    del argv  # run_command allows no positional arguments; a ValueError is one line
+    results = train(config_from_flags(flags.FLAGS))
     print(final_test.describe(results["test"]))
     print(cli.describe_outputs(results))
 
