@@ -40,6 +40,19 @@ def is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def parse_numbers(flag, values, number_type, expected):
+    """A list flag's values as a tuple of ``number_type``; else a FlagError naming it.
+
+    Every list flag of numbers goes through here (the learning-rate
+    boundaries, detection's sizes and ratios, video's short sides, the
+    studies' settings).  ``expected`` words the message.
+    """
+    try:
+        return tuple(number_type(v) for v in values)
+    except (TypeError, ValueError):
+        raise invalid(flag, ",".join(map(str, values)), expected) from None
+
+
 def invalid(name, value, expected, where=None):
     """The error for ``name=value``, which should have been ``expected``.
 

@@ -127,28 +127,22 @@ def define_config_flags(flag_values, config_class, specs):
         )
     defaults = config_class()
     for name, (kind, help_text) in specs.items():
-        default = getattr(defaults, name)
-        if isinstance(kind, tuple):
-            flags.DEFINE_enum(name, default, kind, help_text, flag_values=flag_values)
-        elif kind == "list":
-            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
-        else:
-            definer = getattr(flags, f"DEFINE_{kind}")
-            definer(name, default, help_text, flag_values=flag_values)
+        define_flag(flag_values, name, kind, getattr(defaults, name), help_text)
+
+
+def define_flag(flag_values, name, kind, default, help_text):
+    """Define one flag of a spec's ``kind``: a tuple of choices, "list", or an absl type."""
+    if isinstance(kind, tuple):
+        flags.DEFINE_enum(name, default, kind, help_text, flag_values=flag_values)
+    elif kind == "list":
+        flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+    else:
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
 
 def define_flags(flag_values=flags.FLAGS):
     """Define one flag per ``TrainConfig`` field on ``flag_values``."""
     define_config_flags(flag_values, config_lib.TrainConfig, _FLAG_SPECS)
-
-
-def _parse_boundaries(values):
-    try:
-        return tuple(float(v) for v in values)
-    except ValueError:
-        raise _checks.invalid(
-            "--lr_boundaries", ",".join(values), "comma-separated epoch numbers, e.g. 30,60,90"
-        ) from None
 
 
 def explicit_values(flag_values, specs):
@@ -158,7 +152,11 @@ def explicit_values(flag_values, specs):
         if name == "preset" or not flag_values[name].present:
             continue
         value = flag_values[name].value
-        explicit[name] = _parse_boundaries(value) if name == "lr_boundaries" else value
+        if name == "lr_boundaries":
+            value = _checks.parse_numbers(
+                "--lr_boundaries", value, float, "comma-separated epoch numbers, e.g. 30,60,90"
+            )
+        explicit[name] = value
     return explicit
 
 

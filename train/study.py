@@ -51,14 +51,8 @@ _ALL_JOB_FLAGS = set().union(*_JOB_SPECS.values())
 def _define_extra(flag_values, specs_of, defaults, names, prefix):
     for name in names:
         kind, help_text = specs_of[name]
-        default = getattr(defaults, name)
         help_text = f"{prefix}: {help_text}"
-        if isinstance(kind, tuple):
-            flags.DEFINE_enum(name, default, kind, help_text, flag_values=flag_values)
-        elif kind == "list":
-            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
-        else:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
+        flags_lib.define_flag(flag_values, name, kind, getattr(defaults, name), help_text)
 
 
 def _define_job_flags(flag_values):
@@ -135,12 +129,7 @@ def define_study_flags(flag_values=flags.FLAGS):
 
 def _integers(flag_values, name):
     values = flag_values[name].value
-    try:
-        return tuple(int(v) for v in values)
-    except ValueError:
-        raise _checks.invalid(
-            f"--{name}", ",".join(values), "a list of positive integers"
-        ) from None
+    return _checks.parse_numbers(f"--{name}", values, int, "a list of positive integers")
 
 
 def options_from_flags(flag_values=flags.FLAGS):

@@ -95,11 +95,9 @@ def parse_list(name, values):
     """A comma-separated list flag as the tuple its field holds."""
     default = getattr(config_lib.DetectionConfig(), name)
     integral = name in ("image_size", "category_ids") or all(map(_checks.is_integer, default[:1]))
-    try:
-        return tuple(int(v) if integral else float(v) for v in values)
-    except ValueError:
-        kind = "integers" if integral else "numbers"
-        raise _checks.invalid(f"--{name}", ",".join(values), f"comma-separated {kind}") from None
+    kind = "integers" if integral else "numbers"
+    number_type = int if integral else float
+    return _checks.parse_numbers(f"--{name}", values, number_type, f"comma-separated {kind}")
 
 
 def config_from_flags(flag_values, run_settings=None):

@@ -138,17 +138,12 @@ def validate(config):
 def make_config(preset=None, script_defaults=None, **explicit):
     """A validated ``VideoConfig`` (``train.config.make_task_config``'s precedence)."""
     if "train_short_side" in explicit:
-        explicit["train_short_side"] = _integers("train_short_side", explicit["train_short_side"])
+        explicit["train_short_side"] = _checks.parse_numbers(
+            "--train_short_side",
+            explicit["train_short_side"],
+            int,
+            "comma-separated integers, e.g. 32,40",
+        )
     return config_lib.make_task_config(
         VideoConfig, validate, PRESETS, preset, script_defaults, **explicit
     )
-
-
-def _integers(name, values):
-    """A list flag's strings as a tuple of integers (FlagError naming the flag otherwise)."""
-    try:
-        return tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise _checks.invalid(
-            f"--{name}", ",".join(map(str, values)), "comma-separated integers, e.g. 32,40"
-        ) from None
