@@ -18,8 +18,8 @@ import pytest
 from absl import logging
 
 from gn_keras import GroupNormalization, export, load
+from gn_keras import staging as staging_lib
 from gn_keras.train import export as export_script
-from gn_keras.train import workdir
 
 SIZE, CLASSES = 8, 3
 PREPROCESSING = {
@@ -123,10 +123,10 @@ def test_sweep_removes_only_stagings_whose_writer_is_gone(tmp_path, monkeypatch)
     (tmp_path / "exported.tmp-x").mkdir()  # not our pattern
     warnings = []
     monkeypatch.setattr(logging, "warning", lambda message, *args: warnings.append(message % args))
-    with workdir.staging(target) as live:
+    with staging_lib.staging(target) as live:
         assert not dead.exists()
         assert os.path.isdir(live)
-        assert workdir.sweep_stagings(target) == []  # the live one is locked
+        assert staging_lib.sweep_stagings(target) == []  # the live one is locked
         assert os.path.isdir(live)
     assert not os.path.exists(live)
     assert (tmp_path / "exported.tmp-x").is_dir()

@@ -11,6 +11,7 @@ import time
 import pytest
 from absl import logging
 
+from gn_keras import staging as staging_lib
 from gn_keras.train import workdir
 
 STALE = (
@@ -32,7 +33,7 @@ KEPT = (
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The other processes below hold, probe and swap with train/workdir.py loaded
-# by path with the one module it imports: the same locks and renames as
+# by path with the two modules it imports: the same locks and renames as
 # gn-train's, without the ~10 s of CPU that importing the gn_keras package
 # (TensorFlow) costs each process.
 WORKDIR_ALONE = f"""
@@ -43,6 +44,7 @@ def _load(name, path):
     spec.loader.exec_module(module)
     return module
 _load("gn_keras._checks", {os.path.join(REPO, "gn_keras", "_checks.py")!r})
+staging_lib = _load("gn_keras.staging", {os.path.join(REPO, "gn_keras", "staging.py")!r})
 workdir = _load("workdir_alone", {os.path.join(REPO, "train", "workdir.py")!r})
 """
 
@@ -140,27 +142,27 @@ def test_gn_train_on_a_directory_another_job_holds_says_so_in_one_line(tmp_path)
 
 
 # A writer killed at each step of swapping a finished export in (issue 23, item 3).
-# The child loads train/workdir.py alone (WORKDIR_ALONE) and SIGKILLs itself
+# The child loads train/workdir.py and gn_keras/staging.py alone (WORKDIR_ALONE) and SIGKILLs itself
 # right after the chosen step; the exchange path is renameat2's, the fallback
 # path the three renames of a file system without it.
 _KILLED_WRITER = """
 import os, shutil, signal, sys
 target, new, mode, kill_after = sys.argv[1:5]
 die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
-renames, real_rename, real_exchange = [], os.rename, workdir._exchange
+renames, real_rename, real_exchange = [], os.rename, staging_lib._exchange
 def rename(source, destination):
     real_rename(source, destination)
     renames.append(source)
     if str(len(renames)) == kill_after:
         die()
 os.rename = rename
-workdir._exchange = (lambda a, b: real_exchange(a, b) and die()) if mode == "exchange" else (
+staging_lib._exchange = (lambda a, b: real_exchange(a, b) and die()) if mode == "exchange" else (
     lambda a, b: False)
-with workdir.staging(target) as staging:
+with staging_lib.staging(target) as staging:
     shutil.copytree(new, staging, dirs_exist_ok=True)
     if kill_after == "built":
         die()
-    workdir.publish(staging, target)
+    staging_lib.publish(staging, target)
 """
 SWAP_STEPS = [  # (path, killed after, what saved_model/ holds then: old, new or nothing)
     ("exchange", "built", "old"),
@@ -214,7 +216,7 @@ def test_a_swap_killed_at_any_step_keeps_a_whole_export(
         with workdir.claim(str(model_dir)):
             pass
     else:  # the next build of the same folder (gn-export's)
-        with workdir.staging(str(target)):
+        with staging_lib.staging(str(target)):
             pass
     # A publish that began is finished; its complete staging is never swept as debris.
     assert _contents(str(target)) == (old if kill_after == "built" else new)
@@ -248,11 +250,11 @@ def test_run_export_publishes_whole_or_leaves_the_old_export(tmp_path, rng, monk
     old = _folder(target, rng)
     new = _folder(str(tmp_path / "new_build"), rng)
     published = []
-    monkeypatch.setattr(workdir, "publish", _spy(workdir.publish, published))
+    monkeypatch.setattr(staging_lib, "publish", _spy(staging_lib.publish, published))
     if failure == "exchange":
-        monkeypatch.setattr(workdir, "_exchange", _raise(OSError(errno.EIO, "I/O error")))
+        monkeypatch.setattr(staging_lib, "_exchange", _raise(OSError(errno.EIO, "I/O error")))
     elif failure:
-        monkeypatch.setattr(workdir, "_exchange", lambda first, second: False)
+        monkeypatch.setattr(staging_lib, "_exchange", lambda first, second: False)
         _failing_rename(monkeypatch, int(failure[-1]))
 
     def export_fn(model, directory, verify):
@@ -264,7 +266,7 @@ def test_run_export_publishes_whole_or_leaves_the_old_export(tmp_path, rng, monk
             run.export(None, export_fn)
     else:
         assert run.export(None, export_fn) == target
-    assert len(published) == 1  # the one atomic swap of train/workdir.py
+    assert len(published) == 1  # the one atomic swap of gn_keras/staging.py
     assert _contents(target) == (old if failure else new)
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
 

@@ -17,7 +17,7 @@ every script: status 2 if it is a ``FlagError``, else 1.
 
 An export that fails its own check (``gn_keras.export.ExportMismatchError``,
 e.g. at the end of a training run) also ends in its one line, status 1;
-the staged export is already removed by then (``train.workdir.staging``).
+the staged export is already removed by then (``gn_keras.staging``).
 
 A place that cannot be written, for any script, is caught here once
 (``write_error_line``): a read-only ``--model_dir``/``--output_dir`` or a

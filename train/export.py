@@ -30,8 +30,9 @@ import numpy as np
 from absl import flags
 
 from gn_keras import export, load
+from gn_keras import staging as staging_lib
 from gn_keras._checks import FlagError
-from gn_keras.train import cli, workdir
+from gn_keras.train import cli
 
 FORMATS = ("saved_model", "onnx", "tflite")
 KERAS_RELOAD_TOLERANCE = 1e-6
@@ -117,14 +118,14 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
     """Write every requested artefact into ``output_dir``, all verified; return the report dict.
 
     Everything is built and verified in a sibling staging folder
-    (``train.workdir.staging``) and swapped in only when all of it passed:
+    (``gn_keras.staging``) and swapped in only when all of it passed:
     a failure leaves an existing ``output_dir`` exactly as it was, and the
     new folder holds this export's artefacts alone (no ``model.onnx`` of an
     earlier export without ``--format=onnx``).
     """
     output_dir = os.fspath(output_dir)
     check_output_dir(output_dir)
-    with workdir.staging(output_dir) as staging:
+    with staging_lib.staging(output_dir) as staging:
         try:
             report = _write_verified(model, staging, preprocessing, formats, tolerance)
         except (export.ExportMismatchError, ValueError, OSError) as error:
@@ -132,7 +133,7 @@ def export_all(model, output_dir, preprocessing, formats=FORMATS, tolerance=None
                 staging, output_dir
             )
             raise ExportError(f"{message} ({output_dir} left as it was)") from error
-        workdir.publish(staging, output_dir)
+        staging_lib.publish(staging, output_dir)
     return report
 
 

@@ -23,9 +23,9 @@ import tensorflow as tf
 from absl import logging
 
 from gn_keras import export as export_lib
+from gn_keras import staging as staging_lib
 from gn_keras.train import records as records_lib
 from gn_keras.train import strategy as strategy_lib
-from gn_keras.train import workdir
 
 RESULTS_FILE = "results.json"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -187,20 +187,20 @@ class RunOutputs:
         """Write the export with ``export_fn(model, staging_dir, verify)`` and swap it in.
 
         Every worker must call this (see the module doc); only the chief's
-        export is kept and verified.  The swap is ``train.workdir.publish``
+        export is kept and verified.  The swap is ``gn_keras.staging.publish``
         (one atomic exchange), so ``saved_model/`` is at every moment the old
         export or the new one; a failed build or check leaves it as it was
         and its staging removed.
         """
         target = strategy_lib.worker_write_dir(self.strategy, self.paths["saved_model"])
-        with workdir.staging(target) as staging:
+        with staging_lib.staging(target) as staging:
             try:
                 export_fn(model, staging, self.is_chief)
             except export_lib.ExportMismatchError as error:
                 kept = f"{error} {target} is left as it was."
                 raise export_lib.ExportMismatchError(kept) from None
             if self.is_chief:
-                workdir.publish(staging, target)
+                staging_lib.publish(staging, target)
         return target
 
 

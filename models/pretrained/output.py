@@ -7,7 +7,7 @@ export ``--output_dir``, so ``gn-finetune``, ``gn-export`` and
 :func:`gn_keras.load.load_model` take ``DIR`` as a trained model.
 
 Everything is written into a sibling staging directory first and swapped
-into place at the end (``train.workdir.staging`` and ``publish``, as
+into place at the end (``gn_keras.staging.staging`` and ``publish``, as
 ``gn-export`` does), so ``DIR`` is never half written; the staging left by a
 killed conversion is swept by the next one, and ``DIR`` gets the mode the
 umask gives. An existing ``DIR`` is only accepted when it is empty or
@@ -18,9 +18,8 @@ then nothing is rewritten).
 import json
 import os
 
-from gn_keras import export, load
+from gn_keras import export, load, staging
 from gn_keras.models.pretrained import loader, verify
-from gn_keras.train import workdir
 
 REPORT_FILE = "convert_report.json"
 # The report entries that make two conversions the same.
@@ -83,7 +82,7 @@ def write(conversion, output_dir):
     report = conversion.report
     if _check_target(output_dir, report):
         return dict(_existing_report(output_dir), unchanged=True)
-    with workdir.staging(output_dir) as stage:
+    with staging.staging(output_dir) as stage:
         conversion.model.save(os.path.join(stage, "model.keras"))
         saved_model = export.export_saved_model(
             conversion.model, os.path.join(stage, "saved_model"), conversion.preprocessing
@@ -91,7 +90,7 @@ def write(conversion, output_dir):
         report = dict(report, saved_model_max_abs_difference=saved_model)
         _write_json(os.path.join(stage, load.PREPROCESSING_FILE), conversion.preprocessing)
         _write_json(os.path.join(stage, REPORT_FILE), report)
-        workdir.publish(stage, output_dir)  # an existing output_dir is empty, checked above
+        staging.publish(stage, output_dir)  # an existing output_dir is empty, checked above
     return report
 
 

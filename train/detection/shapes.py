@@ -16,7 +16,7 @@ files.
 ``ensure_shapes`` is how a run gets its set: the JSON's ``info`` records
 what generated it, so a set already made with the same parameters is used
 as it is (nothing rewritten), and any other is generated whole in a
-staging folder and swapped in at once (``train.workdir.staging`` and
+staging folder and swapped in at once (``gn_keras.staging.staging`` and
 ``publish``), so a reader never sees half of one set and half of another.
 """
 
@@ -27,8 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from gn_keras import _checks
-from gn_keras.train import workdir
+from gn_keras import _checks, staging
 
 CATEGORIES = (
     {"id": 1, "name": "circle"},
@@ -167,7 +166,7 @@ def ensure_shapes(directory, num_images, image_size=64, seed=0, replace=True):
             f"{found.get('image_size')} px, not {num_images} at {image_size} px; use another "
             "--data_dir or remove it."
         )
-    with workdir.staging(directory) as stage:
+    with staging.staging(directory) as stage:
         write_shapes(stage, num_images, image_size=image_size, seed=seed)
-        workdir.publish(stage, directory)
+        staging.publish(stage, directory)
     return os.path.join(directory, ANNOTATION_FILE)
