@@ -93,7 +93,7 @@ def disk_full_run(tmp_path_factory):
             handle.write(b"PK\x03\x04 partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    main = cli.guard_writes(lambda argv: classify.train(config), "gn-train")
+    main = cli.guard_main(lambda argv: classify.train(config), "gn-train")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(keras.Model, "save", save_until_disk_full)
         with pytest.raises(SystemExit) as stopped:

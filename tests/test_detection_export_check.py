@@ -430,7 +430,7 @@ def test_a_failed_check_is_one_line_exit_1_and_leaves_the_old_export(detector, t
             handle.write(rng.bytes(100))
         export.compare(f"{directory} [serving_default]", _serve(swapped, images), want, TOL)
 
-    main = cli.guard_writes(lambda argv: run.export(model, export_fn), "gn-detect")
+    main = cli.guard_main(lambda argv: run.export(model, export_fn), "gn-detect")
     with pytest.raises(SystemExit) as stopped:
         main([])
     line = stopped.value.code

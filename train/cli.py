@@ -111,7 +111,7 @@ def write_error_line(error):
     return None
 
 
-def guard_writes(main, program, one_line_errors=()):
+def guard_main(main, program, one_line_errors=()):
     """``main`` with its expected errors turned into one line (module doc).
 
     A ``ValueError`` (a bad flag from the config checks: status 2; a run
@@ -207,11 +207,11 @@ def run_command(main, program, define_flags, one_line_errors=()):
 
     A ``ValueError`` or an error of a kind in ``one_line_errors`` raised by
     ``main``, a failed write (read-only folder, full disk) or a failed export
-    check ends the script in one line (``guard_writes``), and absl logs
-    WARNING and above unless --verbosity is given (module doc).  Every script defines its
-    flags here, when it runs (never at import), so importing a script's
-    module defines nothing.  Also checks that no positional argument is
-    left over.
+    check ends the script in one line (``guard_main``), and absl logs
+    WARNING and above unless --verbosity is given (module doc).  Every
+    script defines its flags here, when it runs (never at import), so
+    importing a script's module defines nothing.  Also checks that no
+    positional argument is left over.
     """
     _define_key_flags(define_flags)
 
@@ -225,4 +225,4 @@ def run_command(main, program, define_flags, one_line_errors=()):
         return remaining
 
     _find_gpus_quietly()
-    app.run(guard_writes(main, program, one_line_errors), flags_parser=parse)
+    app.run(guard_main(main, program, one_line_errors), flags_parser=parse)

@@ -123,7 +123,7 @@ def describe(report, output_dir):
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
-    check_flags(values)  # a ValueError is one line (cli.guard_writes)
+    check_flags(values)  # a ValueError is one line (cli.guard_main)
     report = convert(values)
     print(describe(report, values.output_dir))
 

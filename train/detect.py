@@ -199,7 +199,7 @@ def _report_training(results):
 
 def main(argv):
     del argv  # run_command allows no positional arguments
-    values = flags.FLAGS  # a ValueError is one line (cli.guard_writes)
+    values = flags.FLAGS  # a ValueError is one line (cli.guard_main)
     if values.eval_only:
         # The run's own settings, so --eval_only needs only --model_dir.
         config = detection_flags.config_from_flags(values, _run_settings(values))

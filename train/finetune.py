@@ -207,7 +207,7 @@ def define_flags(flag_values=flags.FLAGS):
 def main(argv):
     del argv  # cli.run_command allows no positional arguments
     values = flags.FLAGS
-    config = config_from_flags(values)  # a ValueError is one line (cli.guard_writes)
+    config = config_from_flags(values)  # a ValueError is one line (cli.guard_main)
     options = FinetuneOptions(values.trained_model, values.freeze_at, values.freeze_bn)
     results = finetune(config, options)
     if results.get("outputs"):
