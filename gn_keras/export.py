@@ -149,19 +149,25 @@ def export_saved_model(model, export_dir, preprocessing, verify=True, tolerance=
     # The ordered weights let gn_keras.load rebuild a trainable Keras model.
     archive.add_variable_collection(load.VARIABLES_COLLECTION, model.weights)
     archive.write_out(os.fspath(export_dir), verbose=False)
-    _write_extras(export_dir, model, preprocessing)
+    write_extras(export_dir, preprocessing, model)
     if not verify:
         return {}
     return verify_saved_model(export_dir, model, preprocessing, tolerance=tolerance)
 
 
-def _write_extras(export_dir, model, preprocessing):
+def write_extras(export_dir, preprocessing, model=None):
+    """Put ``preprocessing.json`` (and ``model``'s Keras config) in a SavedModel's extras.
+
+    Every SavedModel the project writes carries them (image, video and
+    detection exports): ``gn_keras.load`` reads them back.
+    """
     extra = os.path.join(export_dir, load.EXTRA_DIR)
     os.makedirs(extra, exist_ok=True)
     with open(os.path.join(extra, load.PREPROCESSING_FILE), "w", encoding="utf-8") as handle:
         json.dump(preprocessing, handle, indent=2)
-    with open(os.path.join(extra, load.CONFIG_FILE), "w", encoding="utf-8") as handle:
-        handle.write(model.to_json())
+    if model is not None:
+        with open(os.path.join(extra, load.CONFIG_FILE), "w", encoding="utf-8") as handle:
+            handle.write(model.to_json())
 
 
 @portable.portable_ops()  # never the compiled kernels in an export

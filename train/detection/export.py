@@ -26,7 +26,6 @@ confident detection may not), within ``gn_keras.export.default_tolerance``
 of the model's compute precision.
 """
 
-import json
 import os
 
 import keras
@@ -34,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from gn_keras import export as image_export
-from gn_keras import load, portable
+from gn_keras import portable
 from gn_keras.train.detection import match, pipeline
 
 SERVING_SIGNATURE = "serving_default"
@@ -107,10 +106,7 @@ def export_detection_saved_model(model, export_dir, preprocessing, verify=True, 
         [tf.TensorSpec((None, None, None, 3), tf.uint8, name=INPUT_NAME)],
     )
     archive.write_out(os.fspath(export_dir), verbose=False)
-    extra = os.path.join(export_dir, load.EXTRA_DIR)
-    os.makedirs(extra, exist_ok=True)
-    with open(os.path.join(extra, load.PREPROCESSING_FILE), "w", encoding="utf-8") as handle:
-        json.dump(preprocessing, handle, indent=2)
+    image_export.write_extras(export_dir, preprocessing)
     if not verify:
         return {}
     return verify_saved_model(export_dir, model, preprocessing, tolerance=tolerance)

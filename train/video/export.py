@@ -98,7 +98,7 @@ def export_video_saved_model(model, export_dir, preprocessing, verify=True, tole
     )
     archive.add_variable_collection(load.VARIABLES_COLLECTION, model.weights)
     archive.write_out(os.fspath(export_dir), verbose=False)
-    image_export._write_extras(export_dir, model, preprocessing)
+    image_export.write_extras(export_dir, preprocessing, model)
     if not verify:
         return {}
     return verify_video_saved_model(export_dir, model, preprocessing, tolerance=tolerance)
