@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -256,3 +257,25 @@ def test_preemption_saves_in_the_step_numbering_and_a_lost_worker_is_named(
     state = tf.train.get_checkpoint_state(str(ckpt_dir))
     kept = [int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths]
     assert kept == sorted(kept) and kept[-2:] == [step, next_end], kept
+
+
+@pytest.mark.parametrize("error", [tf.errors.UnavailableError(None, None, "gone"), KeyError("k")])
+def test_after_a_lost_worker_the_watchers_late_failures_print_nothing(error):
+    """CI saw a watcher print a traceback after the one line: late errors stay quiet."""
+    from gn_keras.train import cluster
+
+    passed_on = []
+    hook = cluster._quiet_watcher_failures(passed_on.append, Exception)
+    for name in ("PeerTerminationWatcher-1", "WorkerTerminationSignalWatcher-1", "Thread-7"):
+        thread = threading.Thread(target=lambda: None, name=name)
+        hook(threading.ExceptHookArgs((type(error), error, None, thread)))
+    assert [args.thread.name for args in passed_on] == ["Thread-7"]
+    # Before any loss, only peer failures are dropped.
+    hook = cluster._quiet_watcher_failures(passed_on.append)
+    hook(
+        threading.ExceptHookArgs(
+            (type(error), error, None, threading.Thread(name="PeerTerminationWatcher-2"))
+        )
+    )
+    dropped = isinstance(error, tf.errors.UnavailableError)
+    assert len(passed_on) == (1 if dropped else 2)

@@ -225,8 +225,8 @@ def _cause(error):
     return type(error).__name__
 
 
-def _quiet_watcher_failures(previous):
-    """A ``threading.excepthook`` that drops a peer failure in TF's preemption watchers.
+def _quiet_watcher_failures(previous, failures=_PEER_FAILURES):
+    """A ``threading.excepthook`` that drops ``failures`` in TF's preemption watchers.
 
     ``PreemptionCheckpointHandler``'s watcher threads die with a traceback
     when the coordination service's worker goes away; the main thread then
@@ -236,7 +236,7 @@ def _quiet_watcher_failures(previous):
     def hook(args):
         name = args.thread.name if args.thread is not None else ""
         watcher = name.startswith(("PeerTerminationWatcher", "WorkerTerminationSignalWatcher"))
-        if not (watcher and issubclass(args.exc_type, _PEER_FAILURES)):
+        if not (watcher and issubclass(args.exc_type, failures)):
             previous(args)
 
     return hook
@@ -257,9 +257,14 @@ def lost_workers_reported(strategy, model_dir):
     own = f"/job:{resolver.task_type}/replica:0/task:{resolver.task_id}"
     previous_hook = threading.excepthook
     threading.excepthook = _quiet_watcher_failures(previous_hook)
+    lost_the_job = False
     try:
         yield
     except _PEER_FAILURES as error:
+        # The watchers can fail later, with any error, while this process
+        # reports the loss and exits (CI saw one print a traceback then).
+        lost_the_job = True
+        threading.excepthook = _quiet_watcher_failures(previous_hook, Exception)
         lost = _named_tasks(str(error), tasks, exclude=own)
         who = _describe(lost, tasks) if lost else "a worker"
         raise WorkerLostError(
@@ -268,4 +273,5 @@ def lost_workers_reported(strategy, model_dir):
             f"--model_dir={model_dir}."
         ) from None
     finally:
-        threading.excepthook = previous_hook
+        if not lost_the_job:
+            threading.excepthook = previous_hook
