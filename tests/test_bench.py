@@ -8,9 +8,9 @@ measured, and each ratio equals the ratio of the medians it is computed from.
 
 import json
 import os
-import subprocess
 import sys
 
+import forked_cli
 import pytest
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
@@ -18,7 +18,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_bench(script, *arguments, timeout=900):
     """Run ``bench/<script>`` with ``arguments``; fail with its stderr's end if it fails."""
-    completed = subprocess.run(
+    completed = forked_cli.run(
         [sys.executable, os.path.join(BENCH, script), *arguments],
         capture_output=True,
         text=True,

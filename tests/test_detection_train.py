@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 
+import forked_cli
 import keras
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gn_detect")
     model_dir = str(root / "run")
     data = f"--data_dir={root / 'data'}"
-    untrained = subprocess.run(
+    untrained = forked_cli.run(
         [*gn_detect(model_dir, data), "--eval_only"],
         env=environment(),
         capture_output=True,
@@ -67,7 +68,7 @@ def run(tmp_path_factory):
         finally:
             first.wait(timeout=60)
     killed_at = checkpoint_state(os.path.join(model_dir, "checkpoints"))
-    second = subprocess.run(
+    second = forked_cli.run(
         gn_detect(model_dir, data), env=environment(), capture_output=True, text=True, timeout=900
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

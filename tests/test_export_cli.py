@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import forked_cli
 import keras
 import numpy as np
 import onnxruntime
@@ -39,7 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_export(*args):
-    return subprocess.run(
+    return forked_cli.run(
         [sys.executable, "-m", "gn_keras.train.export", *args],
         capture_output=True,
         text=True,

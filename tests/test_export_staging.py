@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import forked_cli
 import keras
 import pytest
 from absl import logging
@@ -159,7 +160,7 @@ def test_export_killed_while_staging_keeps_old_folder_and_is_swept(tmp_path, rng
     assert _tree(out) == before
     assert _stagings(out), "a killed export leaves its staging"
 
-    done = subprocess.run(command[:-2], cwd=REPO, env=env, capture_output=True, text=True)
+    done = forked_cli.run(command[:-2], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "left by an interrupted write" in done.stderr
     assert _stagings(out) == []

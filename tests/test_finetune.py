@@ -9,10 +9,10 @@ with our own NumPy normalization, not taken from the run's own metrics.
 import json
 import logging
 import os
-import subprocess
 import sys
 import zlib
 
+import forked_cli
 import keras
 import numpy as np
 import pytest
@@ -101,7 +101,7 @@ def _accuracy(model, preprocessing, images, labels):
 
 
 def _run_cli(*args):
-    return subprocess.run(
+    return forked_cli.run(
         [sys.executable, "-m", "gn_keras.train.finetune", *args],
         cwd=REPO,
         capture_output=True,

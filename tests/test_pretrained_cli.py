@@ -8,9 +8,9 @@ trained model by gn-export's and gn-finetune's own functions.
 import json
 import os
 import pickle
-import subprocess
 import sys
 
+import forked_cli
 import numpy as np
 import pytest
 
@@ -107,7 +107,7 @@ def test_allow_partial_loads_the_backbone_and_checks_c5(tmp_path, network, rng):
 
 
 def run_convert(*flags):
-    return subprocess.run(
+    return forked_cli.run(
         [sys.executable, "-m", "gn_keras.train.convert", *flags],
         capture_output=True,
         text=True,

@@ -13,9 +13,9 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 
+import forked_cli
 import pytest
 import tensorflow as tf
 from test_train_e2e import tiny_model
@@ -107,7 +107,7 @@ def test_no_intact_checkpoint_is_a_clear_error(copy_of_run):
         classify.train(_config(model_dir, 3), build_model=tiny_model(4))
 
     # The same from gn-train: one message, no traceback.
-    done = subprocess.run(
+    done = forked_cli.run(
         [
             sys.executable,
             "-m",

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import forked_cli
 import pytest
 from absl import flags
 
@@ -140,7 +141,7 @@ HELP_HINT = "(run with --helpfull for all flags)"
 
 
 def _run_module(module, argv):
-    return subprocess.run(
+    return forked_cli.run(
         [sys.executable, "-m", module, *argv],
         capture_output=True,
         text=True,
@@ -243,7 +244,7 @@ def _assert_one_line_run_error(completed, program, message):
 
 def test_an_error_inside_the_run_exits_1_without_the_usage_hint(tmp_path):
     # A damaged TF_CONFIG is no flag: train() fails where it picks the strategy.
-    completed = subprocess.run(
+    completed = forked_cli.run(
         [sys.executable, "-m", "gn_keras.train.classify", f"--model_dir={tmp_path / 'run'}"],
         capture_output=True,
         text=True,

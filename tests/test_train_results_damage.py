@@ -10,9 +10,9 @@ CPU) that the command never reaches.
 
 import json
 import shutil
-import subprocess
 import sys
 
+import forked_cli
 import pytest
 from test_train_e2e import small_gn_network
 
@@ -85,7 +85,7 @@ def test_damaged_results_without_logs_stop_the_command_in_one_line(zoo_run, tmp_
     shutil.rmtree(model_dir / "tensorboard")
     (model_dir / "results.json").write_bytes(b"\x00\x01 not json")
     argv = [f"--{key}={value}" for key, value in FLAGS.items()]
-    result = subprocess.run(
+    result = forked_cli.run(
         [sys.executable, "-m", "gn_keras.train.classify", f"--model_dir={model_dir}", *argv],
         capture_output=True,
         text=True,

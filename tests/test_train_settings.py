@@ -9,9 +9,9 @@ test); the command-line refusal stops before any model is built.
 import hashlib
 import json
 import os
-import subprocess
 import sys
 
+import forked_cli
 import pytest
 from test_train_e2e import small_gn_network
 
@@ -99,7 +99,7 @@ def test_extend_epochs_trains_on_and_records_where_the_schedule_changed(tmp_path
 
 def test_the_command_line_refusal_is_one_line_with_status_2(finished_run):
     before = _digests(finished_run)
-    result = subprocess.run(
+    result = forked_cli.run(
         [
             sys.executable,
             "-m",

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import forked_cli
 import pytest
 from absl import logging
 
@@ -118,7 +119,7 @@ def test_gn_train_on_a_directory_another_job_holds_says_so_in_one_line(tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.perf_counter()
-        result = subprocess.run(
+        result = forked_cli.run(
             [
                 sys.executable,
                 "-m",

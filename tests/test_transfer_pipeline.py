@@ -22,9 +22,9 @@ AP, and the fresh process's detections equal the Keras model's.
 import json
 import math
 import os
-import subprocess
 import sys
 
+import forked_cli
 import keras
 import numpy as np
 import pytest
@@ -67,7 +67,7 @@ COCO_KEYS = [f"{kind}_AP{suffix}" for kind in ("bbox", "segm") for suffix in (""
 
 
 def _script(name, *flags):
-    completed = subprocess.run(
+    completed = forked_cli.run(
         [sys.executable, "-m", f"gn_keras.train.{name}", *flags],
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True,

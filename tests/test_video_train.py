@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import forked_cli
 import keras
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def killed_and_resumed(tmp_path_factory):
             first.wait(timeout=60)
     killed_at = checkpoint_state(checkpoints)
     before = json.load(open(os.path.join(model_dir, "results.json")))["epochs"]
-    second = subprocess.run(
+    second = forked_cli.run(
         _command(model_dir, seed), env=environment(), capture_output=True, text=True, timeout=900
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -177,7 +178,7 @@ def test_bad_flags_are_one_line_naming_the_flag(explicit, flag):
 
 def test_a_2d_model_is_refused_as_a_video_model(tmp_path):
     command = [sys.executable, "-m", "gn_keras.train.video", "--model=resnet20"]
-    completed = subprocess.run(
+    completed = forked_cli.run(
         [*command, f"--model_dir={tmp_path}/run"],
         env=environment(),
         capture_output=True,
