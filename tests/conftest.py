@@ -35,6 +35,13 @@ def pytest_report_header(config):
     return f"gn-keras random inputs: GN_TEST_SEED={SESSION_SEED}"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    # The header is hidden under -q (the README's command): say it again where
+    # a failure is read, so the run can be replayed.
+    if exitstatus != 0:
+        terminalreporter.write_line(f"replay these inputs with GN_TEST_SEED={SESSION_SEED}")
+
+
 # The files that take a minute or more on 2 cores, slowest first.  They run
 # before the rest, so that pytest-xdist (pytest.ini) never hands one to a
 # worker while the other worker is nearly done.
