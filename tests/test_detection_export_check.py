@@ -413,7 +413,10 @@ def _run_outputs(model_dir, rng):
         with open(os.path.join(old, name), "wb") as handle:
             handle.write(rng.bytes(int(rng.integers(100, 1000))))
     strategy = tf.distribute.get_strategy()
-    return outputs.RunOutputs(str(model_dir), strategy, {}, PREPROCESSING, {}), _tree(old)
+    run = outputs.RunOutputs(
+        str(model_dir), strategy, {}, PREPROCESSING, {}, metric="bbox_AP", lower_is_better=False
+    )
+    return run, _tree(old)
 
 
 def _stagings(model_dir):

@@ -229,7 +229,10 @@ def _run_outputs(model_dir):
 
     from gn_keras.train import outputs
 
-    return outputs.RunOutputs(str(model_dir), tf.distribute.get_strategy(), {}, {}, {})
+    strategy = tf.distribute.get_strategy()
+    return outputs.RunOutputs(
+        str(model_dir), strategy, {}, {}, {}, metric="top1_error", lower_is_better=True
+    )
 
 
 def _failing_rename(monkeypatch, failing_call):

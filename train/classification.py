@@ -45,6 +45,7 @@ class ClassificationEvaluator:
     """Validation metrics kept in the graph; padded examples have weight 0."""
 
     primary_metric = "top1_error"
+    primary_metric_label = "top-1 error"
     lower_is_better = True
 
     def __init__(self, task):

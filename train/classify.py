@@ -98,7 +98,9 @@ def train(config, *, strategy=None, build_model=None, callbacks=None):
 def main(argv):
     del argv  # run_command allows no positional arguments; a ValueError is one line
     results = train(flags_lib.config_from_flags(flags.FLAGS))
-    print(cli.describe_outputs(results))
+    print(
+        cli.describe_outputs(results, classification.ClassificationEvaluator.primary_metric_label)
+    )
 
 
 def run():

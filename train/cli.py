@@ -43,14 +43,19 @@ USAGE_ERROR_STATUS = 2  # bad flags or arguments, as argparse and POSIX tools ex
 HELP_HINT = "(run with --helpfull for all flags)"
 
 
-def describe_outputs(results):
-    """Where the run left everything, for the end of the command-line job."""
+def describe_outputs(results, metric_label):
+    """Where the run left everything, for the end of the command-line job.
+
+    ``metric_label`` names the run's primary metric (``results["primary_metric"]``)
+    in words, e.g. "top-1 error".
+    """
     from gn_keras.train.loop import rate_text  # loaded by then; keeps TensorFlow out of here
 
     paths = results["outputs"]
+    metric = results["primary_metric"]
     lines = [
-        f"Median top-1 error of the last 5 epochs: {results['median_last5_top1_error']:.4f} "
-        f"(final {results['final_top1_error']:.4f}, best {results['best_top1_error']:.4f} "
+        f"Median {metric_label} of the last 5 epochs: {results[f'median_last5_{metric}']:.4f} "
+        f"(final {results[f'final_{metric}']:.4f}, best {results[f'best_{metric}']:.4f} "
         f"at epoch {results['best_epoch'] + 1} of the 'Epoch N/E' lines); "
         f"{rate_text(results['images_per_sec'], 'image')}.",
         f"  results:        {paths['results']}",

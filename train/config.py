@@ -16,6 +16,7 @@ before any data is read or any variable is created.
 """
 
 import dataclasses
+from typing import ClassVar
 
 from gn_keras import _checks
 
@@ -69,6 +70,25 @@ class RunConfig:
     extend_epochs: bool = False
     preset: str | None = None
 
+    # Fields a rerun may change (train.settings): where and how the run goes,
+    # not what it learns.  A task's config adds its own.
+    NOT_COMPARED: ClassVar[frozenset] = frozenset(
+        {
+            "model_dir",
+            "keep_checkpoints",
+            "log_every_steps",
+            "checkpoint_every_steps",
+            "steps_per_loop",
+            "jit_compile",
+            "strategy",
+            "tpu",
+            "preset",
+            "extend_epochs",
+            "worker_wait_timeout",
+            "cpu_replicas",
+        }
+    )
+
     def as_dict(self):
         """The config as JSON-ready plain values (tuples become lists)."""
         return {
@@ -106,6 +126,9 @@ class TrainConfig(RunConfig):
     on_bad_image: str = "skip"
     # Loss.
     label_smoothing: float = 0.0
+
+    # Skipping or refusing unreadable images changes no image that is read.
+    NOT_COMPARED: ClassVar[frozenset] = RunConfig.NOT_COMPARED | {"on_bad_image"}
 
 
 # §4.1 "Implementation details" of the paper, plus its learning-rate rule

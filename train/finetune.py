@@ -25,7 +25,7 @@ from absl import flags, logging
 from gn_keras import _checks, convert, load, transfer
 from gn_keras._checks import FlagError
 from gn_keras.frozen_bn import FrozenBatchNormalization
-from gn_keras.train import classify, cli, workdir
+from gn_keras.train import classification, classify, cli, workdir
 from gn_keras.train import flags as flags_lib
 from gn_keras.train import outputs as outputs_lib
 
@@ -211,7 +211,8 @@ def main(argv):
     options = FinetuneOptions(values.trained_model, values.freeze_at, values.freeze_bn)
     results = finetune(config, options)
     if results.get("outputs"):
-        print(cli.describe_outputs(results))
+        label = classification.ClassificationEvaluator.primary_metric_label
+        print(cli.describe_outputs(results, label))
         print(f"  fine-tuning:    {os.path.join(config.model_dir, FINETUNE_FILE)}")
 
 

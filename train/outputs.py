@@ -75,8 +75,8 @@ class RunOutputs:
         preprocessing,
         run_info,
         *,
-        metric="top1_error",
-        lower_is_better=True,
+        metric,
+        lower_is_better,
     ):
         self.model_dir = model_dir
         self.strategy = strategy

@@ -58,14 +58,19 @@ class EpochRecord:
         return {**self.train, **{f"val_{name}": value for name, value in self.val.items()}}
 
 
-def summarize(records, metric="top1_error", lower_is_better=True):
-    """The headline figures of ``records`` (EpochRecords, in epoch order)."""
+def summarize(records, metric, lower_is_better):
+    """The headline figures of ``records`` (EpochRecords, in epoch order).
+
+    ``metric`` is the task's primary validation metric (its evaluator's),
+    which picks the best epoch; ``lower_is_better`` its direction.
+    """
     if not records:
         return {}
     values = [record.val[metric] for record in records]
     pick = min if lower_is_better else max
     best = pick(range(len(values)), key=values.__getitem__)
     summary = {
+        "primary_metric": metric,
         f"final_{metric}": values[-1],
         f"median_last5_{metric}": statistics.median(values[-LAST_EPOCHS_FOR_MEDIAN:]),
         f"best_{metric}": values[best],

@@ -41,26 +41,6 @@ from gn_keras.train import outputs as outputs_lib
 from gn_keras.train import workdir
 
 SETTINGS_FILE = "settings.json"
-NOT_COMPARED = frozenset(
-    {
-        "model_dir",
-        "keep_checkpoints",
-        "log_every_steps",
-        "checkpoint_every_steps",
-        "steps_per_loop",
-        "jit_compile",
-        "strategy",
-        "tpu",
-        "preset",
-        "extend_epochs",
-        "worker_wait_timeout",
-        "on_bad_image",
-        "cpu_replicas",
-        # gn-video's final 10-clip test: how many videos go into one test step.
-        # Padding examples weigh 0, so the test's result does not depend on it.
-        "test_batch_size_per_replica",
-    }
-)
 # Settings that name files, folders or glob patterns (of any task's config).
 PATH_SETTINGS = (
     "data_dir",
@@ -85,9 +65,14 @@ def _with_resolved_paths(settings):
     return {k: resolved_path(v) if k in PATH_SETTINGS else v for k, v in settings.items()}
 
 
-def compared(flags):
-    """The settings of a config's ``as_dict()`` that are compared, paths resolved."""
-    return _with_resolved_paths({k: v for k, v in flags.items() if k not in NOT_COMPARED})
+def compared(config_type, flags):
+    """The settings of a ``config_type`` config's ``as_dict()`` that are compared, paths resolved.
+
+    ``config_type.NOT_COMPARED`` names the fields that cannot change what a
+    run learns (where it writes, how it runs); each task's config adds its own.
+    """
+    ignored = config_type.NOT_COMPARED
+    return _with_resolved_paths({k: v for k, v in flags.items() if k not in ignored})
 
 
 def file_digest(path):
@@ -110,7 +95,7 @@ def shaping_settings(config, global_batch_size):
     """The compared settings of ``config``, its data's identity, and the global batch."""
     identity = getattr(config, "data_identity", None)
     return {
-        **compared(config.as_dict()),
+        **compared(type(config), config.as_dict()),
         **(identity() if identity is not None else {}),
         "global_batch_size": global_batch_size,
     }

@@ -28,8 +28,8 @@ and TensorBoard.  A task supplies only what is its own, in this order
    the host (detection gathers boxes for COCO there; classification keeps
    Keras metrics in the graph and returns nothing).  ``result()`` gives the
    epoch's validation metrics.  ``primary_metric`` names the one that picks
-   ``best.keras`` and the summary of ``results.json``, and
-   ``lower_is_better`` its direction.
+   ``best.keras`` and the summary of ``results.json`` (``primary_metric_label``
+   says it in words), and ``lower_is_better`` its direction.
 5. **export**: ``export(model, directory, data, verify)`` writes the serving
    artefacts (a SavedModel with the task's own signature) into a staging
    directory that the machinery then moves into place; ``verify`` (true on
@@ -70,6 +70,7 @@ class Evaluator(Protocol):
     """Validation of one epoch; see the module docstring, step 4."""
 
     primary_metric: str
+    primary_metric_label: str  # in words, for the end of the console output
     lower_is_better: bool
 
     def reset(self) -> None: ...

@@ -47,6 +47,7 @@ class CocoEvaluator:
     """
 
     primary_metric = "bbox_AP"
+    primary_metric_label = "box AP"
     lower_is_better = False
 
     def __init__(self, ground_truth, category_ids, iou_types=IOU_TYPES):

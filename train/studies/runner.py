@@ -74,7 +74,8 @@ def is_finished(config, results, job=jobs.CLASSIFY):
 def check_same_settings(config, results):
     """Refuse a run directory that holds a run with other settings (``train.settings``)."""
     differing = settings.differences(
-        settings.compared(results.get("flags", {})), settings.compared(config.as_dict())
+        settings.compared(type(config), results.get("flags", {})),
+        settings.compared(type(config), config.as_dict()),
     )
     if differing:
         details = ", ".join(

@@ -19,6 +19,7 @@ checks everything with one ``FlagError`` naming the flag.
 """
 
 import dataclasses
+from typing import ClassVar
 
 from gn_keras import _checks
 from gn_keras.train import config as config_lib
@@ -58,6 +59,12 @@ class VideoConfig(config_lib.RunConfig):
     test_clips: int = clips.ClipSpec.test_clips
     test_crops: int = clips.ClipSpec.test_crops
     test_batch_size_per_replica: int = 1
+
+    # How many videos go into one step of the final test: padding examples
+    # weigh 0, so the test's result does not depend on it.
+    NOT_COMPARED: ClassVar[frozenset] = config_lib.RunConfig.NOT_COMPARED | {
+        "test_batch_size_per_replica"
+    }
 
 
 # Kinetics-400's training set has about 240k videos; Wang et al.'s 400k

@@ -117,7 +117,7 @@ def main(argv):
     del argv  # run_command allows no positional arguments; a ValueError is one line
     results = train(config_from_flags(flags.FLAGS))
     print(final_test.describe(results["test"]))
-    print(cli.describe_outputs(results))
+    print(cli.describe_outputs(results, task_lib.MultiViewEvaluator.primary_metric_label))
 
 
 def run():
