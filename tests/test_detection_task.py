@@ -3,6 +3,7 @@
 import types
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from detection_helpers import tiny_config
 
@@ -18,6 +19,23 @@ def tiny_task(tmp_path):
         short_side=64, max_side=64, max_instances=6, mask_crop_size=16
     )
     return detection_task.DetectionTask(model_config, input_config, train, val)
+
+
+def test_step_counts_follow_the_shared_rules(tmp_path):
+    """The rules of train.data: --eval_steps caps; a too-big batch is refused."""
+    task = tiny_task(tmp_path)
+    strategy = tf.distribute.get_strategy()
+
+    def counts(**fields):
+        defaults = dict(batch_size_per_replica=2, seed=3, steps_per_epoch=None, eval_steps=None)
+        config = types.SimpleNamespace(**{**defaults, "dataset": "shapes", **fields})
+        data = task.make_data(config, strategy)
+        return data.steps_per_epoch, data.eval_steps
+
+    assert counts(eval_steps=10) == (3, 2)  # 3 val images in batches of 2: 2 steps at most
+    assert counts(eval_steps=1, steps_per_epoch=7) == (7, 1)
+    with pytest.raises(ValueError, match=r"--batch_size_per_replica=8 .* 6 training examples"):
+        counts(batch_size_per_replica=8)
 
 
 def test_task_trains_and_evaluates_through_the_protocol(tmp_path):

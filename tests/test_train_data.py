@@ -63,7 +63,7 @@ def test_digits_split_statistics_and_normalization():
     assert distance.max() < 1e-4  # (pixels·255/16 − mean)/std exactly
     np.testing.assert_array_equal(targets[index], labels)
     assert len(set(index)) == len(index)  # one epoch: no example twice
-    steps = data_lib.eval_steps(config, source, 16)
+    steps = data_lib.eval_steps(config, source.num_eval, 16)
     evaluation = batches(pipeline.eval_dataset_fn(steps), steps)
     eval_index, eval_distance = nearest(np.concatenate([b[0] for b in evaluation])[..., 0], bank)
     weights = np.concatenate([b[2] for b in evaluation])
@@ -109,7 +109,7 @@ def test_two_pipelines_shard_training_and_pad_evaluation_to_whole_batches():
     ]
     seen = [set(nearest(s[..., 0], bank)[0]) for s in shards]
     assert not seen[0] & seen[1]
-    steps = data_lib.eval_steps(config, pipeline.source, global_batch_size=64)
+    steps = data_lib.eval_steps(config, pipeline.source.num_eval, global_batch_size=64)
     assert steps == 6  # ceil(360 / 64)
     real = []
     for context in contexts:
@@ -353,4 +353,4 @@ def test_path_and_size_errors_are_one_clear_message(case, match, rng, tmp_path):
     with pytest.raises(ValueError, match=match):
         config = config_lib.make_config(**fields)
         source = data_lib.make_source(config)
-        data_lib.steps_per_epoch(config, source, config.batch_size_per_replica)
+        data_lib.steps_per_epoch(config, source.num_train, config.batch_size_per_replica)

@@ -97,8 +97,8 @@ class ClassificationTask:
         return task_lib.TaskData(
             train_dataset_fn=pipeline.train_dataset_fn,
             eval_dataset_fn=pipeline.eval_dataset_fn,
-            steps_per_epoch=data_lib.steps_per_epoch(config, source, global_batch_size),
-            eval_steps=data_lib.eval_steps(config, source, global_batch_size),
+            steps_per_epoch=data_lib.steps_per_epoch(config, source.num_train, global_batch_size),
+            eval_steps=data_lib.eval_steps(config, source.num_eval, global_batch_size),
             global_batch_size=global_batch_size,
             preprocessing=pipeline.preprocessing(),
             info={

@@ -243,26 +243,27 @@ def with_options(dataset):
     return dataset.with_options(options)
 
 
-def steps_per_epoch(config, source, global_batch_size):
+# Every task's step counts (classification, video, detection) follow these rules.
+def steps_per_epoch(config, num_train, global_batch_size):
     """``--steps_per_epoch`` if set, else the whole global batches in one pass."""
     if config.steps_per_epoch:
         return config.steps_per_epoch
-    full = source.num_train // global_batch_size
+    full = num_train // global_batch_size
     if full == 0:
         raise FlagError(
             f"--batch_size_per_replica={config.batch_size_per_replica} gives a global batch "
-            f"of {global_batch_size}, larger than the {source.num_train} training examples "
+            f"of {global_batch_size}, larger than the {num_train} training examples "
             f"of --dataset={config.dataset}; use a smaller batch or set --steps_per_epoch."
         )
     return full
 
 
-def eval_steps(config, source, global_batch_size):
+def eval_steps(config, num_eval, global_batch_size):
     """Global batches covering the validation set once, capped by ``--eval_steps``."""
-    if source.num_eval == 0:
+    if num_eval == 0:
         raise FlagError(
             f"--dataset={config.dataset} has no validation examples; "
             "expected a non-empty validation (or test) split."
         )
-    full = -(-source.num_eval // global_batch_size)
+    full = -(-num_eval // global_batch_size)
     return min(full, config.eval_steps) if config.eval_steps else full

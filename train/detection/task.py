@@ -20,7 +20,6 @@ so every replica gets full batches of one static shape.
 """
 
 import dataclasses
-import math
 
 import keras
 import numpy as np
@@ -28,6 +27,7 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 
 from gn_keras.models.detection import MaskRCNN, mask_rcnn_losses, ops
+from gn_keras.train import data as data_lib
 from gn_keras.train import task as task_lib
 from gn_keras.train.detection import coco, evaluator, export, pipeline, shapes
 
@@ -127,20 +127,6 @@ def tfrecord_source(file_pattern, category_ids, category_names=None, evaluation=
     return DetectionSource(examples, count, list(category_ids), names, ground_truth)
 
 
-def _per_pipeline_batch(context, global_batch_size):
-    """Examples one input pipeline feeds per global step (all its replicas)."""
-    replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
-    return context.get_per_replica_batch_size(global_batch_size) * replicas_here
-
-
-def _with_options(dataset):
-    options = tf.data.Options()
-    options.deterministic = True
-    # Each input pipeline already reads only its own shard.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options)
-
-
 class DetectionTask:
     """Mask R-CNN for ``gn_keras.train.trainer``; see the module docstring.
 
@@ -198,7 +184,7 @@ class DetectionTask:
             def dataset_fn(context):
                 seed = [int(config.seed), int(epoch)]
                 examples = self.train_source.examples(
-                    hash(tuple(seed)) % (2**31),
+                    data_lib.epoch_seed(config.seed, epoch),
                     context.num_input_pipelines,
                     context.input_pipeline_id,
                 )
@@ -206,13 +192,13 @@ class DetectionTask:
                 flips = tf.data.Dataset.range(2**62).map(
                     lambda i: tf.stack([seed[0] * 9973 + seed[1], i])
                 )
-                per_step = _per_pipeline_batch(context, global_batch_size)
+                batch = context.get_per_replica_batch_size(global_batch_size)
+                per_step = data_lib.per_pipeline_batch(context, batch)
                 dataset = tf.data.Dataset.zip(examples.repeat(), flips).skip(skip_steps * per_step)
                 parse = lambda e, s: pipeline.parse_train(  # noqa: E731
                     e, self.input_config, self.model_config, self.anchors, s
                 )
-                batch = context.get_per_replica_batch_size(global_batch_size)
-                return _with_options(pipeline.batched(dataset, parse, batch, True))
+                return data_lib.with_options(pipeline.batched(dataset, parse, batch, True))
 
             return dataset_fn
 
@@ -230,12 +216,12 @@ class DetectionTask:
                 }
                 examples = examples.map(lambda e: {k: e[k] for k in blank})
                 padded = examples.concatenate(tf.data.Dataset.from_tensors(blank).repeat())
-                padded = padded.take(steps * _per_pipeline_batch(context, global_batch_size))
+                batch = context.get_per_replica_batch_size(global_batch_size)
+                padded = padded.take(steps * data_lib.per_pipeline_batch(context, batch))
                 parse = lambda e: pipeline.parse_eval(  # noqa: E731
                     e, self.input_config, self.model_config.image_size
                 )
-                batch = context.get_per_replica_batch_size(global_batch_size)
-                return _with_options(pipeline.batched(padded, parse, batch, True))
+                return data_lib.with_options(pipeline.batched(padded, parse, batch, True))
 
             return dataset_fn
 
@@ -244,13 +230,11 @@ class DetectionTask:
     def make_data(self, config, strategy):
         global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
         num_train, num_eval = self.train_source.num_examples, self.eval_source.num_examples
-        steps_per_epoch = config.steps_per_epoch or max(num_train // global_batch_size, 1)
-        eval_steps = config.eval_steps or math.ceil(num_eval / global_batch_size)
         return task_lib.TaskData(
             train_dataset_fn=self._train_dataset_fn(config, global_batch_size),
             eval_dataset_fn=self._eval_dataset_fn(global_batch_size),
-            steps_per_epoch=steps_per_epoch,
-            eval_steps=eval_steps,
+            steps_per_epoch=data_lib.steps_per_epoch(config, num_train, global_batch_size),
+            eval_steps=data_lib.eval_steps(config, num_eval, global_batch_size),
             global_batch_size=global_batch_size,
             preprocessing=self.preprocessing(),
             info={

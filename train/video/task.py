@@ -116,8 +116,8 @@ class VideoTask(classification.ClassificationTask):
         self.data = task_lib.TaskData(
             train_dataset_fn=pipeline.train_dataset_fn,
             eval_dataset_fn=pipeline.eval_dataset_fn,
-            steps_per_epoch=image_data.steps_per_epoch(config, source, global_batch_size),
-            eval_steps=image_data.eval_steps(config, source, global_batch_size),
+            steps_per_epoch=image_data.steps_per_epoch(config, source.num_train, global_batch_size),
+            eval_steps=image_data.eval_steps(config, source.num_eval, global_batch_size),
             global_batch_size=global_batch_size,
             preprocessing=pipeline.preprocessing(),
             info={
