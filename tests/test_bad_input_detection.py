@@ -36,7 +36,7 @@ from gn_keras.train import detect as detect_lib
 from gn_keras.train import finetune as finetune_lib
 from gn_keras.train.detection import coco, shapes
 from gn_keras.train.detection import config as config_lib
-from gn_keras.train.detection import task as task_lib
+from gn_keras.train.detection import sources as detection_sources
 from gn_keras.train.detection import transfer as detection_transfer
 from gn_keras.train.video import config as video_config
 from gn_keras.train.video import main as video_main
@@ -285,11 +285,11 @@ def test_a_damaged_tfrecord_is_one_line_naming_the_file(tmp_path):
         handle.write(content[: len(content) // 2] + b"\xff" * 12 + content[len(content) // 2 :])
     pattern = str(tmp_path / "*.tfrecord")
     with pytest.raises(ValueError) as refused:
-        task_lib.tfrecord_source(pattern, data.category_ids)
+        detection_sources.tfrecord_source(pattern, data.category_ids)
     status, line = ending(refused.value)
     assert status == 1
     assert_one_line(line, f"{bad}: cannot read its detection examples", "DataLossError")
-    assert task_lib.tfrecord_source(good, data.category_ids).num_examples == 3
+    assert detection_sources.tfrecord_source(good, data.category_ids).num_examples == 3
 
 
 # Item 5: a gn-detect run given to the tools that take image models.

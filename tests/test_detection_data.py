@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 
 from gn_keras.models.detection import MaskRCNNConfig, ops
 from gn_keras.train.detection import coco, pipeline, shapes
-from gn_keras.train.detection import task as detection_task
+from gn_keras.train.detection import sources as detection_sources
 
 SIZE = (48, 64)  # height, width
 
@@ -313,7 +313,7 @@ def test_tfrecords_decode_like_the_coco_reader(tmp_path):
 
 def test_tfrecord_ground_truth_matches_the_json_one(tmp_path):
     data, records = shapes_as_tfrecords(tmp_path, seed=2)
-    source = detection_task.tfrecord_source(records, data.category_ids, evaluation=True)
+    source = detection_sources.tfrecord_source(records, data.category_ids, evaluation=True)
     assert source.num_examples == 3
     got, want = source.ground_truth["annotations"], data.ground_truth["annotations"]
     assert len(got) == len(want)

@@ -8,12 +8,15 @@ import tensorflow as tf
 from detection_helpers import tiny_config
 
 from gn_keras.train.detection import pipeline
+from gn_keras.train.detection import sources as detection_sources
 from gn_keras.train.detection import task as detection_task
 
 
 def tiny_task(tmp_path):
-    train = detection_task.shapes_source(str(tmp_path / "train"), 6, image_size=32, training=True)
-    val = detection_task.shapes_source(str(tmp_path / "val"), 3, image_size=32, seed=1)
+    train = detection_sources.shapes_source(
+        str(tmp_path / "train"), 6, image_size=32, training=True
+    )
+    val = detection_sources.shapes_source(str(tmp_path / "val"), 3, image_size=32, seed=1)
     model_config = tiny_config(backbone_norm="gn", train_pre_nms_top_k=100)
     input_config = pipeline.InputConfig(
         short_side=64, max_side=64, max_instances=6, mask_crop_size=16

@@ -23,6 +23,7 @@ from gn_keras.train import checkpoints, cli, loop, outputs, settings, trainer, w
 from gn_keras.train import strategy as strategy_lib
 from gn_keras.train.detection import config as config_lib
 from gn_keras.train.detection import flags as detection_flags
+from gn_keras.train.detection import sources as detection_sources
 from gn_keras.train.detection import task as task_lib
 from gn_keras.train.detection import transfer
 
@@ -40,14 +41,14 @@ TABLE6_COLUMNS = (
 
 
 def make_sources(config):
-    """``(train, validation)`` :class:`~train.detection.task.DetectionSource` of ``config``."""
+    """``(train, validation)`` :class:`~train.detection.sources.DetectionSource` of ``config``."""
     if config.dataset == "shapes":
         # A set of other parameters in the run's own folder is this run's to
         # replace (train() holds the run); one in a --data_dir may be another run's.
         replace = not config.data_dir
         root = config.data_dir or os.path.join(config.model_dir, SHAPES_DIR)
         size = config.shapes_image_size
-        train = task_lib.shapes_source(
+        train = detection_sources.shapes_source(
             os.path.join(root, "train"),
             config.shapes_train_images,
             size,
@@ -55,21 +56,21 @@ def make_sources(config):
             training=True,
             replace=replace,
         )
-        val = task_lib.shapes_source(
+        val = detection_sources.shapes_source(
             os.path.join(root, "val"), config.shapes_val_images, size, seed=1, replace=replace
         )
         return train, val
     if config.dataset == "coco":
         options = {"strict": config.strict_annotations, "on_bad_image": config.on_bad_image}
-        train = task_lib.coco_source(
+        train = detection_sources.coco_source(
             config.train_annotations, config.train_images, training=True, **options
         )
-        val = task_lib.coco_source(config.val_annotations, config.val_images, **options)
+        val = detection_sources.coco_source(config.val_annotations, config.val_images, **options)
         return train, val
     ids = list(config.category_ids)
     return (
-        task_lib.tfrecord_source(config.train_tfrecords, ids),
-        task_lib.tfrecord_source(config.val_tfrecords, ids, evaluation=True),
+        detection_sources.tfrecord_source(config.train_tfrecords, ids),
+        detection_sources.tfrecord_source(config.val_tfrecords, ids, evaluation=True),
     )
 
 
