@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from gn_keras import load, portable, transfer
+from gn_keras import preprocessing as preprocessing_lib
 
 SERVING_SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_uint8"
@@ -105,7 +106,7 @@ class _Endpoints:
         )
 
     def normalize(self, images):
-        return (tf.cast(images, tf.float32) - self.mean) / self.std
+        return preprocessing_lib.normalize(images, self.mean, self.std)
 
     def _model_outputs(self, images):
         return tf.cast(self.model(self.normalize(images), training=False), tf.float32)
@@ -288,9 +289,7 @@ def check_batch(preprocessing, batch_size=3, seed=CHECK_BATCH_SEED):
 
 def keras_reference(model, preprocessing, images):
     """What every artefact must reproduce, computed with Keras and NumPy."""
-    mean = np.asarray(preprocessing["mean"], np.float32)
-    std = np.asarray(preprocessing["std"], np.float32)
-    inputs = (images.astype(np.float32) - mean) / std
+    inputs = preprocessing_lib.normalize(images, preprocessing["mean"], preprocessing["std"])
     outputs = np.asarray(model(inputs, training=False), np.float64)
     if transfer.find_head(model)[2]:
         probabilities = outputs

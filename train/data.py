@@ -29,6 +29,7 @@ import tensorflow as tf
 from absl import logging
 from official.vision.ops import preprocess_ops
 
+from gn_keras import preprocessing as preprocessing_lib
 from gn_keras._checks import FlagError
 from gn_keras.train import config as config_lib
 from gn_keras.train import imagenet_tfrecords, sources
@@ -116,7 +117,7 @@ class InputPipeline:
         return image
 
     def _normalize(self, image):
-        return preprocess_ops.normalize_image(image, offset=self.source.mean, scale=self.source.std)
+        return preprocessing_lib.normalize(image, self.source.mean, self.source.std)
 
     def _train_image(self, image):
         source = self.source

@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from gn_keras._checks import FlagError
-from gn_keras.train.sources import IMAGENET_MEAN, IMAGENET_STD, Source
+from gn_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from gn_keras.train.sources import Source
 
 # Published ImageNet-1k split sizes, used when the full standard shard set
 # (1024 train, 128 validation files) is present instead of a counting pass.

@@ -19,12 +19,9 @@ import tensorflow as tf
 from absl import logging
 
 from gn_keras._checks import FlagError
+from gn_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from gn_keras.train import image_files
 
-# The mean/std of ImageNet's RGB pixels on the 0–255 scale, the convention of
-# tf-models-official's classification parser (preprocess_ops.MEAN_RGB/STDDEV_RGB).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DIGITS_VALIDATION_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed: the digits split must not move with --seed

@@ -23,14 +23,13 @@ import os
 from gn_keras import _checks, load
 from gn_keras.models import registry, resnet
 from gn_keras.models.pretrained import assign, checkpoints, names, timm_resnetv2
+from gn_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 NORMS = ("gn", "bn", "frozen_bn", "sync_bn", "gn+ws")
 RESNETV2_MODELS = tuple(name for name in registry.available() if name.startswith("resnetv2_"))
 MODELS = tuple(f"resnet{depth}" for depth in resnet.DEPTHS) + RESNETV2_MODELS
 INPUT_FORMATS = ("rgb", "bgr")
 DEFAULT_IMAGE_SIZE = 224
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 # Caffe2 BGR pixel means: Detectron's PIXEL_MEANS, detectron2's PIXEL_MEAN.
 _BGR_MEANS = {"detectron": (102.9801, 115.9465, 122.7717), "detectron2": (103.53, 116.28, 123.675)}
 _SHOWN = 4  # names listed in a refusal before "+N more"
@@ -137,12 +136,14 @@ def _preprocessing(source, bgr, image_size, num_classes, hub_config, resnetv2):
         bgr_means = _BGR_MEANS.get(source, _BGR_MEANS["detectron2"])
         spec.update(mean=list(bgr_means[::-1]), std=[1.0, 1.0, 1.0], source_channel_order="BGR")
     else:
+        # timm and torchvision give them on the 0–1 scale; ours is 0–255.
         config = hub_config or {}
-        mean, std = (
-            (timm_resnetv2.MEAN, timm_resnetv2.STD) if resnetv2 else (_IMAGENET_MEAN, _IMAGENET_STD)
+        unit = (timm_resnetv2.MEAN, timm_resnetv2.STD) if resnetv2 else (None, None)
+        mean, std = config.get("mean", unit[0]), config.get("std", unit[1])
+        spec.update(
+            mean=list(IMAGENET_MEAN) if mean is None else [255.0 * m for m in mean],
+            std=list(IMAGENET_STD) if std is None else [255.0 * s for s in std],
         )
-        mean, std = config.get("mean", mean), config.get("std", std)
-        spec.update(mean=[255.0 * m for m in mean], std=[255.0 * s for s in std])
         spec.update(source_channel_order="RGB")
         spec.update(crop_fraction=float(config.get("crop_pct", 0.875)))
         spec.update(interpolation=config.get("interpolation", "bilinear"))

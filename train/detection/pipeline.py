@@ -29,9 +29,10 @@ from official.vision.dataloaders import tf_example_decoder
 from official.vision.ops import box_ops
 
 from gn_keras import _checks
+from gn_keras import preprocessing as preprocessing_lib
 from gn_keras.models.detection import ops
+from gn_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from gn_keras.train.detection import coco
-from gn_keras.train.sources import IMAGENET_MEAN, IMAGENET_STD
 
 # Graph code already (TF Model Garden's labeler uses explicit tf.cond);
 # AutoGraph converting it again for every tf.data map only costs time.
@@ -169,9 +170,7 @@ def resize_and_pad(image, input_config, image_size):
     new_size = tf.cast(tf.round(size * scale), tf.int32)
     new_size = tf.minimum(new_size, tf.constant(list(image_size), tf.int32))
     resized = tf.image.resize(tf.cast(image, tf.float32), new_size)
-    mean = tf.constant(input_config.mean, tf.float32)
-    std = tf.constant(input_config.std, tf.float32)
-    normalized = (resized - mean) / std
+    normalized = preprocessing_lib.normalize(resized, input_config.mean, input_config.std)
     padded = tf.image.pad_to_bounding_box(normalized, 0, 0, image_size[0], image_size[1])
     return padded, new_size, scale
 

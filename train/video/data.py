@@ -18,10 +18,9 @@ videos (``test_batch_size_per_replica``, default 1, i.e. 10 clips).
 """
 
 import tensorflow as tf
-from official.vision.ops import preprocess_ops
 
+from gn_keras import preprocessing as preprocessing_lib
 from gn_keras.train import data as image_data
-from gn_keras.train import sources as image_sources
 from gn_keras.train.video import clips
 
 SHUFFLE_BUFFER = 1_000  # videos are big: a smaller buffer than images'
@@ -38,8 +37,8 @@ class VideoPipeline:
         # counted in videos and kept small (1: 10 clips per replica step).
         self.test_batch_size_per_replica = test_batch_size_per_replica
         self.seed = seed
-        self.mean = image_sources.IMAGENET_MEAN
-        self.std = image_sources.IMAGENET_STD
+        self.mean = preprocessing_lib.IMAGENET_MEAN
+        self.std = preprocessing_lib.IMAGENET_STD
 
     def preprocessing(self):
         """The ``preprocessing.json`` contract shared with the export."""
@@ -62,7 +61,7 @@ class VideoPipeline:
         }
 
     def normalize(self, clip):
-        return preprocess_ops.normalize_image(clip, offset=self.mean, scale=self.std)
+        return preprocessing_lib.normalize(clip, self.mean, self.std)
 
     def train_clip(self, video, seed=None):
         """One augmented training clip of ``video``."""

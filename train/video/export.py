@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from gn_keras import export as image_export
 from gn_keras import load, portable
+from gn_keras import preprocessing as preprocessing_lib
 from gn_keras.train.video import clips
 
 SERVING_SIGNATURE = "serving_default"
@@ -64,7 +65,7 @@ class _Endpoints:
         )
 
     def _logits(self, clips_uint8):
-        inputs = (tf.cast(clips_uint8, tf.float32) - self.mean) / self.std
+        inputs = preprocessing_lib.normalize(clips_uint8, self.mean, self.std)
         return tf.cast(self.model(inputs, training=False), tf.float32)
 
     def classify(self, clips_uint8):
@@ -111,9 +112,8 @@ def check_clips(preprocessing, batch_size=2, seed=CHECK_SEED):
 
 
 def _keras_outputs(model, preprocessing, batch):
-    mean = np.asarray(preprocessing["mean"], np.float32)
-    std = np.asarray(preprocessing["std"], np.float32)
-    logits = np.asarray(model((batch.astype(np.float32) - mean) / std, training=False), np.float64)
+    inputs = preprocessing_lib.normalize(batch, preprocessing["mean"], preprocessing["std"])
+    logits = np.asarray(model(inputs, training=False), np.float64)
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return {"logits": logits, "probabilities": shifted / shifted.sum(-1, keepdims=True)}
 
