@@ -327,3 +327,21 @@ def test_tfrecord_ground_truth_matches_the_json_one(tmp_path):
         np.testing.assert_array_equal(
             mask_utils.decode(g["segmentation"]), mask_utils.decode(w["segmentation"])
         )
+
+
+def test_training_leaves_out_images_without_objects_and_says_how_many(rng, tmp_path, caplog):
+    """Like Detectron: one line with the count; validation keeps every image."""
+    empty = {"id": 9, "file_name": "9.png", "height": 48, "width": 64}
+    path, image_dir = write_set(tmp_path, rng, extra_images=[empty])
+    Image.fromarray(rng.integers(0, 256, SIZE + (3,), dtype=np.uint8)).save(tmp_path / "img/9.png")
+    with caplog.at_level(logging.WARNING):
+        training = detection_sources.coco_source(path, image_dir, training=True)
+    assert training.num_examples == 2
+    lines = [r.getMessage() for r in caplog.records if "no usable" in r.getMessage()]
+    assert lines == [
+        f"{path}: 1 of 3 images have no usable (non-crowd) object and are left out of training."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert detection_sources.coco_source(path, image_dir).num_examples == 3
+    assert not [r for r in caplog.records if "no usable" in r.getMessage()]

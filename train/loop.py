@@ -115,7 +115,10 @@ def _train_epoch(run, train_input, epoch, first_step):
         step = end
         if logged or step == plan.steps_per_epoch:
             first_loss = float(first_loss)
-            progress.update(step, [("loss", first_loss), ("lr", learning_rate)])
+            # Labelled: beside the epoch's "train loss without L2", a bare "loss"
+            # read as if L2 lowered it.  Progbar's final line shows the last
+            # value it was given (its running mean only while the epoch goes).
+            progress.update(step, [("last-step loss with L2", first_loss), ("lr", learning_rate)])
         if logged:
             run.outputs.log_step(first_index, first_loss, learning_rate)
         if step == plan.steps_per_epoch:

@@ -9,6 +9,7 @@ categories, and for evaluation the COCO ground truth.  ``DetectionTask``
 import dataclasses
 
 import numpy as np
+from absl import logging
 from pycocotools import mask as mask_utils
 
 from gn_keras.train.detection import coco, pipeline, shapes
@@ -34,7 +35,17 @@ def coco_source(annotation_file, image_dir, strict=False, training=False, on_bad
     """A COCO JSON + image folder; training keeps only images with objects."""
     data = coco.read_coco(annotation_file, image_dir, strict=strict, on_bad_image=on_bad_image)
     if training:
-        data.images = [r for r in data.images if any(not a["iscrowd"] for a in r.annotations)]
+        usable = [r for r in data.images if any(not a["iscrowd"] for a in r.annotations)]
+        if len(usable) < len(data.images):
+            # As Detectron does: an image without an object teaches the heads nothing.
+            logging.warning(
+                "%s: %d of %d images have no usable (non-crowd) object and are left out of "
+                "training.",
+                annotation_file,
+                len(data.images) - len(usable),
+                len(data.images),
+            )
+        data.images = usable
     if not data.images:
         raise ValueError(f"{annotation_file}: no usable images in {image_dir}.")
 
