@@ -19,7 +19,7 @@ import os
 from absl import flags, logging
 
 from gn_keras._checks import FlagError
-from gn_keras.train import checkpoints, cli, loop, outputs, settings, trainer, workdir
+from gn_keras.train import cli, loop, settings, trainer, workdir
 from gn_keras.train import strategy as strategy_lib
 from gn_keras.train.detection import config as config_lib
 from gn_keras.train.detection import flags as detection_flags
@@ -28,7 +28,6 @@ from gn_keras.train.detection import task as task_lib
 from gn_keras.train.detection import transfer
 
 PROGRAM = "gn-detect"
-EVAL_FILE = "eval.json"
 SHAPES_DIR = "shapes_data"  # the generated set's default place, inside --model_dir
 TABLE6_COLUMNS = (
     ("AP^bbox", "bbox_AP"),
@@ -147,24 +146,7 @@ def evaluate(config, *, strategy=None):
     """
     config_lib.validate(config)
     workdir.check_model_dir(config.model_dir)
-    task = make_task(config)
-    strategy = strategy or strategy_lib.strategy_for(config)
-    data = task.make_data(config, strategy)
-    prepared = trainer.prepare(task, config, strategy, data)
-    paths = outputs.run_paths(config.model_dir)
-    epoch = step = None
-    if os.path.isdir(paths["checkpoints"]):
-        checkpointer = checkpoints.Checkpointer(
-            strategy, prepared.model, prepared.optimizer, paths["checkpoints"]
-        )
-        if checkpointer.manager.latest_checkpoint:
-            epoch, step = checkpointer.restore()
-    metrics = loop.evaluate(prepared.runner, data, data.eval_steps)
-    if strategy_lib.is_chief(strategy):
-        os.makedirs(config.model_dir, exist_ok=True)
-        payload = {"epoch": epoch, "step_in_epoch": step, "val": metrics}
-        outputs.write_json_atomically(os.path.join(config.model_dir, EVAL_FILE), payload)
-    return metrics, epoch, step
+    return trainer.evaluate_only(make_task(config), config, strategy=strategy)
 
 
 def define_flags(flag_values=flags.FLAGS):

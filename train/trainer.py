@@ -5,13 +5,17 @@ seed and dtype policy → strategy (created once) → the task's data → model
 and optimizer in the strategy's scope → ``train.steps.StepRunner`` →
 ``train.loop.run_epochs`` with ``train.checkpoints`` and ``train.outputs``
 → the task's export, staged and swapped in → a barrier for multi-worker
-jobs.  ``prepare`` stops before the first step (benchmarks use it).
+jobs.  ``evaluate_only(task, config)`` evaluates a run's newest checkpoint
+under the same seed, policy and strategy.  ``prepare`` stops before the
+first step (benchmarks use it).
 
 The config is any object with the fields of ``train.config.TrainConfig``'s
 execution, optimizer and output settings; a task's own config adds fields.
 """
 
+import contextlib
 import dataclasses
+import os
 
 import keras
 import tensorflow as tf
@@ -19,6 +23,8 @@ import tensorflow as tf
 from gn_keras.train import checkpoints, cluster, loop, outputs, settings, steps, workdir
 from gn_keras.train import optimizer as optimizer_lib
 from gn_keras.train import strategy as strategy_lib
+
+EVAL_FILE = "eval.json"  # written by evaluate_only
 
 
 @dataclasses.dataclass
@@ -153,10 +159,7 @@ def run(task, config, *, strategy=None, callbacks=None):
       callbacks: a list of ``keras.callbacks.Callback`` (see ``train.loop``).
     """
     callbacks = _checked_callbacks(callbacks)
-    keras.utils.set_random_seed(config.seed)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
-    try:
+    with _seed_and_precision(config):
         if strategy is None:
             strategy = strategy_lib.strategy_for(config)
         # The data first: a bad --data_dir is refused before --model_dir is created.
@@ -166,5 +169,49 @@ def run(task, config, *, strategy=None, callbacks=None):
             cluster.lost_workers_reported(strategy, config.model_dir),
         ):
             return _run_in(task, config, strategy, callbacks, data)
+
+
+def evaluate_only(task, config, *, strategy=None):
+    """Evaluate the newest checkpoint in ``--model_dir`` (or the model as built).
+
+    The run's seed, precision policy and strategy apply as in training, so a
+    run trained under ``mixed_bfloat16`` is evaluated under it.  Writes
+    ``<model_dir>/eval.json`` (``EVAL_FILE``) on the chief; returns
+    ``(metrics, epoch, step_in_epoch)``, ``epoch`` None without a checkpoint.
+    """
+    with _seed_and_precision(config):
+        workdir.check_model_dir(config.model_dir)
+        strategy = strategy or strategy_lib.strategy_for(config)
+        data = task.make_data(config, strategy)
+        prepared = prepare(task, config, strategy, data)
+        checkpoint_dir = outputs.run_paths(config.model_dir)["checkpoints"]
+        epoch = step = None
+        if os.path.isdir(checkpoint_dir):
+            checkpointer = checkpoints.Checkpointer(
+                strategy, prepared.model, prepared.optimizer, checkpoint_dir
+            )
+            if checkpointer.manager.latest_checkpoint:
+                epoch, step = checkpointer.restore()
+        metrics = loop.evaluate(prepared.runner, data, data.eval_steps)
+    if strategy_lib.is_chief(strategy):
+        os.makedirs(config.model_dir, exist_ok=True)
+        payload = {
+            "epoch": epoch,
+            "step_in_epoch": step,
+            "mixed_precision": config.mixed_precision,
+            "val": metrics,
+        }
+        outputs.write_json_atomically(os.path.join(config.model_dir, EVAL_FILE), payload)
+    return metrics, epoch, step
+
+
+@contextlib.contextmanager
+def _seed_and_precision(config):
+    """The run's seed and dtype policy for the block; the previous policy after it."""
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        yield
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
