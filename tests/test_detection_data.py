@@ -345,3 +345,33 @@ def test_training_leaves_out_images_without_objects_and_says_how_many(rng, tmp_p
     with caplog.at_level(logging.WARNING):
         assert detection_sources.coco_source(path, image_dir).num_examples == 3
     assert not [r for r in caplog.records if "no usable" in r.getMessage()]
+
+
+@pytest.mark.parametrize("instances", [0, 3, 9])
+def test_mask_targets_crop_a_static_number_of_boxes_and_keep_the_first_ones(rng, instances):
+    """The same crops as one CropAndResize over every instance, for the kept ones.
+
+    The crop's box count is static (max_instances): with a data-dependent
+    count, grappler's cost model printed a warning each epoch.
+    """
+    config = pipeline.InputConfig(short_side=64, max_side=64, max_instances=5, mask_crop_size=8)
+    masks = (rng.uniform(size=(instances, 20, 24)) < 0.5).astype(np.float32)
+    corners = np.sort(rng.uniform(size=(instances, 2, 2)), axis=1)
+    boxes = np.concatenate([corners[:, 0], corners[:, 1]], axis=1).astype(np.float32)
+    cropped = pipeline._crop_masks(tf.constant(masks), tf.constant(boxes), config).numpy()
+    assert cropped.shape == (5, 8, 8)
+    kept = min(instances, 5)
+    if instances:
+        every = tf.image.crop_and_resize(masks[..., None], boxes, np.arange(instances), (8, 8))
+        np.testing.assert_array_equal(cropped[:kept], every.numpy()[:kept, ..., 0])
+    assert not cropped[kept:].any()
+    graph = (
+        tf.function(
+            lambda m, b: pipeline._crop_masks(m, b, config),
+            input_signature=[tf.TensorSpec([None, None, None]), tf.TensorSpec([None, 4])],
+        )
+        .get_concrete_function()
+        .graph
+    )
+    crops = [op for op in graph.get_operations() if op.type == "CropAndResize"]
+    assert [op.inputs[1].shape.as_list() for op in crops] == [[5, 4]]

@@ -194,6 +194,22 @@ def _pad_rows(tensor, rows, value):
     return tf.pad(tensor, padding, constant_values=value)
 
 
+def _crop_masks(masks, normalized_boxes, input_config):
+    """Each instance mask cropped to its box at ``mask_crop_size``: ``[max_instances, S, S]``.
+
+    Only the first ``max_instances`` are kept (as the ground truth is), and
+    the crop always takes that many boxes, zero-padded.  With a data-dependent
+    count, grappler's cost model cannot price CropAndResize and prints a
+    1.3 KB warning each time an epoch's pipeline is built.
+    """
+    rows = input_config.max_instances
+    count = tf.minimum(tf.shape(masks)[0], rows)
+    masks = _pad_rows(masks[:count], rows, 0.0)
+    boxes = tf.ensure_shape(_pad_rows(normalized_boxes[:count], rows, 0.0), [rows, 4])
+    size = [input_config.mask_crop_size] * 2
+    return tf.image.crop_and_resize(masks[..., None], boxes, tf.range(rows), size)[..., 0]
+
+
 @graph_code
 def parse_train(example, input_config, model_config, anchors, seed=None):
     """One training example: image, padded ground truth and RPN targets."""
@@ -207,12 +223,7 @@ def parse_train(example, input_config, model_config, anchors, seed=None):
     non_empty = box_ops.get_non_empty_box_indices(boxes)
     boxes, normalized = tf.gather(boxes, non_empty), tf.gather(normalized, non_empty)
     classes, masks = tf.gather(classes, non_empty), tf.gather(masks, non_empty)
-    masks = tf.image.crop_and_resize(
-        masks[..., None],
-        normalized,
-        tf.range(tf.shape(masks)[0]),
-        [input_config.mask_crop_size] * 2,
-    )[..., 0]
+    masks = _crop_masks(masks, normalized, input_config)
     images = inputs["images"]
     if input_config.horizontal_flip:
         flip = (
