@@ -101,8 +101,15 @@ def ours(steps, steps_per_loop, work_dir, times):
     config = _config(steps, steps_per_loop, os.path.join(work_dir, f"k{steps_per_loop}"))
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     prepared = classify.prepare(config, strategy)
+    evaluator = prepared.runner.evaluator
     run_outputs = outputs.RunOutputs(
-        config.model_dir, strategy, config.as_dict(), prepared.data.preprocessing, {}
+        config.model_dir,
+        strategy,
+        config.as_dict(),
+        prepared.data.preprocessing,
+        {},
+        metric=evaluator.primary_metric,
+        lower_is_better=evaluator.lower_is_better,
     )
     checkpointer = checkpoints.Checkpointer(
         strategy, prepared.model, prepared.optimizer, run_outputs.paths["checkpoints"]
