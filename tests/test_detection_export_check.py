@@ -315,12 +315,17 @@ def _detector(seed):
 @pytest.fixture(scope="module")
 def detector():
     """(model, images, Keras's detections) with confident ones and a tail in every image."""
-    model = _detector(int(os.environ["GN_TEST_SEED"]))
     images = export.check_images(PREPROCESSING)  # 59×35: resized by 64/35
-    want = export.keras_reference(model, PREPROCESSING, images)
-    scores = [want["scores"][i, :count] for i, count in enumerate(want["num_detections"])]
-    assert all((s >= match.CONFIDENT_SCORE).any() and (s < 0.25).sum() >= 3 for s in scores)
-    return model, images, want
+    # Some random detectors have no confident detection in an image (seed
+    # 1697690420 in CI): the next seeds of the session's are tried, so the
+    # checks below always meet both regimes.
+    for attempt in range(20):
+        model = _detector(int(os.environ["GN_TEST_SEED"]) + attempt)
+        want = export.keras_reference(model, PREPROCESSING, images)
+        scores = [want["scores"][i, :count] for i, count in enumerate(want["num_detections"])]
+        if all((s >= match.CONFIDENT_SCORE).any() and (s < 0.25).sum() >= 3 for s in scores):
+            return model, images, want
+    raise AssertionError("20 random detectors lacked confident detections or a tail")
 
 
 class _NoRescale(export._Serving):
